@@ -1,0 +1,408 @@
+"""Run configuration: a frozen dataclass tree, loaded from YAML, overridden from the command line.
+
+Every knob of an ELM run lives here so that a run directory's `config.yaml` is the whole recipe:
+load it back and the run is the same. Three ways in, one check:
+
+- `RunConfig()`: the defaults (the README's main job).
+- `load_config(path, overrides)`: a YAML file (`experiments/configs/*.yaml`), then `--set
+  key=value` overrides with dotted keys (`mutation.temperature=0.7`, `archive.shape=[8,8,8]`).
+- `RunConfig.from_dict(d)`: what `load_config` uses after merging.
+
+A config is checked completely before anything starts: an unknown key, a value of the wrong type
+or an impossible value raises `ConfigError` naming the dotted key, so a typo never costs a run.
+Override values are parsed as YAML scalars/lists (`3`, `0.5`, `true`, `[12, 12, 12]`, `null`) and
+then coerced to the field's declared type; durations accept `"90"`, `"30s"`, `"10m"`, `"1h"`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key that is unknown, mistyped or impossible; the message names the key."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"config key '{key}': {message}")
+
+
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(s|sec|m|min|h|hr|d)?\s*$")
+_UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from `90`, `"30s"`, `"10m"`, `"1.5h"`; None (or "none") means no limit."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 10m, 1h)")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"a duration must be positive, got {value!r}")
+    return seconds
+
+
+def _duration_field(default: float | None) -> Any:
+    return field(default=default, metadata={"parse": parse_duration})
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Which domain and how it scores. Sodarace: terrain and simulated seconds per evaluation."""
+
+    name: str = "sodarace"
+    terrain: str = "flat"
+    #: simulated seconds per walker; DESIGN's T (10 s; at least 3 muscle periods).
+    seconds: float = 10.0
+
+    def check(self) -> None:
+        if self.name not in ("sodarace", "parity"):
+            raise ConfigError("env.name", f"unknown environment {self.name!r} (sodarace, parity)")
+        if not (0 < self.seconds <= 600):
+            raise ConfigError("env.seconds", f"must be in (0, 600], got {self.seconds}")
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    """MAP-Elites grid over the environment's descriptor space (DESIGN: 12 x 12 x 12)."""
+
+    shape: tuple[int, ...] = (12, 12, 12)
+    #: descriptor bounds; None takes the environment's documented `descriptor_space`.
+    low: tuple[float, ...] | None = None
+    high: tuple[float, ...] | None = None
+    #: parent selection: "uniform" over filled cells (the paper) or the archive's other options.
+    selection: str = "uniform"
+
+    def check(self) -> None:
+        if not self.shape or any(s < 1 for s in self.shape):
+            raise ConfigError("archive.shape", f"every dimension must be >= 1, got {self.shape}")
+        if math.prod(self.shape) > 10_000_000:
+            raise ConfigError("archive.shape", f"{math.prod(self.shape)} cells is too many")
+        for key, bound in (("archive.low", self.low), ("archive.high", self.high)):
+            if bound is not None and len(bound) != len(self.shape):
+                raise ConfigError(key, f"needs {len(self.shape)} values (one per grid axis)")
+        if (
+            self.low is not None
+            and self.high is not None
+            and any(lo >= hi for lo, hi in zip(self.low, self.high))
+        ):
+            raise ConfigError("archive.low", "every low bound must be below its high bound")
+
+
+@dataclass(frozen=True)
+class MutationConfig:
+    """The mutation operator and, for LM operators, the model and its sampling settings."""
+
+    #: diff (diff model, the paper's ELM), prompt, gp (the genetic-programming baseline), crossover.
+    operator: str = "diff"
+    #: built-in name (elm-tiny, smollm2-135m), local HF directory, GGUF path or hub id.
+    model: str = "elm-tiny"
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 0
+    max_new_tokens: int = 384
+    #: children sampled per prompt (they share one prefill); prompts = batch_size / this.
+    children_per_prompt: int = 1
+
+    def check(self) -> None:
+        if self.operator not in ("diff", "prompt", "gp", "crossover"):
+            raise ConfigError(
+                "mutation.operator",
+                f"unknown operator {self.operator!r} (diff, prompt, gp, crossover)",
+            )
+        if not self.model:
+            raise ConfigError("mutation.model", "must name a model")
+        if not (0.0 <= self.temperature <= 5.0):
+            raise ConfigError("mutation.temperature", f"must be in [0, 5], got {self.temperature}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise ConfigError("mutation.top_p", f"must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ConfigError("mutation.top_k", f"must be >= 0 (0 = off), got {self.top_k}")
+        if not (1 <= self.max_new_tokens <= 8192):
+            raise ConfigError("mutation.max_new_tokens", "must be in [1, 8192]")
+        if self.children_per_prompt < 1:
+            raise ConfigError("mutation.children_per_prompt", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Limits for running untrusted programs (DESIGN section 3, Sandbox)."""
+
+    #: worker processes; 0 = one per CPU core.
+    workers: int = 0
+    #: wall-clock seconds per program.
+    timeout: float = 5.0
+    #: CPU seconds per program.
+    cpu_seconds: float = 2.0
+    #: address-space limit per worker in MiB.
+    memory_mb: int = 512
+
+    def check(self) -> None:
+        if self.workers < 0:
+            raise ConfigError("sandbox.workers", "must be >= 0 (0 = one per core)")
+        if not (0 < self.timeout <= 600):
+            raise ConfigError("sandbox.timeout", f"must be in (0, 600], got {self.timeout}")
+        if not (0 < self.cpu_seconds <= 600):
+            raise ConfigError("sandbox.cpu_seconds", f"must be in (0, 600], got {self.cpu_seconds}")
+        if self.memory_mb < 64:
+            raise ConfigError("sandbox.memory_mb", f"must be >= 64, got {self.memory_mb}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One ELM run. `budget` counts evaluations (every candidate, failed ones included)."""
+
+    seed: int = 0
+    #: evaluations (candidates) to spend; the run stops at the first generation boundary past it.
+    budget: int = 2_000
+    #: wall-clock limit ("10m"); None = only the budget. The run stops cleanly with a checkpoint.
+    time_limit: float | None = _duration_field(None)
+    #: candidates per generation (one simulated batch).
+    batch_size: int = 32
+    #: seed programs by name (the environment's seeds) or path to a .py file; the paper uses one.
+    seed_programs: tuple[str, ...] = ("square",)
+    #: parents of generation k come from the archive as it stood before the last `lag`
+    #: generations were inserted (0: classic MAP-Elites; 1: one generation in flight, which is what
+    #: lets the overlapped pipeline prepare k+1 while k simulates). Part of the result, not of
+    #: the schedule: overlapped and sequential pipelines give the same run for the same lag.
+    lag: int = 1
+    #: overlapped: a host thread mutates + sandboxes generation k+1 while k simulates and inserts;
+    #: sequential: one stage after the other (for measurement and debugging).
+    pipeline: str = "overlapped"
+    #: save a checkpoint every this many generations (and on SIGINT/SIGTERM and at the end).
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 3
+    #: write report/ at the end of the run.
+    report: bool = True
+    #: elites shown (program text and GIF) in the report.
+    report_top: int = 4
+    #: live progress bar: auto (when stderr is a terminal), always, never.
+    progress: str = "auto"
+    env: EnvConfig = field(default_factory=EnvConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    mutation: MutationConfig = field(default_factory=MutationConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first impossible value."""
+        if not (0 <= self.seed < 2**31):
+            raise ConfigError("seed", f"must be in [0, 2^31), got {self.seed}")
+        if self.budget < 1:
+            raise ConfigError("budget", f"must be >= 1 evaluation, got {self.budget}")
+        if not (1 <= self.batch_size <= 65_536):
+            raise ConfigError("batch_size", f"must be in [1, 65536], got {self.batch_size}")
+        if not self.seed_programs:
+            raise ConfigError("seed_programs", "needs at least one seed program")
+        if self.lag < 0 or self.lag > 16:
+            raise ConfigError("lag", f"must be in [0, 16], got {self.lag}")
+        if self.pipeline not in ("overlapped", "sequential"):
+            raise ConfigError(
+                "pipeline", f"must be overlapped or sequential, not {self.pipeline!r}"
+            )
+        if self.checkpoint_every < 1:
+            raise ConfigError("checkpoint_every", "must be >= 1 generation")
+        if self.keep_checkpoints < 1:
+            raise ConfigError("keep_checkpoints", "must be >= 1")
+        if self.report_top < 0:
+            raise ConfigError("report_top", "must be >= 0")
+        if self.progress not in ("auto", "always", "never"):
+            raise ConfigError("progress", f"must be auto, always or never, not {self.progress!r}")
+        if self.batch_size % self.mutation.children_per_prompt:
+            raise ConfigError(
+                "mutation.children_per_prompt",
+                f"must divide batch_size ({self.batch_size}), got "
+                f"{self.mutation.children_per_prompt}",
+            )
+        for section in (self.env, self.archive, self.mutation, self.sandbox):
+            section.check()
+
+    # -- conversion -----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-able dict (tuples become lists)."""
+        return _to_plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """Build and check a config; unknown keys, wrong types and bad values raise ConfigError."""
+        config = _build(cls, data, prefix="")
+        config.check()
+        return config
+
+    def replace(self, overrides: Mapping[str, Any]) -> RunConfig:
+        """A copy with dotted-key overrides applied (values already parsed), checked."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            set_dotted(data, key, value)
+        return RunConfig.from_dict(data)
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """data["a"]["b"] = value for key "a.b", creating nothing: unknown sections raise."""
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            raise ConfigError(".".join(parts[: i + 1]), "unknown section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` -> (key, YAML-parsed value). `time_limit=10m` keeps "10m" for the field parser."""
+    if "=" not in text:
+        raise ConfigError(text, "an override must look like key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(text, "empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[str] | Mapping[str, Any] = ()
+) -> RunConfig:
+    """Defaults, then the YAML file at `path` (if any), then `key=value` overrides; checked."""
+    data = RunConfig().to_dict()
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as err:
+            raise ConfigError("--config", f"cannot read {path}: {err.strerror}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError("--config", f"{path} is not valid YAML: {err}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError("--config", f"{path} must hold a mapping of keys")
+        _merge(data, loaded, prefix="")
+    items = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
+    for key, value in items:
+        set_dotted(data, key, value)
+    return RunConfig.from_dict(data)
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any], prefix: str) -> None:
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            raise ConfigError(dotted, "unknown key")
+        if isinstance(base[key], dict):
+            if not isinstance(value, Mapping):
+                raise ConfigError(dotted, "must be a mapping (a section)")
+            _merge(base[key], value, prefix=dotted + ".")
+        else:
+            base[key] = value
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(prefix.rstrip(".") or "<root>", "must be a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"{prefix}{key}", "unknown key")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, prefix=key + ".")
+            continue
+        parse = fields[name].metadata.get("parse")
+        try:
+            kwargs[name] = parse(value) if parse else _coerce(value, hint)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(key, str(err)) from None
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """Check/convert a parsed YAML value to a field type; raise TypeError naming what was wanted."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option)
+            except (TypeError, ValueError) as err:
+                errors.append(str(err))
+        raise TypeError(" or ".join(errors))
+    if origin is tuple:
+        (item, *rest) = typing.get_args(hint)
+        if isinstance(value, str) and item is str:
+            return (value,)  # `--set seed_programs=radial`
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise TypeError(f"expected a list, got {value!r}")
+        return tuple(_coerce(v, item) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError(f"expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise TypeError(f"expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise TypeError(f"expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint}")
+
+
+def dump_config(config: RunConfig, path: str | Path) -> None:
+    """Write `config.yaml` so that `load_config(path)` gives the same config back."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
