@@ -1,0 +1,47 @@
+"""Quality-diversity metrics of an archive.
+
+QD score = sum over filled cells of (fitness - qd_offset), with the offset from the archive's
+spec (0 by default: Sodarace's fitness |dx| is never negative). The offset makes the score
+monotone in coverage for domains whose fitness can be negative: set it to a lower bound of the
+fitness. Validity is the fraction of real (non-padding) candidates that were valid, both for the
+last inserted batch and over the whole run.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from elmjax.qd.archive import Archive
+
+
+@jax.jit
+def metrics(archive: Archive) -> dict[str, jax.Array]:
+    """Scalars: coverage, num_filled, qd_score, max/mean fitness, validity (last batch, total)."""
+    filled = archive.program_id >= 0
+    num_filled = filled.sum(dtype=jnp.int32)
+    fit = jnp.where(filled, archive.fitness, 0.0)
+    safe = jnp.maximum(num_filled, 1)
+    any_filled = num_filled > 0
+
+    def rate(num, den):
+        return jnp.where(den > 0, num / jnp.maximum(den, 1), jnp.nan).astype(jnp.float32)
+
+    return {
+        "num_filled": num_filled,
+        "coverage": (num_filled / archive.fitness.shape[0]).astype(jnp.float32),
+        "qd_score": jnp.where(filled, archive.fitness - archive.spec.qd_offset, 0.0).sum(),
+        "max_fitness": jnp.where(
+            any_filled, jnp.max(jnp.where(filled, archive.fitness, -jnp.inf)), jnp.nan
+        ),
+        "mean_fitness": jnp.where(any_filled, fit.sum() / safe, jnp.nan),
+        "validity": rate(archive.last_n_valid, archive.last_n_evaluated),
+        "validity_total": rate(archive.n_valid, archive.n_evaluated),
+        "evaluated": archive.n_evaluated,
+    }
+
+
+def metrics_host(archive: Archive) -> dict[str, float | int]:
+    """`metrics` as plain Python numbers (for metrics.jsonl / TensorBoard)."""
+    out = jax.device_get(metrics(archive))
+    return {k: (int(v) if v.dtype.kind in "iu" else float(v)) for k, v in out.items()}
