@@ -1,0 +1,891 @@
+"""The ELM loop: MAP-Elites whose mutation operator is a code language model (DESIGN section 1).
+
+One generation k:
+
+```
+select parents   archive A_{k-1-lag}, key fold_in(run, k)/select -> parent program ids (device)
+mutate           operator.mutate(parents, n, seed): prompts, LM sample, apply diff (device+host)
+sandbox          run every child's `entry` in worker processes, `check` -> plain data (host)
+evaluate         env.evaluate: pack bodies, simulate jit(vmap(scan)) -> fitness, descriptor (device)
+insert           qd.insert (jit) -> A_k, per-candidate status and cell
+store            one SQLite transaction: every candidate + a generation-complete marker
+log              metrics.jsonl, TensorBoard, progress bar; checkpoint every N generations
+```
+
+**Lag and the overlapped pipeline.** Parents of generation k are drawn from A_{k-1-lag}, the
+archive before the last `lag` generations were inserted (`lag = 0` is textbook MAP-Elites).
+With `lag >= 1`, generation k+1's parents are known before generation k is simulated, so a host
+thread can make k+1's children (LM decode, diff apply, sandbox: mostly waiting on worker
+processes and on XLA, which release the GIL) while the main thread simulates and inserts k.
+`pipeline: sequential` runs the same stages one after another. Because *which* archive a
+generation selects from is fixed by `lag`, never by what a thread happens to see, both pipelines
+give bit-identical runs; the switch only changes the schedule (and the benchmark measures it).
+On a CPU-only machine the "device" is the same cores the sandbox uses, so overlap mostly hides
+IPC and I/O waits; on a GPU it hides all host work behind simulation and decoding.
+
+**Determinism.** Every random choice is keyed: `fold_in(PRNGKey(seed), k)` split into select /
+mutate / evaluate keys; sandbox programs get `random` seeded from (run seed, program id);
+program ids are assigned by position (seeds 0..S-1, then `S + (k-1) * batch_size + i`).
+
+**Exact resume.** The program store is the journal. A checkpoint (every `checkpoint_every`
+generations, on SIGINT/SIGTERM and at the end) holds the last `lag + 1` archives. `--resume`
+loads it, replays the archive inserts of the generations the store committed after it (insert is
+deterministic, and the store keeps fitness/descriptor bit-exact), drops the uncommitted rows of a
+generation cut off mid-way, and recomputes that generation: nothing lost, nothing duplicated.
+
+`ELM(config, out).run()` is the Python API; `evolve_command` is the CLI's thin layer over it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import math
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from elmjax import faults, run_dir
+from elmjax.config import ConfigError, RunConfig, load_config
+
+#: exit codes of `elmjax evolve`.
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_DISK_FULL = 0, 1, 130, 3
+
+
+class DiskFull(RuntimeError):
+    """The disk filled up; the run stopped with its last checkpoint intact."""
+
+
+# -- records ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Candidate:
+    """One program of one generation, from its making to its outcome (a store row)."""
+
+    program_id: int
+    generation: int
+    text: str | None
+    parents: tuple[int, ...] = ()
+    parent_cell: int = -1
+    operator: str = "seed"
+    model: str | None = None
+    temperature: float | None = None
+    prompt: str | None = None
+    raw_output: str | None = None
+    error_kind: str | None = None
+    error_message: str | None = None
+    result: Any = None  # the sandbox's checked value, when the program ran
+    fitness: float = 0.0
+    descriptor: tuple[float, ...] = ()
+    valid: bool = False
+    cell: int = -1
+    status: int = 0  # qd.REJECTED / NEW_CELL / IMPROVED
+    extras: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def entered(self) -> bool:
+        return self.status != 0
+
+
+@dataclass
+class Prepared:
+    """Generation k's children after mutate + sandbox: what the device half needs."""
+
+    generation: int
+    candidates: list[Candidate]
+    timings: dict[str, float]
+
+
+@dataclass
+class RunResult:
+    """What `ELM.run` returns: where the run is and how it ended."""
+
+    run_dir: Path
+    status: str  # done | time_limit | interrupted | disk_full
+    generations: int  # generations committed (seed generation included)
+    evaluations: int
+    metrics: dict[str, Any]
+    archive: Any
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+PURPOSES = ("select", "mutate", "evaluate")
+
+
+def generation_keys(seed: int, generation: int) -> dict[str, jax.Array]:
+    """`fold_in(run key, generation)` split per purpose: the only randomness of a generation."""
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), generation)
+    return dict(zip(PURPOSES, jax.random.split(key, len(PURPOSES))))
+
+
+def key_to_int(key: jax.Array) -> int:
+    """A 31-bit integer seed from a key (for host-side code that takes an int seed)."""
+    return int(jax.random.randint(key, (), 0, 2**31 - 1))
+
+
+def program_seed(run_seed: int, program_id: int) -> int:
+    """The seed of `random` inside the sandbox for one program: (run seed, program id)."""
+    return int(np.random.SeedSequence([run_seed, program_id]).generate_state(1)[0] >> 1)
+
+
+# -- the loop ---------------------------------------------------------------------------------
+
+
+class ELM:
+    """An ELM run over an `Environment`, writing a run directory. See the module docstring."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        out: str | Path | None = None,
+        *,
+        force: bool = False,
+        resume: bool = False,
+        on_generation: Callable[[dict[str, Any]], None] | None = None,
+    ):
+        config.check()
+        self.config = config
+        if out is None:
+            out = Path("runs") / time.strftime("elm-%Y%m%d-%H%M%S")
+        self.out = Path(out)
+        self.force = force
+        self.resuming = resume
+        self.on_generation = on_generation
+        self._stop_reason: str | None = None
+        # Fail fast on the directory before loading anything heavy.
+        if resume:
+            run_dir.check_writable(self.out)
+        else:
+            run_dir.prepare_new(self.out, config, force=force)
+
+    @classmethod
+    def resume(cls, out: str | Path, **kw: Any) -> ELM:
+        """Continue the run in `out` exactly where it stopped (its own config.yaml)."""
+        return cls(run_dir.load_run_config(out), out, resume=True, **kw)
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        from elmjax import qd
+
+        cfg = self.config
+        self.env = make_environment(cfg)
+        self.seed_texts = resolve_seed_programs(self.env, cfg.seed_programs)
+        self.n_seeds = len(self.seed_texts)
+        space = self.env.descriptor_space
+        low = cfg.archive.low if cfg.archive.low is not None else space.low
+        high = cfg.archive.high if cfg.archive.high is not None else space.high
+        if len(cfg.archive.shape) != space.dim:
+            raise ConfigError(
+                "archive.shape",
+                f"needs {space.dim} axes for {space.names}, got {cfg.archive.shape}",
+            )
+        self.spec = qd.GridSpec(shape=cfg.archive.shape, low=low, high=high)
+        self.operator = make_mutation_operator(cfg)
+        self.store = open_store(self.out / run_dir.STORE)
+        self.checkpoints = open_checkpoints(self.out / run_dir.CHECKPOINTS, cfg.keep_checkpoints)
+        self.timings_total: dict[str, float] = {}
+
+    def _initial_state(self) -> None:
+        """Fresh state, or the state of a killed run rebuilt from checkpoint + store journal."""
+        from elmjax import qd
+
+        self.window: dict[int, Any] = {}  # generation -> archive after it
+        self.texts: dict[int, str] = {}  # program id -> text, for elites of the window
+        self.next_generation = 0
+        self.archive = qd.init(self.spec)
+        if not self.resuming:
+            return
+        restored = self.checkpoints.restore_latest(self._abstract_window())
+        start = 0
+        if restored is not None:
+            start, archives = restored
+            for i, archive in enumerate(archives):
+                g = start - len(archives) + 1 + i
+                if g >= 0:
+                    self.window[g] = archive
+            self.archive = self.window[start]
+            start += 1
+        committed = self.store.committed_generations()
+        self.store.discard_uncommitted()
+        for g in [g for g in committed if g >= start]:
+            self._replay_generation(g)
+            start = g + 1
+        self.next_generation = start
+        self._refresh_texts()
+        run_dir.MetricsLog.truncate(self.out, start - 1)
+
+    def _abstract_window(self) -> list[Any]:
+        from elmjax import qd
+
+        return [qd.init(self.spec) for _ in range(self.config.lag + 1)]
+
+    def _replay_generation(self, generation: int) -> None:
+        """Re-insert a committed generation from its store rows (bit-identical to the live run)."""
+        rows = self.store.generation_rows(generation)
+        batch = self._padded_batch(rows)
+        self.archive, _ = self._insert(batch)
+        self._remember(generation)
+
+    # -- one generation -------------------------------------------------------------------------
+
+    def parent_generation(self, generation: int) -> int:
+        """Which archive generation k selects parents from: A_{k-1-lag}, never before A_0."""
+        return max(0, generation - 1 - self.config.lag)
+
+    def first_program_id(self, generation: int) -> int:
+        if generation == 0:
+            return 0
+        return self.n_seeds + (generation - 1) * self.config.batch_size
+
+    def evaluations_after(self, generation: int) -> int:
+        return self.n_seeds + generation * self.config.batch_size
+
+    def _prepare(self, generation: int, parents_archive: Any, texts: dict[int, str]) -> Prepared:
+        """Host half of a generation: select parents, mutate, sandbox. Runs in the prep thread."""
+        from elmjax import qd
+
+        faults.fault_point(generation, "prepare")
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        cfg = self.config
+        first = self.first_program_id(generation)
+        if generation == 0:
+            candidates = [
+                Candidate(program_id=i, generation=0, text=text, operator="seed", prompt=name)
+                for i, (name, text) in enumerate(self.seed_texts.items())
+            ]
+        else:
+            keys = generation_keys(cfg.seed, generation)
+            n_prompts = cfg.batch_size // cfg.mutation.children_per_prompt
+            cells = np.asarray(
+                qd.sample_cells(parents_archive, keys["select"], n_prompts, cfg.archive.selection)
+            )
+            ids = np.asarray(parents_archive.program_id)[np.maximum(cells, 0)]
+            parents = [(int(pid), texts[int(pid)]) for pid in ids]
+            cell_of = {int(pid): int(c) for pid, c in zip(ids, cells)}
+            timings["select"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            children = self.operator.mutate(
+                parents, cfg.mutation.children_per_prompt, key_to_int(keys["mutate"])
+            )
+            timings.update(mutation_timings(self.operator, time.perf_counter() - t1))
+            if len(children) != cfg.batch_size:
+                raise RuntimeError(
+                    f"operator returned {len(children)} children, expected {cfg.batch_size}"
+                )
+            candidates = [
+                candidate_from_child(child, first + i, generation, cell_of)
+                for i, child in enumerate(children)
+            ]
+        t2 = time.perf_counter()
+        self._sandbox(candidates)
+        timings["sandbox"] = time.perf_counter() - t2
+        return Prepared(generation, candidates, timings)
+
+    def _sandbox(self, candidates: list[Candidate]) -> None:
+        todo = [c for c in candidates if c.text is not None and c.error_kind is None]
+        if not todo:
+            return
+        results = self.pool.run(
+            [c.text for c in todo],
+            self.env.entry,
+            self.env.check,
+            limits=self.limits,
+            seeds=[program_seed(self.config.seed, c.program_id) for c in todo],
+            inject=getattr(self.env, "inject", None),
+        )
+        for cand, res in zip(todo, results):
+            if res.ok:
+                cand.result = res.value
+            else:
+                cand.error_kind = res.error.kind
+                cand.error_message = res.error.message
+
+    def _evaluate(self, prepared: Prepared) -> dict[str, float]:
+        """Device half: score every program that ran; failures stay invalid with their error."""
+        faults.fault_point(prepared.generation, "simulate")
+        ran = [c for c in prepared.candidates if c.error_kind is None and c.result is not None]
+        if not ran:
+            return {"simulate": 0.0}
+        t0 = time.perf_counter()
+        keys = generation_keys(self.config.seed, prepared.generation)
+        evaluation = self.env.evaluate([c.result for c in ran], seed=key_to_int(keys["evaluate"]))
+        seconds = time.perf_counter() - t0
+        fitness = np.asarray(evaluation.fitness, np.float32)
+        descriptor = np.asarray(evaluation.descriptor, np.float32)
+        valid = np.asarray(evaluation.valid, bool)
+        for i, cand in enumerate(ran):
+            cand.fitness = float(fitness[i])
+            cand.descriptor = tuple(float(x) for x in descriptor[i])
+            cand.valid = bool(valid[i])
+            cand.extras = {k: float(np.asarray(v)[i]) for k, v in evaluation.extras.items()}
+            if not cand.valid:
+                cand.error_kind = "simulation"
+                cand.error_message = evaluation.error[i] or "invalid"
+        timings = getattr(evaluation, "timings", None) or getattr(self.env, "last_timings", None)
+        if isinstance(timings, dict) and timings:
+            return {k: float(v) for k, v in timings.items()}
+        return {"simulate": seconds}
+
+    def _padded_batch(self, rows: Sequence[Candidate]) -> dict[str, np.ndarray]:
+        """Arrays for `qd.insert`, padded to the batch size (program id -1) to reuse one compile."""
+        size = max(self.config.batch_size, len(rows))
+        dim = self.spec.dim
+        batch = {
+            "fitness": np.zeros(size, np.float32),
+            "descriptor": np.zeros((size, dim), np.float32),
+            "valid": np.zeros(size, bool),
+            "program_id": np.full(size, -1, np.int32),
+            "parent_cell": np.full(size, -1, np.int32),
+        }
+        for i, c in enumerate(rows):
+            batch["program_id"][i] = c.program_id
+            batch["parent_cell"][i] = c.parent_cell
+            if c.valid:
+                batch["fitness"][i] = c.fitness
+                batch["descriptor"][i] = c.descriptor
+                batch["valid"][i] = True
+        return batch
+
+    def _insert(self, batch: dict[str, np.ndarray]) -> tuple[Any, Any]:
+        from elmjax import qd
+
+        return qd.insert(
+            self.archive,
+            batch["fitness"],
+            batch["descriptor"],
+            batch["valid"],
+            batch["program_id"],
+            parent_cell=batch["parent_cell"],
+        )
+
+    def _remember(self, generation: int) -> None:
+        """Keep A_generation in the window of archives later generations select from."""
+        self.window[generation] = self.archive
+        for g in [g for g in self.window if g < generation - self.config.lag]:
+            del self.window[g]
+
+    def _refresh_texts(self) -> None:
+        """Program texts of every elite in the window (parents of the generations to come)."""
+        needed: set[int] = set()
+        for archive in self.window.values():
+            ids = np.asarray(archive.program_id)
+            needed.update(int(i) for i in ids[ids >= 0])
+        missing = needed - self.texts.keys()
+        if missing:
+            self.texts.update(self.store.texts(sorted(missing)))
+        self.texts = {i: self.texts[i] for i in needed}
+
+    def _texts_for(self, archive: Any) -> dict[int, str]:
+        ids = np.asarray(archive.program_id)
+        return {int(i): self.texts[int(i)] for i in ids[ids >= 0]}
+
+    def _commit(self, prepared: Prepared) -> dict[str, float]:
+        """Evaluate, insert, store one generation; returns its timings."""
+        timings = dict(prepared.timings)
+        timings.update(self._evaluate(prepared))
+        gen = prepared.generation
+        faults.fault_point(gen, "insert")
+        t0 = time.perf_counter()
+        self.archive, info = self._insert(self._padded_batch(prepared.candidates))
+        status = np.asarray(info.status)
+        cells = np.asarray(info.cell)
+        timings["insert"] = time.perf_counter() - t0
+        for i, cand in enumerate(prepared.candidates):
+            cand.status = int(status[i])
+            cand.cell = int(cells[i]) if cand.valid else -1
+            if cand.entered:
+                self.texts[cand.program_id] = cand.text
+        faults.fault_point(gen, "store")
+        t1 = time.perf_counter()
+        self.store.write_generation(gen, prepared.candidates)
+        timings["store"] = time.perf_counter() - t1
+        faults.fault_point(gen, "stored")
+        self._remember(gen)
+        self._refresh_texts()
+        return timings
+
+    # -- driver -------------------------------------------------------------------------------
+
+    def _last_generation(self) -> int:
+        """Index of the last generation the evaluation budget allows."""
+        extra = max(0, self.config.budget - self.n_seeds)
+        return math.ceil(extra / self.config.batch_size)
+
+    def run(self) -> RunResult:
+        """Run (or continue) until the budget, the time limit, a signal or a full disk."""
+        self.started = time.perf_counter()
+        self._setup()
+        from elmjax.sandbox import SandboxPool
+
+        status = "done"
+        previous_handlers = self._install_signal_handlers()
+        self.metrics_log: run_dir.MetricsLog | None = None
+        try:
+            self._initial_state()
+            self._write_provenance()
+            self.metrics_log = run_dir.MetricsLog(self.out)
+            with SandboxPool(limits=sandbox_limits(self.config)) as pool:
+                self.pool = pool
+                self.limits = sandbox_limits(self.config)
+                with make_progress(self.config, self) as progress:
+                    self.progress = progress
+                    status = self._loop()
+        except DiskFull:
+            status = "disk_full"
+        finally:
+            self._restore_signal_handlers(previous_handlers)
+            if self.metrics_log is not None:
+                self.metrics_log.close()
+            self.store.close()
+        result = RunResult(
+            run_dir=self.out,
+            status=status,
+            generations=self.next_generation,
+            evaluations=self.evaluations_after(self.next_generation - 1)
+            if self.next_generation
+            else 0,
+            metrics=self.last_metrics if hasattr(self, "last_metrics") else {},
+            archive=self.archive,
+        )
+        if status in ("done", "time_limit") and self.config.report:
+            from elmjax.viz.report import write_report
+
+            write_report(self.out)
+        return result
+
+    def _loop(self) -> str:
+        cfg = self.config
+        last = self._last_generation()
+        overlapped = cfg.pipeline == "overlapped" and cfg.lag >= 1
+        executor = ThreadPoolExecutor(1, thread_name_prefix="elm-prepare") if overlapped else None
+        pending: dict[int, Future[Prepared]] = {}
+        since_checkpoint = 0
+        status = "done"
+        try:
+            gen = self.next_generation
+            while gen <= last:
+                if self._stop_reason:
+                    status = self._stop_reason
+                    break
+                if cfg.time_limit is not None and self._elapsed() >= cfg.time_limit:
+                    status = "time_limit"
+                    break
+                if gen in pending:
+                    prepared = pending.pop(gen).result()
+                else:
+                    prepared = self._prepare_generation(gen)
+                # Generation gen+1 selects from A_{gen-lag}, which exists now (lag >= 1).
+                if executor is not None and gen + 1 <= last and gen >= 1:
+                    parents = self.window[self.parent_generation(gen + 1)]
+                    pending[gen + 1] = executor.submit(
+                        self._prepare, gen + 1, parents, self._texts_for(parents)
+                    )
+                timings = self._with_disk_guard(self._commit, prepared)
+                self.next_generation = gen + 1
+                since_checkpoint += 1
+                self._with_disk_guard(self._log, prepared, timings)
+                if since_checkpoint >= cfg.checkpoint_every:
+                    self._with_disk_guard(self._checkpoint)
+                    since_checkpoint = 0
+                gen += 1
+            if since_checkpoint:
+                self._with_disk_guard(self._checkpoint)
+        finally:
+            for future in pending.values():
+                future.cancel()
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+        return status
+
+    def _prepare_generation(self, gen: int) -> Prepared:
+        if gen == 0:
+            return self._prepare(0, None, {})
+        parents = self.window[self.parent_generation(gen)]
+        return self._prepare(gen, parents, self._texts_for(parents))
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def _with_disk_guard(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Turn a full disk (OSError ENOSPC, SQLite 'disk is full') into a clean stop."""
+        try:
+            return fn(*args)
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                self._report_disk_full(err)
+            raise
+        except sqlite3.OperationalError as err:
+            if "full" in str(err).lower():
+                self._report_disk_full(err)
+            raise
+
+    def _report_disk_full(self, err: BaseException) -> None:
+        print(
+            f"elmjax: disk full ({err}); stopped. The last checkpoint in {self.out} is intact: "
+            f"free space and run `elmjax evolve --resume {self.out}`",
+            file=sys.stderr,
+        )
+        raise DiskFull(str(err)) from err
+
+    def _checkpoint(self) -> None:
+        gen = self.next_generation - 1
+        faults.fault_point(gen, "checkpoint")
+        lag = self.config.lag
+        archives = [
+            self.window.get(g, self.window[min(self.window)]) for g in range(gen - lag, gen + 1)
+        ]
+        self.checkpoints.save(gen, archives)
+
+    def _log(self, prepared: Prepared, timings: dict[str, float]) -> None:
+        from elmjax import qd
+
+        gen = prepared.generation
+        faults.fault_point(gen, "metrics")
+        cands = prepared.candidates
+        m = qd.metrics_host(self.archive)
+        evaluations = self.evaluations_after(gen)
+        elapsed = self._elapsed()
+        for stage, seconds in timings.items():
+            self.timings_total[stage] = self.timings_total.get(stage, 0.0) + seconds
+        row = {
+            "generation": gen,
+            "evaluations": evaluations,
+            "coverage": m["coverage"],
+            "num_filled": m["num_filled"],
+            "qd_score": m["qd_score"],
+            "max_fitness": m["max_fitness"],
+            "mean_fitness": m["mean_fitness"],
+            "valid_rate": sum(c.valid for c in cands) / max(1, len(cands)),
+            "valid_rate_total": m["validity_total"],
+            "new_cells": sum(c.status == 1 for c in cands),
+            "improved": sum(c.status == 2 for c in cands),
+            "errors": _count(c.error_kind for c in cands if c.error_kind),
+            "elapsed": elapsed,
+            "time": {k: round(v, 6) for k, v in timings.items()},
+        }
+        self.last_metrics = row
+        self.metrics_log.write(row)
+        self.progress.update(row)
+        if self.on_generation is not None:
+            self.on_generation(row)
+
+    def _write_provenance(self) -> None:
+        info = run_dir.provenance(
+            self.config, model_provenance(self.config), getattr(self.store, "schema_version", None)
+        )
+        run_dir.write_provenance(self.out, info, resumed=self.resuming)
+
+    # -- signals --------------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """SIGINT/SIGTERM finish the current generation, checkpoint, and stop (second: abort)."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_reason:
+                raise KeyboardInterrupt
+            self._stop_reason = "interrupted"
+            print(
+                "\nelmjax: stopping after this generation (checkpoint follows); again to abort",
+                file=sys.stderr,
+            )
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _count(items: Iterator[str] | Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return out
+
+
+# -- adapters to the pieces the loop wires (one place to change if an interface moves) --------
+
+
+def make_environment(config: RunConfig) -> Any:
+    if config.env.name == "sodarace":
+        from elmjax.sodarace.env import Sodarace
+
+        return Sodarace(terrain=config.env.terrain, seconds=config.env.seconds)
+    from elmjax.envs.parity import Parity
+
+    return Parity()
+
+
+def resolve_seed_programs(env: Any, names: Sequence[str]) -> dict[str, str]:
+    """Seed program texts by name: the environment's seeds, or paths to .py files."""
+    known = env.seed_programs()
+    out: dict[str, str] = {}
+    for name in names:
+        if name in known:
+            out[name] = known[name]
+            continue
+        path = Path(name)
+        if path.suffix == ".py" and path.is_file():
+            out[path.stem] = path.read_text()
+            continue
+        raise ConfigError(
+            "seed_programs", f"{name!r} is neither a seed ({', '.join(known)}) nor a .py file"
+        )
+    return out
+
+
+def make_mutation_operator(config: RunConfig) -> Any:
+    from elmjax.mutation import make_operator
+
+    m = config.mutation
+    if m.operator == "gp":
+        return make_operator("gp")
+    return make_operator(
+        m.operator,
+        model=m.model,
+        temperature=m.temperature,
+        top_p=m.top_p,
+        top_k=m.top_k,
+        max_new_tokens=m.max_new_tokens,
+    )
+
+
+def mutation_timings(operator: Any, seconds: float) -> dict[str, float]:
+    """The operator's own split (decode / apply) when it reports one, else one `mutate` figure."""
+    split = getattr(operator, "last_timings", None)
+    if isinstance(split, dict) and split:
+        return {k: float(v) for k, v in split.items()}
+    return {"mutate": seconds}
+
+
+def candidate_from_child(
+    child: Any, program_id: int, generation: int, cell_of: dict[int, int]
+) -> Candidate:
+    parents = tuple(int(p) for p in getattr(child, "parents", ()) or ())
+    error = getattr(child, "error", None)
+    return Candidate(
+        program_id=program_id,
+        generation=generation,
+        text=child.text,
+        parents=parents,
+        parent_cell=cell_of.get(parents[0], -1) if parents else -1,
+        operator=child.operator,
+        model=getattr(child, "model", None),
+        temperature=getattr(child, "temperature", None),
+        prompt=getattr(child, "prompt", None),
+        raw_output=getattr(child, "raw_output", None),
+        error_kind="apply" if error else None,
+        error_message=str(error) if error else None,
+    )
+
+
+def sandbox_limits(config: RunConfig) -> Any:
+    from elmjax.sandbox import Limits
+
+    s = config.sandbox
+    kw: dict[str, Any] = {
+        "cpu_seconds": s.cpu_seconds,
+        "wall_seconds": s.timeout,
+        "address_space_bytes": s.memory_mb * 1024 * 1024,
+    }
+    if s.workers:
+        kw["workers"] = s.workers
+    return Limits(**kw)
+
+
+def open_store(path: Path) -> Any:
+    from elmjax.store import ProgramStore
+
+    return ProgramStore(path)
+
+
+def open_checkpoints(path: Path, keep: int) -> Any:
+    from elmjax.checkpoint import Checkpoints
+
+    return Checkpoints(path, keep=keep)
+
+
+def model_provenance(config: RunConfig) -> dict[str, Any] | None:
+    """Model name and sha256 of its weights (None for the GP operator, which uses no model)."""
+    if config.mutation.operator == "gp":
+        return None
+    info: dict[str, Any] = {"name": config.mutation.model}
+    try:
+        from elmjax.lm import model_files
+
+        path = model_files(config.mutation.model)
+        info["path"] = str(path)
+        info["sha256"] = run_dir.sha256_of(path)
+    except Exception as err:  # provenance must never stop a run
+        info["sha256"] = None
+        info["note"] = f"could not hash the weights: {err}"
+    return info
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Live bar (rich) on a terminal; a plain line every ~10 s otherwise."""
+
+    def __init__(self, config: RunConfig, elm: ELM):
+        self.config = config
+        self.elm = elm
+        mode = config.progress
+        self.live = mode == "always" or (mode == "auto" and sys.stderr.isatty())
+        self.quiet = mode == "never"
+        self._last_print = 0.0
+        self._bar = None
+        self._first_evals: int | None = None
+        self._t0 = time.perf_counter()
+
+    def __enter__(self) -> _Progress:
+        if self.live:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("[bold]ELM[/]"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} evals"),
+                TextColumn("{task.fields[stats]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA {task.fields[eta]}"),
+                console=Console(stderr=True),
+                refresh_per_second=2,
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task(
+                "elm", total=self.config.budget, stats="starting...", eta="?"
+            )
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def update(self, row: dict[str, Any]) -> None:
+        evals = row["evaluations"]
+        now = time.perf_counter()
+        if self._first_evals is None:
+            self._first_evals, self._t0 = evals, now
+        rate = (evals - self._first_evals) / max(now - self._t0, 1e-9)
+        remaining = max(0, self.config.budget - evals) / rate if rate > 0 else float("inf")
+        if self.config.time_limit is not None:
+            remaining = min(remaining, max(0.0, self.config.time_limit - row["elapsed"]))
+        eta = (
+            "?" if not math.isfinite(remaining) else time.strftime("%M:%S", time.gmtime(remaining))
+        )
+        if remaining >= 3600 and math.isfinite(remaining):
+            eta = f"{remaining / 3600:.1f}h"
+        stats = (
+            f"cov {row['coverage']:.1%} | QD {row['qd_score']:.1f} | "
+            f"max {row['max_fitness']:.2f} | valid {row['valid_rate']:.0%} | {rate:.1f} evals/s"
+        )
+        if self._bar is not None:
+            self._bar.update(
+                self._task, completed=min(evals, self.config.budget), stats=stats, eta=eta
+            )
+        elif not self.quiet and (now - self._last_print > 10 or evals >= self.config.budget):
+            self._last_print = now
+            print(
+                f"elmjax: gen {row['generation']} | {evals}/{self.config.budget} evals | {stats}"
+                f" | ETA {eta}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def make_progress(config: RunConfig, elm: ELM) -> _Progress:
+    return _Progress(config, elm)
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The run's config: YAML file (default config if none), then --set, then the shortcuts."""
+    overrides = list(args.set or [])
+    if args.model:
+        overrides.append(f"mutation.model={args.model}")
+    if args.operator:
+        overrides.append(f"mutation.operator={args.operator}")
+    config_path = args.config
+    if config_path is None:
+        default = default_config_path()
+        config_path = default if default.exists() else None
+    config = load_config(config_path, overrides)
+    if args.seed_program:
+        config = config.replace({"seed_programs": list(args.seed_program)})
+    return config
+
+
+def default_config_path() -> Path:
+    return Path(__file__).resolve().parent.parent / "experiments" / "configs" / "default.yaml"
+
+
+def evolve_command(args: argparse.Namespace) -> int:
+    """`elmjax evolve`: parse the config, run, print where the report is."""
+    try:
+        if args.resume:
+            if args.set or args.config or args.model or args.operator or args.seed_program:
+                print(
+                    "elmjax evolve: --resume continues a run with its own config.yaml; "
+                    "drop --config/--set/--model/--operator/--seed-program",
+                    file=sys.stderr,
+                )
+                return EXIT_ERROR
+            elm = ELM.resume(args.resume)
+        else:
+            config = config_from_args(args)
+            elm = ELM(config, args.out, force=args.force)
+    except (ConfigError, run_dir.RunDirError) as err:
+        print(f"elmjax evolve: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        result = elm.run()
+    except ConfigError as err:
+        print(f"elmjax evolve: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    m = result.metrics
+    summary = (
+        f"elmjax: {result.status} after {result.evaluations} evaluations "
+        f"({result.generations} generations)"
+    )
+    if m:
+        summary += (
+            f": coverage {m['coverage']:.1%}, QD score {m['qd_score']:.2f}, "
+            f"max fitness {m['max_fitness']:.3f}"
+        )
+    print(summary, file=sys.stderr)
+    report = result.run_dir / run_dir.REPORT / "index.html"
+    if report.exists():
+        print(f"elmjax: report: {report}", file=sys.stderr)
+    if result.status in ("interrupted", "disk_full"):
+        print(f"elmjax: continue with: elmjax evolve --resume {result.run_dir}", file=sys.stderr)
+    return {
+        "done": EXIT_OK,
+        "time_limit": EXIT_OK,
+        "interrupted": EXIT_INTERRUPTED,
+        "disk_full": EXIT_DISK_FULL,
+    }[result.status]

@@ -1,0 +1,260 @@
+"""The run directory (DESIGN section 3): what a run leaves behind, and the checks before it starts.
+
+```
+RUN_DIR/
+  config.yaml        the whole recipe; `--resume` reads it back
+  provenance.json    elmjax commit, jax/jaxlib/flax versions, XLA flags, devices, model + sha256,
+                     store schema version, start time, command line
+  programs.sqlite    every candidate ever evaluated (the journal, `elmjax.store`)
+  checkpoints/       orbax checkpoints (archive window, generation)
+  metrics.jsonl      one JSON object per generation
+  tb/                TensorBoard event files
+  report/            index.html + assets (`elmjax.viz.report`)
+```
+
+Checks that happen before any work: the directory is writable (a probe file is created and
+removed, so a read-only mount or a path under a file fails in milliseconds, not after model
+loading), and a directory that already holds a run is never overwritten without `force`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from elmjax.config import RunConfig, dump_config, load_config
+
+CONFIG = "config.yaml"
+PROVENANCE = "provenance.json"
+STORE = "programs.sqlite"
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+TENSORBOARD = "tb"
+REPORT = "report"
+#: files whose presence means "a run lives here".
+_RUN_MARKERS = (CONFIG, STORE, METRICS, CHECKPOINTS)
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used (exists without --force, unwritable, not a run)."""
+
+
+def holds_run(path: Path) -> bool:
+    return any((path / name).exists() for name in _RUN_MARKERS)
+
+
+def prepare_new(path: str | Path, config: RunConfig, force: bool = False) -> Path:
+    """Create (or, with `force`, clear) a run directory and write `config.yaml`.
+
+    Refuses a directory that holds a run unless `force`; with `force` only the run's own files
+    are removed (never unrelated files a user put there).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"run directory {path} exists and is not a directory")
+    if path.is_dir() and holds_run(path):
+        if not force:
+            raise RunDirError(
+                f"{path} already holds a run; continue it with `elmjax evolve --resume {path}`, "
+                "or pass --force to overwrite it"
+            )
+        for name in (
+            *_RUN_MARKERS,
+            PROVENANCE,
+            TENSORBOARD,
+            REPORT,
+            STORE + "-wal",
+            STORE + "-shm",
+        ):
+            target = path / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    check_writable(path)
+    dump_config(config, path / CONFIG)
+    return path
+
+
+def check_writable(path: Path) -> None:
+    """Fail fast with a clear message when `path` cannot be created or written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or str(err)
+        if err.errno == errno.ENOSPC:
+            reason = "no space left on device"
+        raise RunDirError(f"cannot write run directory {path}: {reason}") from None
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not (path / CONFIG).exists():
+        raise RunDirError(f"{path} is not a run directory (no {CONFIG}); nothing to resume")
+    return load_config(path / CONFIG)
+
+
+# -- provenance -------------------------------------------------------------------------------
+
+
+def _git_commit() -> dict[str, Any]:
+    root = Path(__file__).resolve().parent.parent
+    info: dict[str, Any] = {"commit": None, "dirty": None}
+    try:
+        info["commit"] = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        info["dirty"] = bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass  # installed from a wheel or no git: the version below still identifies the code
+    return info
+
+
+def sha256_of(path: str | Path) -> str:
+    """sha256 of a file, or of a directory's files (sorted relative paths and contents)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as handle:
+            for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def provenance(
+    config: RunConfig, model: dict[str, Any] | None, store_schema: int | None
+) -> dict[str, Any]:
+    """Everything needed to say which code, libraries and hardware produced a run."""
+    import flax
+    import jax
+    import jaxlib
+
+    import elmjax
+
+    return {
+        "elmjax": {"version": getattr(elmjax, "__version__", None), **_git_commit()},
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jax_platforms": os.environ.get("JAX_PLATFORMS", ""),
+        "devices": [str(d) for d in jax.devices()],
+        "cpu_count": os.cpu_count(),
+        "model": model,
+        "operator": config.mutation.operator,
+        "store_schema_version": store_schema,
+        "seed": config.seed,
+        "command": sys.argv,
+        "started_unix": time.time(),
+    }
+
+
+def write_provenance(path: Path, info: dict[str, Any], resumed: bool = False) -> None:
+    """Write provenance.json; a resumed run appends its own entry under `resumes`."""
+    target = path / PROVENANCE
+    if resumed and target.exists():
+        old = json.loads(target.read_text())
+        old.setdefault("resumes", []).append(info)
+        info = old
+    _atomic_write(target, json.dumps(info, indent=2, default=str))
+
+
+def _atomic_write(target: Path, text: str) -> None:
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, target)
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """metrics.jsonl (one line per generation) and TensorBoard scalars, written together.
+
+    On resume the file is truncated to the generations that are committed in the store, so the
+    log of a resumed run equals that of an uninterrupted one (a generation cut off after its
+    metrics line but before its store commit is recomputed, not logged twice).
+    """
+
+    def __init__(self, path: Path, tensorboard: bool = True):
+        self.path = path / METRICS
+        self._file = self.path.open("a")
+        self._tb = None
+        if tensorboard:
+            with contextlib.suppress(Exception):  # TensorBoard is a convenience, never fatal
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(str(path / TENSORBOARD), flush_secs=30)
+
+    @staticmethod
+    def truncate(path: Path, last_generation: int) -> None:
+        """Keep only lines with generation <= last_generation (and only complete lines)."""
+        target = path / METRICS
+        if not target.exists():
+            return
+        keep = []
+        for line in target.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if row.get("generation", 1 << 60) <= last_generation:
+                keep.append(line)
+        _atomic_write(target, "".join(k + "\n" for k in keep))
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            step = int(row["evaluations"])
+            for key, value in row.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    self._tb.add_scalar(key, value, step)
+            for stage, seconds in row.get("time", {}).items():
+                self._tb.add_scalar(f"time/{stage}", seconds, step)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        if self._tb is not None:
+            with contextlib.suppress(Exception):
+                self._tb.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    target = Path(path) / METRICS
+    rows = []
+    if target.exists():
+        for line in target.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                rows.append(json.loads(line))
+    return rows

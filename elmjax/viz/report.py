@@ -1,0 +1,304 @@
+"""`elmjax report RUN_DIR`: a self-contained HTML page that shows what a run found.
+
+`RUN_DIR/report/index.html` opens from disk with no server: every asset is a relative path to a
+file next to it (PNG, GIF) and nothing loads from the network. It shows
+
+- the run's headline figures (evaluations, coverage, QD score, max fitness, validity, status);
+- archive heatmaps (`elmjax.viz.heatmaps`: height x width per mass slice, max over mass);
+- coverage, QD score and max fitness against evaluations (from `metrics.jsonl`);
+- the best walker of each of the top niches as a GIF (`elmjax.viz.walker_gif.render_gif`);
+- the program text of those elites, and the lineage of the best one back to its seed;
+- operator statistics: candidates, validity, archive entries and error kinds per operator.
+
+Everything is read from the run directory (store, metrics, config), so a report can be rebuilt
+for a killed or finished run at any time, and the loop calls `write_report` at the end of a run.
+A piece that cannot be drawn (no valid walker yet, a GIF renderer error) leaves a note on the
+page instead of failing the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import shutil
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from elmjax import run_dir as rd
+
+HEATMAPS_DIR = "heatmaps"
+
+
+def report_command(args: argparse.Namespace) -> int:
+    path = Path(args.run_dir)
+    if not (path / rd.CONFIG).exists():
+        print(f"elmjax report: {path} is not a run directory (no {rd.CONFIG})", file=sys.stderr)
+        return 1
+    index = write_report(path)
+    print(f"elmjax: report: {index}")
+    return 0
+
+
+def write_report(run_path: str | Path) -> Path:
+    """Write `RUN_DIR/report/` (index.html + assets) and return the index path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from elmjax.run_dir import load_run_config, read_metrics
+
+    run_path = Path(run_path)
+    out = run_path / rd.REPORT
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    config = load_run_config(run_path)
+    metrics = read_metrics(run_path)
+    data = load_run_data(run_path, config)
+    notes: list[str] = []
+    sections = [
+        _summary_section(config, metrics, data, run_path),
+        _guarded("Archive", notes, _heatmap_section, data, config, out),
+        _guarded("Progress", notes, _curves_section, metrics, out),
+        _guarded("Best walkers", notes, _elites_section, data, config, out),
+        _guarded("Lineage", notes, _lineage_section, data),
+        _guarded("Operators", notes, _operator_section, data),
+    ]
+    page = _PAGE.format(
+        title=html.escape(f"elmjax run {run_path.name}"),
+        body="\n".join(sections),
+        notes="".join(f"<li>{html.escape(n)}</li>" for n in notes),
+    )
+    index = out / "index.html"
+    index.write_text(page)
+    return index
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+def load_run_data(run_path: Path, config: Any) -> dict[str, Any]:
+    """Elites (per cell, the candidate that entered it last), counts per operator, lineage access.
+
+    Built from the store alone: the elite of a cell is the last candidate that entered it (insert
+    replaces an elite only with a strictly better one), so no checkpoint is needed.
+    """
+    from elmjax.store import ProgramStore
+
+    store = ProgramStore(run_path / rd.STORE, readonly=True)
+    try:
+        elites = store.elites()
+        return {
+            "elites": elites,
+            "operators": store.operator_stats(),
+            "lineage": store.lineage(elites[0]["program_id"]) if elites else [],
+            "evaluations": store.count(),
+        }
+    finally:
+        store.close()
+
+
+# -- sections -----------------------------------------------------------------------------------
+
+
+def _guarded(title: str, notes: list[str], fn: Any, *args: Any) -> str:
+    try:
+        return fn(*args)
+    except Exception as err:  # a report is best effort section by section
+        notes.append(f"{title}: could not be drawn ({type(err).__name__}: {err})")
+        traceback.print_exc(file=sys.stderr)
+        return (
+            f"<section><h2>{html.escape(title)}</h2><p class=note>not available: "
+            f"{html.escape(str(err))}</p></section>"
+        )
+
+
+def _summary_section(
+    config: Any, metrics: list[dict[str, Any]], data: dict[str, Any], run_path: Path
+) -> str:
+    last = metrics[-1] if metrics else {}
+    provenance = {}
+    if (run_path / rd.PROVENANCE).exists():
+        provenance = json.loads((run_path / rd.PROVENANCE).read_text())
+    rows = [
+        ("environment", f"{config.env.name} ({config.env.terrain}, {config.env.seconds:g} s)"),
+        ("operator / model", f"{config.mutation.operator} / {config.mutation.model}"),
+        ("seed programs", ", ".join(config.seed_programs)),
+        ("evaluations", f"{data['evaluations']}"),
+        ("generations", f"{last.get('generation', -1) + 1}"),
+        ("coverage", f"{last.get('coverage', 0):.1%} ({last.get('num_filled', 0)} cells)"),
+        ("QD score", f"{last.get('qd_score', 0):.3f}"),
+        ("max fitness", f"{last.get('max_fitness', float('nan')):.3f}"),
+        ("valid (all candidates)", f"{last.get('valid_rate_total', float('nan')):.1%}"),
+        ("wall clock", f"{last.get('elapsed', 0):.0f} s"),
+        ("elmjax commit", str(provenance.get("elmjax", {}).get("commit"))),
+        ("devices", ", ".join(provenance.get("devices", []))),
+    ]
+    table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f"<section><h2>Run</h2><table class=kv>{table}</table></section>"
+
+
+def _heatmap_section(data: dict[str, Any], config: Any, out: Path) -> str:
+    from elmjax.viz import heatmaps
+
+    files = heatmaps.save_heatmaps(_archive_from_elites(data["elites"], config), out / HEATMAPS_DIR)
+    imgs = "".join(
+        f'<img src="{HEATMAPS_DIR}/{html.escape(Path(f).name)}" alt="archive heatmap">'
+        for f in files
+    )
+    return f"<section><h2>Archive</h2>{imgs}</section>"
+
+
+def _archive_from_elites(elites: Sequence[dict[str, Any]], config: Any) -> Any:
+    """The final archive rebuilt from the store's elites (for the heatmap functions)."""
+    import numpy as np
+
+    from elmjax import qd
+    from elmjax.elm import make_environment
+
+    space = make_environment(config).descriptor_space
+    spec = qd.GridSpec(
+        shape=config.archive.shape,
+        low=config.archive.low if config.archive.low is not None else space.low,
+        high=config.archive.high if config.archive.high is not None else space.high,
+    )
+    archive = qd.init(spec)
+    if not elites:
+        return archive
+    fitness = np.array([e["fitness"] for e in elites], np.float32)
+    descriptor = np.array([e["descriptor"] for e in elites], np.float32)
+    ids = np.array([e["program_id"] for e in elites], np.int32)
+    archive, _ = qd.insert(archive, fitness, descriptor, np.ones(len(elites), bool), ids)
+    return archive
+
+
+def _curves_section(metrics: list[dict[str, Any]], out: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    if not metrics:
+        return "<section><h2>Progress</h2><p class=note>no generation logged yet</p></section>"
+    evals = [m["evaluations"] for m in metrics]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for ax, key, label in zip(
+        axes,
+        ("coverage", "qd_score", "max_fitness"),
+        ("coverage (share of cells filled)", "QD score", "max fitness |dx|"),
+    ):
+        ax.plot(evals, [m[key] for m in metrics], color="#1f77b4")
+        ax.set_xlabel("evaluations")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=90)
+    plt.close(fig)
+    return '<section><h2>Progress</h2><img src="curves.png" alt="progress curves"></section>'
+
+
+def _elites_section(data: dict[str, Any], config: Any, out: Path) -> str:
+    top = data["elites"][: config.report_top]
+    if not top:
+        return "<section><h2>Best walkers</h2><p class=note>no elite yet</p></section>"
+    gifs = render_elite_gifs(top, config, out)
+    cards = []
+    for rank, elite in enumerate(top):
+        gif = gifs.get(elite["program_id"])
+        media = (
+            f'<img src="{gif}" alt="walker {elite["program_id"]}">'
+            if gif
+            else "<p class=note>no animation</p>"
+        )
+        desc = ", ".join(f"{x:.2f}" for x in elite["descriptor"])
+        cards.append(
+            f"<div class=card><h3>#{rank + 1}: program {elite['program_id']}</h3>{media}"
+            f"<p>fitness {elite['fitness']:.3f} | cell {elite['cell']} | descriptor ({desc})"
+            f" | generation {elite['generation']} | {html.escape(str(elite['operator']))}</p>"
+            f"<details><summary>program text</summary><pre>{html.escape(elite['text'] or '')}"
+            f"</pre></details></div>"
+        )
+    return f"<section><h2>Best walkers (top niches)</h2>{''.join(cards)}</section>"
+
+
+def render_elite_gifs(elites: Sequence[dict[str, Any]], config: Any, out: Path) -> dict[int, str]:
+    """GIF per elite (program id -> relative path): rerun the program in the sandbox, animate."""
+    from elmjax.elm import make_environment, program_seed
+    from elmjax.sandbox import run_programs
+    from elmjax.viz.walker_gif import render_gif
+
+    env = make_environment(config)
+    results = run_programs(
+        [e["text"] for e in elites],
+        env.entry,
+        env.check,
+        seeds=[program_seed(config.seed, e["program_id"]) for e in elites],
+        inject=getattr(env, "inject", None),
+    )
+    (out / "walkers").mkdir(exist_ok=True)
+    paths = {}
+    for elite, result in zip(elites, results):
+        if not result.ok:
+            continue
+        name = f"walkers/program_{elite['program_id']}.gif"
+        render_gif(result.value, out / name, seconds=config.env.seconds, terrain=config.env.terrain)
+        paths[elite["program_id"]] = name
+    return paths
+
+
+def _lineage_section(data: dict[str, Any]) -> str:
+    lineage = data["lineage"]
+    if not lineage:
+        return "<section><h2>Lineage</h2><p class=note>no elite yet</p></section>"
+    rows = "".join(
+        f"<tr><td>{r['generation']}</td><td>{r['program_id']}</td>"
+        f"<td>{html.escape(str(r['operator']))}</td><td>{_fmt(r.get('fitness'))}</td>"
+        f"<td>{'yes' if r.get('entered') else ''}</td></tr>"
+        for r in lineage
+    )
+    return (
+        "<section><h2>Lineage of the best elite</h2><p>from the elite (top) back to its seed"
+        "</p><table><tr><th>generation</th><th>program</th><th>operator</th><th>fitness</th>"
+        f"<th>entered archive</th></tr>{rows}</table></section>"
+    )
+
+
+def _operator_section(data: dict[str, Any]) -> str:
+    rows = []
+    for op, s in sorted(data["operators"].items()):
+        n = max(1, s["candidates"])
+        errors = ", ".join(f"{k}: {v}" for k, v in sorted(s.get("errors", {}).items())) or "-"
+        rows.append(
+            f"<tr><td>{html.escape(op)}</td><td>{s['candidates']}</td>"
+            f"<td>{s['valid'] / n:.1%}</td><td>{s['entered']} ({s['entered'] / n:.1%})</td>"
+            f"<td>{html.escape(errors)}</td></tr>"
+        )
+    return (
+        "<section><h2>Operators</h2><table><tr><th>operator</th><th>candidates</th>"
+        "<th>valid</th><th>entered archive</th><th>errors by kind</th></tr>"
+        f"{''.join(rows)}</table></section>"
+    )
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1300px; color: #222; }}
+h1 {{ font-size: 1.5em; }} h2 {{ border-bottom: 1px solid #ccc; margin-top: 1.6em; }}
+img {{ max-width: 100%; margin: 4px; border: 1px solid #eee; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ddd; padding: 3px 8px; }}
+table.kv th {{ text-align: left; background: #f6f6f6; }}
+.card {{ display: inline-block; vertical-align: top; width: 400px; margin: 6px; }}
+.card img {{ width: 390px; }} pre {{ font-size: 11px; max-height: 400px; overflow: auto;
+  background: #f8f8f8; padding: 6px; }}
+.note {{ color: #a60; }}
+</style></head>
+<body><h1>{title}</h1>
+{body}
+<ul class=note>{notes}</ul>
+</body></html>
+"""
