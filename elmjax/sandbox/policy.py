@@ -1,0 +1,237 @@
+"""What a sandboxed program may say and touch: the AST policy, its builtins and its modules.
+
+This is the first of several walls (the worker's resource limits, unprivileged user and
+plain-data results are the others), so it errs towards refusing: walker programs need arithmetic,
+loops, functions, small classes and a few pure modules, nothing else. The rules:
+
+- imports only of `ALLOWED_MODULES`; each program gets its own copy of them, so a program that
+  assigns `math.pi = 3` cannot change what the next program in the same worker sees;
+- no attribute whose name starts with `__` (except `__init__`, `__name__`), and none of the
+  frame/code attributes (`gi_frame`, `f_globals`, ...) that lead back to real builtins;
+- no names that reach outside (`open`, `exec`, `eval`, `compile`, `getattr`, `type`, ...);
+  they are also absent from the program's builtins, so a name built at run time finds nothing;
+- dunder methods may be defined only from an allow-list of ordinary ones (`__init__`, `__str__`,
+  comparisons, arithmetic); never `__del__` (it would run later, inside another program) or the
+  pickle hooks.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import collections
+import functools
+import itertools
+import math
+import random
+import types
+from collections.abc import Callable
+from typing import Any
+
+#: Modules a program may import: pure computation, no I/O, no introspection.
+ALLOWED_MODULES: frozenset[str] = frozenset(
+    {"math", "random", "itertools", "functools", "collections"}
+)
+
+#: Names a program may not mention at all (and that are absent from its builtins).
+FORBIDDEN_NAMES: frozenset[str] = frozenset(
+    {
+        "open", "exec", "eval", "compile", "__import__", "getattr", "setattr", "delattr",
+        "hasattr", "globals", "locals", "vars", "dir", "input", "breakpoint", "help", "type",
+        "id", "memoryview", "exit", "quit", "copyright", "credits", "license", "__builtins__",
+        "__loader__", "__spec__", "__build_class__", "BaseException", "SystemExit",
+        "KeyboardInterrupt", "GeneratorExit",
+    }
+)  # fmt: skip
+
+#: Dunder attributes that are harmless to read or call.
+ALLOWED_DUNDER_ATTRIBUTES: frozenset[str] = frozenset({"__init__", "__name__"})
+
+#: Attributes that expose frames, code or globals without a leading underscore.
+FORBIDDEN_ATTRIBUTES: frozenset[str] = frozenset(
+    {
+        "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await", "cr_origin",
+        "ag_frame", "ag_code", "ag_await", "f_globals", "f_locals", "f_builtins", "f_back",
+        "f_code", "f_trace", "tb_frame", "tb_next", "func_globals", "func_code", "mro",
+    }
+)  # fmt: skip
+
+#: Dunder methods a program's class may define.
+ALLOWED_DUNDER_METHODS: frozenset[str] = frozenset(
+    {
+        "__init__", "__repr__", "__str__", "__len__", "__iter__", "__next__", "__getitem__",
+        "__setitem__", "__contains__", "__eq__", "__ne__", "__lt__", "__le__", "__gt__",
+        "__ge__", "__hash__", "__bool__", "__call__", "__neg__", "__pos__", "__abs__",
+        *(
+            f"__{p}{op}__"
+            for op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul")
+            for p in ("", "r", "i")
+        ),
+    }
+)  # fmt: skip
+
+#: Most AST nodes a program may have (compiling is done under the CPU limit anyway; this keeps
+#: a pathological text from spending that budget in the compiler).
+MAX_AST_NODES = 50_000
+
+_SAFE_BUILTIN_NAMES = (
+    "abs", "all", "any", "ascii", "bin", "bool", "bytearray", "bytes", "callable", "chr",
+    "classmethod", "complex", "dict", "divmod", "enumerate", "filter", "float", "format",
+    "frozenset", "hash", "hex", "int", "isinstance", "issubclass", "iter", "len", "list", "map",
+    "max", "min", "next", "object", "oct", "ord", "pow", "property", "range", "repr", "reversed",
+    "round", "set", "slice", "sorted", "staticmethod", "str", "sum", "super", "tuple", "zip",
+    "True", "False", "None", "NotImplemented", "Ellipsis", "Exception", "ArithmeticError",
+    "AssertionError", "AttributeError", "IndexError", "KeyError", "LookupError", "NameError",
+    "NotImplementedError", "OverflowError", "RecursionError", "RuntimeError", "StopIteration",
+    "TypeError", "ValueError", "ZeroDivisionError", "MemoryError",
+)  # fmt: skip
+_SAFE_BUILTINS: dict[str, Any] = {name: getattr(builtins, name) for name in _SAFE_BUILTIN_NAMES}
+
+
+class PolicyError(Exception):
+    """The program breaks the AST policy; the message says where and how."""
+
+
+def check_tree(tree: ast.AST) -> None:
+    """Raise PolicyError for the first construct the policy forbids."""
+    for count, node in enumerate(ast.walk(tree), 1):
+        if count > MAX_AST_NODES:
+            raise PolicyError(f"program has more than {MAX_AST_NODES} syntax nodes")
+        problem = _problem(node)
+        if problem:
+            line = getattr(node, "lineno", None)
+            raise PolicyError(f"line {line}: {problem}" if line else problem)
+
+
+def _problem(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            if alias.name not in ALLOWED_MODULES:
+                return f"import of {alias.name!r} is not allowed ({_allowed()})"
+    elif isinstance(node, ast.ImportFrom):
+        if node.level or node.module not in ALLOWED_MODULES:
+            return f"import from {node.module or '.'!r} is not allowed ({_allowed()})"
+        for alias in node.names:
+            if alias.name.startswith("_") and alias.name != "*":
+                return f"import of private name {alias.name!r}"
+    elif isinstance(node, ast.Name):
+        if node.id in FORBIDDEN_NAMES:
+            return f"name {node.id!r} is not allowed"
+        if node.id.startswith("__") and not (
+            node.id == "__name__" and isinstance(node.ctx, ast.Load)
+        ):
+            return f"name {node.id!r} is not allowed"
+    elif isinstance(node, ast.Attribute):
+        if node.attr in FORBIDDEN_ATTRIBUTES:
+            return f"attribute {node.attr!r} is not allowed"
+        if node.attr.startswith("__") and node.attr not in ALLOWED_DUNDER_ATTRIBUTES:
+            return f"attribute {node.attr!r} is not allowed"
+    elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        if node.name.startswith("__") and node.name not in ALLOWED_DUNDER_METHODS:
+            return f"defining {node.name!r} is not allowed"
+    elif isinstance(node, ast.ClassDef):
+        if node.keywords:
+            return "class keywords (metaclass=...) are not allowed"
+        if node.name.startswith("__"):
+            return f"class name {node.name!r} is not allowed"
+    elif isinstance(node, ast.Global | ast.Nonlocal):
+        for name in node.names:
+            if name.startswith("__"):
+                return f"name {name!r} is not allowed"
+    elif isinstance(node, ast.arg):
+        if node.arg.startswith("__"):
+            return f"argument name {node.arg!r} is not allowed"
+    elif isinstance(node, ast.keyword):
+        if node.arg is not None and node.arg.startswith("__"):
+            return f"keyword {node.arg!r} is not allowed"
+    elif isinstance(node, ast.alias):
+        if node.asname is not None and node.asname.startswith("__"):
+            return f"alias {node.asname!r} is not allowed"
+    elif isinstance(node, ast.MatchClass | ast.MatchMapping | ast.MatchStar | ast.MatchAs):
+        name = getattr(node, "name", None) or getattr(node, "rest", None)
+        if name and name.startswith("__"):
+            return f"name {name!r} is not allowed"
+    return None
+
+
+def _allowed() -> str:
+    return "allowed: " + ", ".join(sorted(ALLOWED_MODULES))
+
+
+# ---- the program's world: builtins and private module copies -------------------------------------
+
+_IMMUTABLE_TYPE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: C types whose attributes cannot be set
+
+
+def _private(value: Any) -> Any:
+    """A class a program could modify (a Python-level class) becomes a fresh subclass, so the
+    program's assignments to it stay with this program."""
+    if isinstance(value, type) and not value.__flags__ & _IMMUTABLE_TYPE:
+        return types.new_class(value.__name__, (value,))
+    return value
+
+
+def _module_copy(module: types.ModuleType) -> types.ModuleType:
+    copy = types.ModuleType(module.__name__)
+    for name in getattr(module, "__all__", None) or dir(module):
+        if not name.startswith("_") and hasattr(module, name):
+            setattr(copy, name, _private(getattr(module, name)))
+    return copy
+
+
+_RANDOM_FUNCTIONS = (
+    "random", "uniform", "randint", "randrange", "choice", "choices", "shuffle", "sample",
+    "gauss", "normalvariate", "lognormvariate", "expovariate", "vonmisesvariate",
+    "gammavariate", "betavariate", "paretovariate", "weibullvariate", "triangular",
+    "getrandbits", "getstate", "setstate", "randbytes",
+)  # fmt: skip
+
+
+def _random_module(seed: int) -> types.ModuleType:
+    """`random` for one program: the module's functions bound to a generator seeded with `seed`.
+    `random.seed()` without an argument returns to `seed` instead of reading the OS entropy
+    pool, so a program that reseeds itself stays deterministic."""
+    rng = random.Random(seed)
+    module = types.ModuleType("random")
+    for name in _RANDOM_FUNCTIONS:
+        if hasattr(rng, name):
+            setattr(module, name, getattr(rng, name))
+
+    def seed_(a: Any = None, version: int = 2) -> None:
+        rng.seed(seed if a is None else a, version)
+
+    module.seed = seed_
+    return module
+
+
+_MODULES: dict[str, types.ModuleType] = {
+    "math": math,
+    "itertools": itertools,
+    "functools": functools,
+    "collections": collections,
+}
+
+
+def program_globals(
+    seed: int, inject: dict[str, Any], print_sink: Callable[..., None]
+) -> dict[str, Any]:
+    """Fresh globals for one program: restricted builtins, an import that hands out private
+    copies of the allowed modules (`random` seeded with `seed`), and the injected names."""
+    imported: dict[str, types.ModuleType] = {}
+
+    def import_(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level=0):
+        if level or name not in ALLOWED_MODULES:
+            raise ImportError(f"import of {name!r} is not allowed ({_allowed()})")
+        if name not in imported:
+            imported[name] = (
+                _random_module(seed) if name == "random" else _module_copy(_MODULES[name])
+            )
+        return imported[name]
+
+    safe = dict(_SAFE_BUILTINS)
+    safe["__import__"] = import_
+    safe["__build_class__"] = builtins.__build_class__
+    safe["print"] = print_sink
+    namespace: dict[str, Any] = {"__builtins__": safe, "__name__": "__program__"}
+    namespace.update(inject)
+    return namespace
