@@ -1,0 +1,94 @@
+"""`elmjax exec PROGRAM.py [...] --json`: run walker programs in the sandbox, print JSON.
+
+One JSON object per program, in the order given, on stdout:
+`{"program": PATH, "ok": true, "joints": n, "muscles": m, "descriptor": {"height", "width",
+"mass"}}` or `{"program": PATH, "ok": false, "error": {"kind", "message"}}`. Exit status 0 when
+every program ran, 1 when any was rejected. A bad program (or an unreadable file) is a JSON
+error object, never a traceback. Imports no JAX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Any
+
+from elmjax.sandbox import Limits, run_programs
+
+#: What the Sodarace programs get in their globals.
+WALKER_INJECT = {"walker_creator": "elmjax.sodarace.walker:walker_creator"}
+WALKER_CHECK = "elmjax.sodarace.walker:check_walker"
+
+
+def exec_command(args: argparse.Namespace) -> int:
+    """Handler of `elmjax exec` (see the module docstring); returns the exit status."""
+    limits = Limits()
+    if args.timeout is not None:
+        if not args.timeout > 0:
+            print(json.dumps({"ok": False, "error": _error("invalid", "--timeout must be > 0")}))
+            return 1
+        limits = dataclasses.replace(
+            limits, wall_seconds=args.timeout, cpu_seconds=min(limits.cpu_seconds, args.timeout)
+        )
+    limits = dataclasses.replace(limits, workers=max(1, min(limits.workers, len(args.programs))))
+
+    outputs: list[dict[str, Any] | None] = [None] * len(args.programs)
+    sources: list[str] = []
+    slots: list[int] = []
+    for k, path in enumerate(args.programs):
+        text, problem = _read(path, limits.max_source_bytes)
+        if problem is not None:
+            outputs[k] = {"program": path, "ok": False, "error": _error("invalid", problem)}
+        else:
+            sources.append(text)
+            slots.append(k)
+
+    if sources:
+        try:
+            results = run_programs(
+                sources, "make_walker", WALKER_CHECK, limits=limits, inject=WALKER_INJECT
+            )
+        except Exception as exc:  # the sandbox itself failed (environment), not a program
+            message = f"sandbox failed: {type(exc).__name__}: {exc}"[:400]
+            results = None
+        for n, k in enumerate(slots):
+            path = args.programs[k]
+            if results is None:
+                outputs[k] = {"program": path, "ok": False, "error": _error("crashed", message)}
+                continue
+            result = results[n]
+            if result.ok:
+                value = result.value
+                outputs[k] = {
+                    "program": path,
+                    "ok": True,
+                    "joints": len(value["joints"]),
+                    "muscles": len(value["muscles"]),
+                    "descriptor": value["descriptor"],
+                }
+            else:
+                outputs[k] = {"program": path, "ok": False, "error": result.error.to_dict()}
+
+    for out in outputs:
+        sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+    return 0 if all(out["ok"] for out in outputs) else 1
+
+
+def _read(path: str, max_bytes: int) -> tuple[str, str | None]:
+    """(text, None), or ("", why the file cannot be used). Reads at most max_bytes + 1 bytes, so
+    a huge file is rejected by the sandbox's size rule without being read whole."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        return "", f"cannot read {path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+    except OSError as exc:
+        return "", f"cannot read {path}: {exc.strerror or type(exc).__name__}"
+
+
+def _error(kind: str, message: str) -> dict[str, str]:
+    return {"kind": kind, "message": message}
