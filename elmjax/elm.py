@@ -438,7 +438,9 @@ class ELM:
             self._initial_state()
             self._write_provenance()
             self.metrics_log = run_dir.MetricsLog(self.out)
-            with SandboxPool(limits=sandbox_limits(self.config)) as pool:
+            with SandboxPool(
+                sandbox_limits(self.config), preload=sandbox_preload(self.env)
+            ) as pool:
                 self.pool = pool
                 self.limits = sandbox_limits(self.config)
                 with make_progress(self.config, self) as progress:
@@ -711,6 +713,13 @@ def sandbox_limits(config: RunConfig) -> Any:
     if s.workers:
         kw["workers"] = s.workers
     return Limits(**kw)
+
+
+def sandbox_preload(env: Any) -> tuple[str, ...]:
+    """Modules the workers import once, at start (the check and what programs get injected)."""
+    modules = [getattr(env.check, "__module__", "")]
+    modules += [v.partition(":")[0] for v in (getattr(env, "inject", None) or {}).values()]
+    return tuple(dict.fromkeys(m for m in modules if m and m != "__main__"))
 
 
 def open_store(path: Path) -> Any:
