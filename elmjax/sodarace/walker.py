@@ -14,7 +14,10 @@ A program defines `make_walker()`:
 How the paper's `flag` is read: the ELM paper's Square seed passes `False` for the prongs its own
 comment calls "active" (`wc.add_muscle(sides[0], center, False, 5.0, 0.0)`), so the flag cannot
 mean "active". elmjax ignores it: a connection oscillates exactly when its amplitude is nonzero,
-whatever the flag says. The flag must still be a bool (or 0/1), so a misplaced number is caught.
+whatever the flag says. The flag must still be a bool (or 0/1), so a misplaced number is caught;
+and amplitude, phase and coordinates must be int or float, never bool, so a flag in the wrong
+place is caught too. `(j0, j1, amplitude)` (phase 0) is accepted as well. A connection with zero
+amplitude is a bone and its phase is dropped (set to 0), so `from_dict(w.to_dict()) == w`.
 
 This module imports no JAX: it runs inside sandbox workers under a small memory limit, and its
 descriptors are the ones the simulator and the archive use, so `elmjax exec` and `elmjax simulate`
@@ -164,14 +167,12 @@ class WalkerCreator:
         unknown = set(kwargs) - {"amplitude", "phase"}
         if unknown:
             raise WalkerError(f"add_muscle got unexpected keywords {sorted(unknown)}")
+        if len(args) > 3:
+            raise WalkerError(f"add_muscle takes 2 to 5 positional arguments, got {len(args) + 2}")
         if len(args) == 3:
             flag, *args = args
-            if not isinstance(flag, bool | int) or flag not in (0, 1):
+            if type(flag) not in (bool, int) or flag not in (0, 1):
                 raise WalkerError(f"add_muscle flag must be a bool, got {type(flag).__name__}")
-        if len(args) > 2:
-            raise WalkerError(
-                f"add_muscle takes 2, 4 or 5 positional arguments, got {len(args) + 2}"
-            )
         names = ("amplitude", "phase")
         values = dict(zip(names, args))
         for key, value in kwargs.items():
@@ -180,6 +181,8 @@ class WalkerCreator:
             values[key] = value
         amplitude = _number(values.get("amplitude", 0.0), "amplitude", MAX_AMPLITUDE)
         phase = _number(values.get("phase", 0.0), "phase", MAX_PHASE)
+        if amplitude == 0.0:  # a bone: its phase means nothing, and the dict form drops it
+            amplitude, phase = 0.0, 0.0
         i, j = self._index(j0), self._index(j1)
         if i == j:
             raise WalkerError(f"muscle connects joint {i} to itself")
@@ -289,7 +292,8 @@ def check_walker(obj: Any) -> dict[str, Any]:
 
 
 def _number(value: Any, what: str, bound: float) -> float:
-    if type(value) not in (int, float, bool):
+    # bool is refused: True/False where a number belongs is a misplaced flag, not a number
+    if type(value) not in (int, float):
         raise WalkerError(f"{what} must be a number, got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value):
