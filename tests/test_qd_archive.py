@@ -1,0 +1,248 @@
+"""The jit archive against a naive pure-Python MAP-Elites reference.
+
+Batches are padded to a fixed size with `program_id = -1` rows (padding), so every example reuses
+the same compiled `insert`; values are drawn from small pools so that many candidates share a
+cell and fitness ties are common.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from elmjax import qd
+
+SPEC = qd.GridSpec(shape=(3, 4, 2), low=(0.0, -1.0, 10.0), high=(3.0, 1.0, 20.0))
+PAD = 24  # fixed batch size of every insert in this file
+
+FITNESS_POOL = [0.0, 0.5, 1.0, 1.0, 2.0, -1.0, math.nan, math.inf, -math.inf]
+DESC_POOLS = [
+    [-5.0, 0.0, 0.4, 1.0, 2.999, 3.0, 7.0, math.nan],
+    [-1.0, -0.5, 0.0, 0.49, 0.5, 1.0, 9.0, -math.inf],
+    [0.0, 10.0, 14.9, 15.0, 19.0, 20.0, 1e30, math.inf],
+]
+
+
+def reference_cell(desc: list[float]) -> int | None:
+    """Row-major grid index with edge clipping, float32 arithmetic as documented."""
+    if not all(math.isfinite(v) for v in desc):
+        return None
+    scale = SPEC.scale()
+    idx = 0
+    for d, v in enumerate(desc):
+        t = np.floor((np.float32(v) - np.float32(SPEC.low[d])) * scale[d])
+        t = int(min(max(t, 0.0), SPEC.shape[d] - 1))
+        idx = idx * SPEC.shape[d] + t
+    return idx
+
+
+class ReferenceArchive:
+    """Plain dicts: cell -> (fitness, descriptor, program_id)."""
+
+    def __init__(self) -> None:
+        self.elites: dict[int, tuple[float, list[float], int]] = {}
+
+    def insert(self, rows) -> list[tuple[int, int]]:
+        """rows: (fitness, desc, valid, pid); returns (status, cell) per row."""
+        groups: dict[int, list[int]] = {}
+        cells = []
+        for i, (f, desc, valid, pid) in enumerate(rows):
+            cell = reference_cell(desc) if pid >= 0 else None
+            cells.append(-1 if cell is None else cell)
+            if pid >= 0 and valid and math.isfinite(f) and cell is not None:
+                groups.setdefault(cell, []).append(i)
+        status = [qd.REJECTED] * len(rows)
+        for cell, members in groups.items():
+            best = max(np.float32(rows[i][0]) for i in members)
+            winner = min(i for i in members if np.float32(rows[i][0]) == best)
+            old = self.elites.get(cell)
+            if old is None or best > old[0]:
+                status[winner] = qd.NEW_CELL if old is None else qd.IMPROVED
+                f, desc, _, pid = rows[winner]
+                self.elites[cell] = (
+                    float(np.float32(f)),
+                    [float(np.float32(v)) for v in desc],
+                    pid,
+                )
+        return list(zip(status, cells))
+
+
+row = st.tuples(
+    st.sampled_from(FITNESS_POOL),
+    st.tuples(*(st.sampled_from(p) for p in DESC_POOLS)),
+    st.booleans() | st.just(True),
+    st.integers(-1, 1000),
+)
+batches = st.lists(st.lists(row, min_size=0, max_size=PAD), min_size=1, max_size=4)
+
+
+def as_arrays(rows):
+    fit = np.full(PAD, np.nan, np.float32)
+    desc = np.zeros((PAD, 3), np.float32)
+    valid = np.zeros(PAD, bool)
+    pid = np.full(PAD, -1, np.int32)
+    for i, (f, d, v, p) in enumerate(rows):
+        fit[i], desc[i], valid[i], pid[i] = f, d, v, p
+    return fit, desc, valid, pid
+
+
+def assert_same(archive: qd.Archive, ref: ReferenceArchive) -> None:
+    fit = np.asarray(archive.fitness)
+    pid = np.asarray(archive.program_id)
+    desc = np.asarray(archive.descriptor)
+    assert set(np.flatnonzero(pid >= 0).tolist()) == set(ref.elites)
+    for cell in range(SPEC.num_cells):
+        if cell in ref.elites:
+            f, d, p = ref.elites[cell]
+            assert (fit[cell], pid[cell]) == (np.float32(f), p), cell
+            np.testing.assert_array_equal(desc[cell], np.float32(d))
+        else:
+            assert fit[cell] == -np.inf
+
+
+@settings(max_examples=60)
+@given(batches)
+def test_insert_matches_reference(batch_list):
+    archive = qd.init(SPEC)
+    ref = ReferenceArchive()
+    for rows in batch_list:
+        archive, info = qd.insert(archive, *as_arrays(rows))
+        expected = ref.insert(rows)
+        got = list(zip(np.asarray(info.status).tolist(), np.asarray(info.cell).tolist()))
+        assert got[: len(rows)] == expected
+        assert got[len(rows) :] == [(qd.REJECTED, -1)] * (PAD - len(rows))
+        assert_same(archive, ref)
+        real = [r for r in rows if r[3] >= 0]
+        assert int(archive.last_n_evaluated) == len(real)
+        assert int(archive.last_n_valid) == sum(bool(r[2]) for r in real)
+
+
+@settings(max_examples=25)
+@given(batches)
+def test_repeated_batch_is_idempotent(batch_list):
+    archive = qd.init(SPEC)
+    for rows in batch_list:
+        archive, _ = qd.insert(archive, *as_arrays(rows))
+    again, info = qd.insert(archive, *as_arrays(batch_list[-1]))
+    for name in ("fitness", "descriptor", "program_id"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(archive, name))
+    assert not np.asarray(info.entered).any()
+
+
+def test_full_archive_only_improves():
+    cells = np.arange(SPEC.num_cells)
+    idx = np.stack(np.unravel_index(cells, SPEC.shape), -1)
+    centre = np.asarray(SPEC.low) + (idx + 0.5) / SPEC.shape * (
+        np.asarray(SPEC.high) - np.asarray(SPEC.low)
+    )
+    n = SPEC.num_cells
+    archive, info = qd.insert(
+        qd.init(SPEC), np.ones(n, np.float32), centre.astype(np.float32), np.ones(n, bool), cells
+    )
+    assert (np.asarray(info.status) == qd.NEW_CELL).all()
+    assert np.asarray(info.cell).tolist() == cells.tolist()
+    assert float(qd.metrics(archive)["coverage"]) == 1.0
+    fit = np.where(cells % 2 == 0, 2.0, 0.5).astype(np.float32)
+    archive, info = qd.insert(archive, fit, centre.astype(np.float32), np.ones(n, bool), cells + n)
+    status = np.asarray(info.status)
+    assert (status[cells % 2 == 0] == qd.IMPROVED).all()
+    assert (status[cells % 2 == 1] == qd.REJECTED).all()
+    assert (
+        np.asarray(archive.program_id).tolist()
+        == np.where(cells % 2 == 0, cells + n, cells).tolist()
+    )
+
+
+def test_empty_batch():
+    archive = qd.init(SPEC)
+    new, info = qd.insert(
+        archive,
+        np.zeros(0, np.float32),
+        np.zeros((0, 3), np.float32),
+        np.zeros(0, bool),
+        np.zeros(0, np.int32),
+    )
+    assert info.status.shape == (0,)
+    assert int(qd.metrics(new)["num_filled"]) == 0
+    assert math.isnan(float(qd.metrics(new)["validity"]))
+
+
+def test_tokens_follow_their_elite():
+    archive = qd.init(SPEC, token_length=5)
+    desc = np.zeros((3, 3), np.float32) + np.float32([0.5, 0.0, 12.0])
+    tokens = np.arange(15, dtype=np.int32).reshape(3, 5)
+    archive, info = qd.insert(
+        archive, np.float32([1, 3, 2]), desc, np.ones(3, bool), np.int32([7, 8, 9]), tokens
+    )
+    cell = int(info.cell[1])
+    assert int(archive.program_id[cell]) == 8
+    np.testing.assert_array_equal(archive.tokens[cell], tokens[1])
+
+
+def test_metrics_and_selection():
+    archive = qd.init(SPEC)
+    d0, d1 = (0.5, -0.9, 11.0), (2.5, 0.9, 19.0)
+    archive, info = qd.insert(archive, *as_arrays([(1.0, d0, True, 11), (3.0, d1, True, 22)]))
+    cells = np.asarray(info.cell)[:2]
+    m = qd.metrics_host(archive)
+    assert m["num_filled"] == 2 and m["qd_score"] == 4.0 and m["max_fitness"] == 3.0
+    assert m["mean_fitness"] == 2.0 and m["validity"] == 1.0
+    parents = np.asarray(qd.sample_parents(archive, jax.random.PRNGKey(0), 256))
+    assert set(parents.tolist()) == {11, 22}
+    assert 80 < (parents == 11).sum() < 176
+    # Curiosity: cell of 11 gets 9 children that enter, cell of 22 gets 9 that cannot.
+    rows = [(5.0, (0.1 + 0.3 * i, 0.5, 15.0 + i), True, 100 + i) for i in range(9)]
+    rows += [(-math.inf, (0.5, 0.5, 15.0), True, 200 + i) for i in range(9)]
+    parent_cell = np.full(PAD, -1, np.int32)
+    parent_cell[:18] = [cells[0]] * 9 + [cells[1]] * 9
+    archive, info = qd.insert(archive, *as_arrays(rows), parent_cell=parent_cell)
+    assert int(archive.children[cells[0]]) == 9 and int(archive.children[cells[1]]) == 9
+    assert int(archive.successes[cells[0]]) == int(np.asarray(info.entered)[:9].sum()) > 0
+    assert int(archive.successes[cells[1]]) == 0
+    w = np.asarray(qd.cell_weights(archive, "curiosity"))
+    assert w[cells[0]] > w[cells[1]] > 0
+    assert (w[np.asarray(archive.program_id) < 0] == 0).all()
+    picks = np.asarray(qd.sample_cells(archive, jax.random.PRNGKey(1), 256, "curiosity"))
+    assert (np.asarray(archive.program_id)[picks] >= 0).all()
+    assert qd.metrics_host(archive)["validity_total"] == 1.0
+    empty = qd.sample_parents(qd.init(SPEC), jax.random.PRNGKey(0), 256)
+    assert (np.asarray(empty) == -1).all()
+    with pytest.raises(ValueError):
+        qd.cell_weights(archive, "bogus")
+
+
+@settings(max_examples=20)
+@given(st.integers(0, 2**31 - 1))
+def test_nearest_centroid_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    # Coarse values make exact distance ties common: ties must go to the lowest index.
+    # Sizes are not multiples of the chunks, so the padding paths run.
+    pts = rng.integers(0, 4, (37, 3)).astype(np.float32)
+    cents = rng.integers(0, 4, (30, 3)).astype(np.float32)
+    got = np.asarray(qd.nearest_centroid(pts, cents, candidate_chunk=8, centroid_chunk=7))
+    dist = ((pts[:, None, :] - cents[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(got, dist.argmin(1))
+
+
+def test_cvt_archive_insert_and_kmeans():
+    spec = qd.CVTSpec(num_cells=50, low=(0.0, 0.0), high=(1.0, 2.0), centroid_chunk=16)
+    archive = qd.init(spec, seed=3)
+    cents = np.asarray(archive.centroids)
+    assert cents.shape == (50, 2)
+    assert (cents >= [0, 0]).all() and (cents <= [1, 2]).all()
+    assert len(np.unique(cents.round(5), axis=0)) == 50
+    rng = np.random.default_rng(0)
+    desc = rng.random((64, 2)).astype(np.float32) * [1.2, 2.4] - 0.1
+    fit = rng.random(64).astype(np.float32)
+    archive, info = qd.insert(archive, fit, desc, np.ones(64, bool), np.arange(64, dtype=np.int32))
+    clipped = np.clip(desc, [0, 0], [1, 2])
+    expected = ((clipped[:, None] - cents[None]) ** 2).sum(-1).argmin(1)
+    np.testing.assert_array_equal(np.asarray(info.cell), expected)
+    for cell in set(expected.tolist()):
+        members = np.flatnonzero(expected == cell)
+        assert float(archive.fitness[cell]) == fit[members].max()
