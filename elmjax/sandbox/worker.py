@@ -28,6 +28,7 @@ import resource
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -38,6 +39,10 @@ from elmjax.sandbox.policy import PolicyError, check_tree, program_globals
 PROGRAM_FILENAME = "<program>"
 #: Modules a worker makes unimportable (defence in depth behind the AST policy).
 BLOCKED_MODULES = ("socket", "_socket", "ctypes", "_ctypes", "subprocess", "_posixsubprocess")
+#: Standard modules the allowed modules import lazily (e.g. `Counter.most_common` -> heapq).
+#: Imported at start-up, while the interpreter's files are still readable: an unprivileged
+#: worker may not be able to read them later (a Python installed under /root, say).
+LAZY_STDLIB = ("heapq", "copy", "bisect", "operator", "keyword", "reprlib", "encodings.latin_1")
 #: Deepest nesting of a program's result.
 MAX_RESULT_DEPTH = 64
 #: CPU seconds allowed for turning a program's exception into a message (its `__str__` is
@@ -96,9 +101,15 @@ def _lock_down(workdir: str, preload: tuple[str, ...]) -> None:
     signal.signal(signal.SIGPROF, _on_cpu_limit)
     signal.signal(signal.SIGXCPU, _on_cpu_limit)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's business
-    for name in preload:  # import what the programs need while files are still readable
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past RLIMIT_FSIZE fails, not kills
+    for name in (*LAZY_STDLIB, *preload):  # import now, while the files are still readable
         with contextlib.suppress(Exception):
             importlib.import_module(name)
+    warnings.simplefilter("ignore")  # e.g. SyntaxWarnings from compiling a program
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # nothing a worker does reaches the caller's terminal
+    os.dup2(devnull, 2)
+    os.close(devnull)
     os.chdir(workdir)
     os.umask(0o077)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

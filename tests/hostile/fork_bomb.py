@@ -1,0 +1,7 @@
+# expect: forbidden
+import os
+
+
+def make_walker():
+    while True:
+        os.fork()

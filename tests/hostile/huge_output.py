@@ -1,0 +1,4 @@
+# expect: invalid
+def make_walker():
+    while True:
+        print("x" * 100000)

@@ -1,0 +1,3 @@
+# expect: forbidden
+def make_walker():
+    __import__("os").system("touch /tmp/elmjax-hostile-canary")

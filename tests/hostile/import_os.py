@@ -1,0 +1,6 @@
+# expect: forbidden
+import os
+
+
+def make_walker():
+    os.system("touch /tmp/elmjax-hostile-canary")

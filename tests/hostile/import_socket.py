@@ -1,0 +1,6 @@
+# expect: forbidden
+import socket
+
+
+def make_walker():
+    socket.create_connection(("example.com", 80))

@@ -1,0 +1,4 @@
+# expect: timeout
+def make_walker():
+    while True:
+        pass

@@ -1,0 +1,5 @@
+# expect: memory
+def make_walker():
+    hoard = []
+    while True:
+        hoard.append(bytearray(10**7))

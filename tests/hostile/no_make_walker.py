@@ -1,0 +1,3 @@
+# expect: invalid
+def make_robot():
+    return walker_creator().get_walker()

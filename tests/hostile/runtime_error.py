@@ -1,0 +1,3 @@
+# expect: exception
+def make_walker():
+    return 1 / 0

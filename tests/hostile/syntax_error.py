@@ -1,0 +1,3 @@
+# expect: syntax
+def make_walker(:
+    return None

@@ -1,0 +1,66 @@
+"""`check` functions for the sandbox tests. They run inside sandbox workers (imported there by
+module name, from the tests folder on sys.path), so they can look at the worker from inside."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+
+def identity(value: Any) -> Any:
+    """Pass the program's value through (the sandbox still insists on plain data)."""
+    return value
+
+
+def call_on_inputs(function: Any) -> list[Any]:
+    """Parity-style use (`call=False`): call the program's function on test inputs."""
+    return [function(a, b) for a, b in ((0, 0), (0, 1), (1, 0), (1, 1))]
+
+
+def worker_facts(value: Any) -> dict[str, Any]:
+    """What the worker looks like from inside."""
+    try:
+        import socket  # noqa: F401
+
+        socket_importable = True
+    except ImportError:
+        socket_importable = False
+    try:
+        with open("probe.txt", "w") as f:
+            f.write("x" * 10)
+        can_write_cwd = True
+    except OSError:
+        can_write_cwd = False
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        can_fork = True
+    except OSError:
+        can_fork = False
+    return {
+        "uid": os.getuid(),
+        "euid": os.geteuid(),
+        "pid": os.getpid(),
+        "cwd": os.getcwd(),
+        "cwd_entries": sorted(e for e in os.listdir(".") if e != "probe.txt"),
+        "jax_loaded": any(m == "jax" or m.startswith("jax.") for m in sys.modules),
+        "socket_importable": socket_importable,
+        "can_write_cwd": can_write_cwd,
+        "can_fork": can_fork,
+        "value": value,
+    }
+
+
+def die(value: Any) -> None:
+    """Kill the worker from inside: its program must come back `crashed`."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def block(value: Any) -> None:
+    """Block without using CPU: only the caller's wall-clock limit can stop this."""
+    time.sleep(3600)

@@ -1,0 +1,270 @@
+"""The sandbox against a hostile corpus (tests/hostile/*.py, each naming the error kind it must
+get), plus isolation, determinism, limits and worker replacement."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pathlib
+import time
+
+import pytest
+
+from elmjax.sandbox import ERROR_KINDS, ExecResult, Limits, SandboxPool, run_programs
+from elmjax.sodarace.seeds import load_seeds
+from elmjax.sodarace.walker import check_walker
+
+HOSTILE = pathlib.Path(__file__).parent / "hostile"
+INJECT = {"walker_creator": "elmjax.sodarace.walker:walker_creator"}
+CANARY = pathlib.Path("/tmp/elmjax-hostile-canary")
+LIMITS = Limits(cpu_seconds=1.0, wall_seconds=3.0, address_space_bytes=256 << 20, workers=2)
+SQUARE = load_seeds()["square"]
+
+
+def hostile_cases() -> list[tuple[str, str, str]]:
+    cases = []
+    for path in sorted(HOSTILE.glob("*.py")):
+        text = path.read_text()
+        first = text.splitlines()[0]
+        assert first.startswith("# expect: "), f"{path.name} must start with '# expect: KIND'"
+        cases.append((path.stem, first.removeprefix("# expect: ").strip(), text))
+    return cases
+
+
+CASES = hostile_cases()
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with SandboxPool(LIMITS, preload=("elmjax.sodarace.walker", "sandbox_checks")) as p:
+        yield p
+
+
+def run_walkers(pool, sources, **kw) -> list[ExecResult]:
+    return pool.run(sources, "make_walker", check_walker, inject=INJECT, **kw)
+
+
+@pytest.fixture(scope="module")
+def hostile_batch(pool):
+    """Every hostile program, each followed by the Square seed, in one batch."""
+    CANARY.unlink(missing_ok=True)
+    cwd_before = sorted(os.listdir("."))
+    sources = []
+    for _, _, text in CASES:
+        sources += [text, SQUARE]
+    start = time.monotonic()
+    results = run_walkers(pool, sources)
+    return results, time.monotonic() - start, cwd_before
+
+
+def test_corpus_covers_every_error_kind_but_crashed():
+    kinds = {kind for _, kind, _ in CASES}
+    assert kinds == set(ERROR_KINDS) - {"crashed"}, kinds  # crashed: see test_dead_worker
+
+
+@pytest.mark.parametrize("name, kind", [(n, k) for n, k, _ in CASES])
+def test_hostile_program_gets_its_error_kind(hostile_batch, name, kind):
+    results, _, _ = hostile_batch
+    result = results[2 * [n for n, _, _ in CASES].index(name)]
+    assert not result.ok and result.value is None
+    assert result.error.kind == kind, result.error
+    assert 0 < len(result.error.message) <= LIMITS.max_message_chars
+    assert result.seconds <= LIMITS.wall_seconds + 2.0
+
+
+def test_next_program_in_the_batch_still_runs(hostile_batch):
+    results, _, _ = hostile_batch
+    followers = results[1::2]
+    assert all(r.ok for r in followers), [r.error for r in followers if not r.ok]
+    assert len({repr(r.value) for r in followers}) == 1
+
+
+def test_caller_unharmed_and_nothing_written(hostile_batch, pool):
+    _, _, cwd_before = hostile_batch
+    assert not CANARY.exists()
+    assert sorted(os.listdir(".")) == cwd_before
+    assert math.pi == 3.141592653589793
+    for workdir in pathlib.Path(pool.directory).iterdir():
+        assert list(workdir.iterdir()) == []
+    assert run_walkers(pool, [SQUARE])[0].ok
+
+
+def test_messages_say_what_went_wrong(hostile_batch):
+    results, _, _ = hostile_batch
+    by_name = {name: results[2 * k].error.message for k, (name, _, _) in enumerate(CASES)}
+    assert "'os'" in by_name["import_os"]
+    assert "getattr" in by_name["getattr_built_strings"]
+    assert (
+        "__subclasses__" in by_name["subclasses_escape"]
+        or "__class__" in by_name["subclasses_escape"]
+    )
+    assert "finite" in by_name["nan_coordinates"]
+    assert "MAX_JOINTS" in by_name["many_joints"]
+    assert "make_walker" in by_name["no_make_walker"]
+    assert by_name["str_never_returns"].endswith("Stubborn")  # type name stands in for __str__
+    assert "RecursionError" in by_name["deep_recursion"]
+    assert by_name["runtime_error"].startswith("line 3: ZeroDivisionError")
+
+
+def test_every_program_alone_returns_within_its_limit_plus_two_seconds(pool):
+    for name in ("infinite_loop", "c_level_loop", "memory_growth"):
+        text = next(t for n, _, t in CASES if n == name)
+        start = time.monotonic()
+        run_walkers(pool, [text])
+        assert time.monotonic() - start <= LIMITS.wall_seconds + 2.0, name
+
+
+# ---- results and isolation ------------------------------------------------------------------------
+
+
+def test_seeds_and_results_in_input_order(pool):
+    programs = [f"def make_walker():\n    return {k}\n" for k in range(40)]
+    results = pool.run(programs, "make_walker", "sandbox_checks:identity")
+    assert [r.value for r in results] == list(range(40))
+
+
+def test_results_must_be_plain_data(pool):
+    programs = {
+        "def make_walker():\n    return {'a': (1, 2.5), 'b': [None, True, 'x']}\n": "ok",
+        "class P:\n    pass\ndef make_walker():\n    return P()\n": "invalid",
+        "def make_walker():\n    return {1: 2}\n": "invalid",
+        "def make_walker():\n    return 2 ** 100\n": "invalid",
+        "def make_walker():\n    return {1, 2}\n": "invalid",
+        "def make_walker():\n    return ['x' * 1000] * 2000\n": "invalid",
+        "def make_walker():\n    x = []\n    for _ in range(100):\n        x = [x]\n    return x\n": "invalid",
+    }
+    results = pool.run(list(programs), "make_walker", "sandbox_checks:identity")
+    assert results[0].value == {"a": [1, 2.5], "b": [None, True, "x"]}
+    for result, kind in zip(results[1:], list(programs.values())[1:]):
+        assert result.error.kind == kind, result.error
+
+
+def test_call_false_hands_the_function_to_check(pool):
+    xor = "def parity(a, b):\n    return (a + b) % 2\n"
+    crash = "def parity(a, b):\n    return a / 0\n"
+    ok, bad = pool.run([xor, crash], "parity", "sandbox_checks:call_on_inputs", call=False)
+    assert ok.value == [0, 1, 1, 0]
+    assert bad.error.kind == "exception" and "ZeroDivisionError" in bad.error.message
+
+
+def test_worker_is_locked_down(pool):
+    (result,) = pool.run(["def f():\n    return 7\n"], "f", "sandbox_checks:worker_facts")
+    facts = result.value
+    assert facts["value"] == 7
+    assert facts["cwd"].startswith(pool.directory) and facts["cwd_entries"] == []
+    assert not facts["jax_loaded"]
+    assert not facts["socket_importable"]
+    assert not facts["can_write_cwd"]
+    assert not facts["can_fork"]
+    if os.geteuid() == 0:
+        assert facts["uid"] != 0 and facts["euid"] != 0
+    assert facts["pid"] != os.getpid()
+
+
+def test_modules_are_private_to_each_program(pool):
+    vandal = (
+        "import math, collections\n"
+        "def make_walker():\n"
+        "    math.pi = 3\n"
+        "    collections.Counter.most_common = None\n"
+        "    return 0\n"
+    )
+    reader = (
+        "import math, collections\n"
+        "def make_walker():\n"
+        "    return [math.pi, collections.Counter('aab').most_common(1)[0][1]]\n"
+    )
+    results = pool.run([vandal] * 4 + [reader] * 4, "make_walker", "sandbox_checks:identity")
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert [r.value for r in results[4:]] == [[math.pi, 2]] * 4
+
+
+RANDOM_WALKER = """
+import random
+
+def make_walker():
+    wc = walker_creator()
+    joints = [wc.add_joint(random.uniform(0, 20), random.uniform(0, 20)) for _ in range(6)]
+    for a, b in zip(joints, joints[1:]):
+        wc.add_muscle(a, b, random.choice([2.0, 5.0, 10.0]), random.random())
+    return wc.get_walker()
+"""
+
+RESEEDING_WALKER = RANDOM_WALKER.replace(
+    "wc = walker_creator()", "random.seed()\n    wc = walker_creator()"
+)
+
+
+def test_same_program_same_result_whichever_worker_and_whatever_ran_before(pool):
+    noise = "import random\ndef make_walker():\n    return [random.random() for _ in range(50)]\n"
+    batch = [RANDOM_WALKER, noise, RANDOM_WALKER, noise, noise, RANDOM_WALKER, RANDOM_WALKER]
+    seeds = [7, 1, 7, 2, 3, 7, 8]
+    first = run_walkers(pool, batch, seeds=seeds)
+    again = run_walkers(pool, list(reversed(batch)), seeds=list(reversed(seeds)))[::-1]
+    sevens = [
+        r.value
+        for r, s, p in zip(first + again, seeds * 2, batch * 2)
+        if s == 7 and p == RANDOM_WALKER
+    ]
+    assert len(sevens) == 6 and all(v == sevens[0] for v in sevens)
+    assert first[6].value != first[0].value  # a different seed gives a different walker
+    (alone,) = run_programs(
+        [RANDOM_WALKER],
+        "make_walker",
+        check_walker,
+        limits=dataclasses.replace(LIMITS, workers=1),
+        seeds=[7],
+        inject=INJECT,
+    )
+    assert alone.value == sevens[0]
+
+
+def test_random_seed_without_argument_stays_deterministic(pool):
+    a, b = run_walkers(pool, [RESEEDING_WALKER] * 2, seeds=[3, 3])
+    assert a.ok and a.value == b.value
+
+
+# ---- limits and worker replacement ----------------------------------------------------------------
+
+
+def test_cpu_limit_fires_before_the_wall_clock(pool):
+    limits = dataclasses.replace(LIMITS, cpu_seconds=0.3, wall_seconds=10.0)
+    loop = "def make_walker():\n    while True:\n        pass\n"
+    (result,) = pool.run([loop], "make_walker", "sandbox_checks:identity", limits=limits)
+    assert result.error.kind == "timeout" and "CPU time" in result.error.message
+
+
+def test_blocked_worker_is_killed_and_replaced(pool):
+    before = set(pool.worker_pids())
+    limits = dataclasses.replace(LIMITS, wall_seconds=1.0)
+    results = pool.run(["def f():\n    return 1\n"] * 3, "f", "sandbox_checks:block", limits=limits)
+    assert [r.error.kind for r in results] == ["timeout"] * 3
+    assert "wall-clock" in results[0].error.message
+    assert run_walkers(pool, [SQUARE])[0].ok
+    assert set(pool.worker_pids()) != before
+
+
+def test_dead_worker_gives_crashed_and_is_replaced(pool):
+    results = pool.run(["def f():\n    return 1\n"] * 2, "f", "sandbox_checks:die")
+    assert [r.error.kind for r in results] == ["crashed"] * 2
+    assert run_walkers(pool, [SQUARE, SQUARE])[1].ok
+
+
+def test_oversized_and_non_text_programs(pool):
+    huge = "x = 1\n" * (LIMITS.max_source_bytes // 6 + 1)
+    big, not_text = pool.run([huge, b"def make_walker(): pass"], "make_walker", check_walker)
+    assert big.error.kind == "forbidden" and not_text.error.kind == "invalid"
+
+
+def test_bad_check_or_inject_is_the_callers_error(pool):
+    with pytest.raises(ValueError):
+        pool.run([SQUARE], "make_walker", lambda v: v)
+    with pytest.raises((ValueError, ImportError, AttributeError)):
+        pool.run([SQUARE], "make_walker", check_walker, inject={"wc": "elmjax.nope:thing"})
+    with pytest.raises(ValueError):
+        pool.run([SQUARE], "make_walker", check_walker, seeds=[1, 2])
+
+
+def test_empty_batch(pool):
+    assert pool.run([], "make_walker", check_walker) == []
