@@ -1,0 +1,123 @@
+"""A language model as one value (config + params + tokenizer) and its on-disk format.
+
+The elmjax model directory (what `save_model` writes and `elm-tiny` ships as):
+
+    config.json         {"format": "elmjax-lm", "version": 1, "config": LMConfig fields}
+    model.safetensors   parameters under `flatten_params` names (`layers.0.attn.q.w`), float32
+                        or bfloat16 as saved
+    tokenizer.json      Hugging Face `tokenizers` file
+
+Safetensors rather than an orbax checkpoint for shipped models: one small file, readable
+without JAX, and the same reader serves Hugging Face imports. Orbax is used for training state
+(`train.py`) and for the cache of converted weights (`registry.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from tokenizers import Tokenizer
+
+from elmjax.lm.config import LMConfig
+from elmjax.lm.model import Params, flatten_params, unflatten_params
+from elmjax.lm.tokenizer import load_tokenizer, save_tokenizer
+
+FORMAT = "elmjax-lm"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class LanguageModel:
+    """What `load_model` returns and `Sampler` / `train` consume."""
+
+    config: LMConfig
+    params: Params
+    tokenizer: Tokenizer
+    name: str = "model"
+    source: str = ""  # where it came from (path, hub id), for provenance
+
+    def __iter__(self) -> Any:  # `config, params, tokenizer = load_model(name)`
+        return iter((self.config, self.params, self.tokenizer))
+
+
+def is_model_dir(path: str | os.PathLike) -> bool:
+    cfg = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg):
+        return False
+    try:
+        with open(cfg) as f:
+            return json.load(f).get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+def save_model(model: LanguageModel, directory: str | os.PathLike, dtype: Any = None) -> str:
+    """Write `model` in the elmjax model directory format; returns the directory.
+
+    `dtype` (e.g. "bfloat16") casts floating parameters on the way out to halve the file.
+    """
+    from safetensors.numpy import save_file
+
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    flat = flatten_params(model.params)
+    if dtype is not None:
+        flat = {k: np.asarray(jnp.asarray(v).astype(dtype)) for k, v in flat.items()}
+    if any(v.dtype == jnp.bfloat16 for v in flat.values()):
+        from safetensors.flax import save_file as save_jax
+
+        save_jax(
+            {k: jnp.asarray(v) for k, v in flat.items()},
+            os.path.join(directory, "model.safetensors"),
+        )
+    else:
+        save_file(
+            {k: np.ascontiguousarray(v) for k, v in flat.items()},
+            os.path.join(directory, "model.safetensors"),
+        )
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(
+            {
+                "format": FORMAT,
+                "version": FORMAT_VERSION,
+                "name": model.name,
+                "config": model.config.to_dict(),
+            },
+            f,
+            indent=2,
+            sort_keys=True,
+        )
+    save_tokenizer(model.tokenizer, os.path.join(directory, "tokenizer.json"))
+    return directory
+
+
+def load_saved_model(directory: str | os.PathLike, name: str | None = None) -> LanguageModel:
+    """Read a directory written by `save_model`."""
+    from safetensors.flax import load_file
+
+    directory = os.fspath(directory)
+    with open(os.path.join(directory, "config.json")) as f:
+        meta = json.load(f)
+    if meta.get("format") != FORMAT:
+        raise ValueError(
+            f"{directory}/config.json is not an elmjax model (format={meta.get('format')!r})"
+        )
+    if meta.get("version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{directory}: model format version {meta['version']} is newer than this elmjax"
+        )
+    config = LMConfig.from_dict(meta["config"])
+    params = unflatten_params(load_file(os.path.join(directory, "model.safetensors")))
+    tok = load_tokenizer(os.path.join(directory, "tokenizer.json"))
+    return LanguageModel(
+        config,
+        params,
+        tok,
+        name=name or meta.get("name", os.path.basename(directory)),
+        source=directory,
+    )

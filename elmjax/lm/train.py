@@ -1,0 +1,382 @@
+"""Fine-tuning and training of the decoder: AdamW, masked loss, LoRA or full, exact resume.
+
+Usage (e.g. training the built-in `elm-tiny` model from scratch)::
+
+    import jax
+    from elmjax.lm import LMConfig, LanguageModel, init_params, save_model
+    from elmjax.lm.tokenizer import train_bpe
+    from elmjax.lm.train import TrainConfig, examples_from_texts, examples_from_pairs, train
+
+    tok = train_bpe(texts, vocab_size=2048)                     # byte-level BPE, <|endoftext|>=0
+    cfg = LMConfig(arch="llama", vocab_size=tok.get_vocab_size(), d_model=256, n_layers=4,
+                   n_heads=4, d_mlp=768, max_seq_len=512, tie_embeddings=True,
+                   eos_token_id=tok.token_to_id("<|endoftext|>"))
+    params = init_params(cfg, jax.random.key(0))
+    data = examples_from_texts(tok, texts, seq_len=512)          # loss on every real token
+    # or: examples_from_pairs(tok, [(prompt, completion), ...], 512)  # loss on completions only
+    params, history = train(cfg, params, data, TrainConfig(steps=2000, batch_size=16, lr=1e-3),
+                            checkpoint_dir="/tmp/elm-tiny-ckpt")  # rerun the same call to resume
+    save_model(LanguageModel(cfg, params, tok, name="elm-tiny"), "elmjax/lm/models/elm-tiny")
+
+`history` is a list of {"step", "loss", "lr", "grad_norm"} dicts (one per `log_every` steps).
+Interrupt at any time: calling `train` again with the same `checkpoint_dir` restores params,
+optimizer state, step and data position from the last orbax checkpoint and continues exactly
+(bitwise the same parameters as an uninterrupted run on the same machine), and `time_limit_s`
+stops cleanly after a checkpoint.
+
+Why these choices: the data order is a pure function of (seed, step), so the data position is
+the step and resume needs no iterator state; LoRA is a low-rank pytree added to frozen weights
+inside the loss (so the forward pass stays the one in model.py); a `data` mesh axis shards the
+batch and replicates parameters, which is all a <1B model needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tokenizers import Tokenizer
+
+from elmjax.lm.config import LMConfig
+from elmjax.lm.model import Params, forward, unstack_layers
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 3e-4  # peak learning rate
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at `steps`
+    weight_decay: float = 0.1  # applied to matrices only (not norms, biases)
+    b1: float = 0.9
+    b2: float = 0.95
+    clip_norm: float = 1.0  # global gradient norm
+    seed: int = 0  # data order
+    lora_rank: int = 0  # 0 = full fine-tuning
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ("q", "k", "v", "o")  # attention / MLP projection names
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    time_limit_s: float | None = None  # stop (after checkpointing) when exceeded
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass
+class TokenDataset:
+    """Fixed-length examples: tokens [N, T] int32 and loss_mask [N, T] bool.
+
+    loss_mask[i, t] says token t is a target (a completion token); token 0 never is.
+    """
+
+    tokens: np.ndarray
+    loss_mask: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.tokens = np.asarray(self.tokens, np.int32)
+        self.loss_mask = np.asarray(self.loss_mask, bool)
+        if self.tokens.shape != self.loss_mask.shape or self.tokens.ndim != 2:
+            raise ValueError("tokens and loss_mask must both be [N, T]")
+        if len(self.tokens) == 0:
+            raise ValueError("empty dataset")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def batch_indices(self, step: int, batch_size: int, seed: int) -> np.ndarray:
+        """Examples of batch `step`: a fresh permutation per epoch, a pure function of the step."""
+        n = len(self)
+        idx = np.arange(step * batch_size, (step + 1) * batch_size)
+        out = np.empty(batch_size, np.int64)
+        for epoch in np.unique(idx // n):
+            perm = np.random.default_rng([seed, int(epoch)]).permutation(n)
+            sel = idx // n == epoch
+            out[sel] = perm[idx[sel] % n]
+        return out
+
+    def batch(self, step: int, batch_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        i = self.batch_indices(step, batch_size, seed)
+        return self.tokens[i], self.loss_mask[i]
+
+
+def _pad_id(tok: Tokenizer) -> int:
+    for name in ("<|pad|>", "<|endoftext|>", "<pad>", "</s>", "<eos>"):
+        i = tok.token_to_id(name)
+        if i is not None:
+            return i
+    return 0
+
+
+def _eos_id(tok: Tokenizer) -> int | None:
+    for name in ("<|endoftext|>", "<|im_end|>", "</s>", "<eos>"):
+        i = tok.token_to_id(name)
+        if i is not None:
+            return i
+    return None
+
+
+def examples_from_pairs(
+    tok: Tokenizer, pairs: Sequence[tuple[str, str]], seq_len: int, append_eos: bool = True
+) -> TokenDataset:
+    """(prompt, completion) pairs -> loss on the completion tokens only (and the EOS after them).
+
+    Right-padded to `seq_len`; examples longer than that are truncated from the left of the
+    prompt, so the completion (what is learned) is kept whole when it fits.
+    """
+    pad, eos = _pad_id(tok), _eos_id(tok)
+    tokens = np.full((len(pairs), seq_len), pad, np.int32)
+    mask = np.zeros((len(pairs), seq_len), bool)
+    for i, (prompt, completion) in enumerate(pairs):
+        p = tok.encode(prompt, add_special_tokens=False).ids
+        c = tok.encode(completion, add_special_tokens=False).ids
+        if append_eos and eos is not None:
+            c = c + [eos]
+        ids = (p + c)[-seq_len:]
+        m = ([False] * len(p) + [True] * len(c))[-seq_len:]
+        m[0] = False
+        tokens[i, : len(ids)] = ids
+        mask[i, : len(m)] = m
+    return TokenDataset(tokens, mask)
+
+
+def examples_from_texts(
+    tok: Tokenizer, texts: Sequence[str], seq_len: int, append_eos: bool = True
+) -> TokenDataset:
+    """Plain documents -> loss on every real token (language modelling from scratch)."""
+    return examples_from_pairs(tok, [("", t) for t in texts], seq_len, append_eos)
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+
+def init_lora(params: Params, key: jax.Array, rank: int, targets: Sequence[str]) -> Params:
+    """Low-rank adapters {layer: {name: {"a": [in, r], "b": [r, out]}}} for targeted weights.
+
+    `b` starts at zero so the adapted model starts exactly at the base model.
+    """
+    layers = unstack_layers(params)["layers"]
+    lora: dict[str, Any] = {}
+    for i, lp in enumerate(layers):
+        entry = {}
+        for group in ("attn", "mlp"):
+            for name, p in lp.get(group, {}).items():
+                if name in targets:
+                    n_in, n_out = p["w"].shape
+                    k = jax.random.fold_in(key, i * 64 + len(entry))
+                    entry[f"{group}.{name}"] = {
+                        "a": jax.random.normal(k, (n_in, rank), jnp.float32) / np.sqrt(n_in),
+                        "b": jnp.zeros((rank, n_out), jnp.float32),
+                    }
+        lora[str(i)] = entry
+    return lora
+
+
+def merge_lora(params: Params, lora: Params, scale: float) -> Params:
+    """Base weights + scale * a @ b for every adapted weight (differentiable in `lora`)."""
+    params = unstack_layers(params)
+    layers = []
+    for i, lp in enumerate(params["layers"]):
+        lp = {g: dict(v) if isinstance(v, dict) else v for g, v in lp.items()}
+        for full_name, ab in lora.get(str(i), {}).items():
+            group, name = full_name.split(".")
+            p = dict(lp[group][name])
+            p["w"] = p["w"] + (scale * ab["a"] @ ab["b"]).astype(p["w"].dtype)
+            lp[group] = {**lp[group], name: p}
+        layers.append(lp)
+    return {**params, "layers": layers}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def make_optimizer(tcfg: TrainConfig) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=tcfg.lr,
+        warmup_steps=max(tcfg.warmup_steps, 1),
+        decay_steps=max(tcfg.steps, tcfg.warmup_steps + 1),
+        end_value=tcfg.lr * tcfg.min_lr_ratio,
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(tcfg.clip_norm),
+        optax.adamw(
+            schedule,
+            b1=tcfg.b1,
+            b2=tcfg.b2,
+            weight_decay=tcfg.weight_decay,
+            mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p),
+        ),
+    )
+
+
+def masked_loss(
+    params: Params, config: LMConfig, tokens: jax.Array, loss_mask: jax.Array
+) -> jax.Array:
+    """Mean next-token cross entropy over positions where loss_mask is set."""
+    logits, _ = forward(params, config, tokens[:, :-1])
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+    m = loss_mask[:, 1:].astype(jnp.float32)
+    return jnp.sum(nll * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh with a `data` axis over all (or the given) devices."""
+    devices = list(devices) if devices is not None else jax.devices()
+    return Mesh(np.array(devices), ("data",))
+
+
+@dataclasses.dataclass
+class _State:
+    trainable: Params
+    opt_state: Any
+    step: int
+
+
+def _checkpoint_manager(directory: str, keep: int) -> Any:
+    import orbax.checkpoint as ocp
+
+    return ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+    )
+
+
+def train(
+    config: LMConfig,
+    params: Params,
+    data: TokenDataset,
+    tcfg: TrainConfig = TrainConfig(),
+    *,
+    checkpoint_dir: str | os.PathLike | None = None,
+    mesh: Mesh | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    stop_at: int | None = None,
+) -> tuple[Params, list[dict[str, Any]]]:
+    """Train `params` on `data` for `tcfg.steps` steps; returns (params, history).
+
+    With `checkpoint_dir`, state is saved every `checkpoint_every` steps and at the end, and a
+    call that finds a checkpoint there resumes from it. With LoRA (`lora_rank > 0`) the returned
+    params have the adapters merged in. `mesh` (default: all devices on a `data` axis) shards
+    each batch over `data`; the batch size must be a multiple of the number of devices.
+    `stop_at` ends this call after that step (checkpointed) without changing the schedule,
+    as an interruption would.
+    """
+    import orbax.checkpoint as ocp
+
+    mesh = mesh or data_mesh()
+    n_dev = mesh.shape["data"]
+    if tcfg.batch_size % n_dev:
+        raise ValueError(f"batch_size {tcfg.batch_size} not a multiple of {n_dev} data devices")
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P("data"))
+
+    base = jax.device_put(unstack_layers(params), replicated)
+    lora_scale = tcfg.lora_alpha / max(tcfg.lora_rank, 1)
+    if tcfg.lora_rank > 0:
+        trainable = init_lora(base, jax.random.key(tcfg.seed), tcfg.lora_rank, tcfg.lora_targets)
+
+        def combine(t: Params) -> Params:
+            return merge_lora(base, t, lora_scale)
+    else:
+        trainable = base
+
+        def combine(t: Params) -> Params:
+            return t
+
+    trainable = jax.device_put(trainable, replicated)
+    optimizer = make_optimizer(tcfg)
+    opt_state = optimizer.init(trainable)
+    step = 0
+
+    manager = None
+    if checkpoint_dir is not None:
+        manager = _checkpoint_manager(os.fspath(checkpoint_dir), tcfg.keep_checkpoints)
+        latest = manager.latest_step()
+        if latest is not None:
+            target = {
+                "trainable": trainable,
+                "opt_state": opt_state,
+                "step": np.zeros((), np.int64),
+                "data_position": np.zeros((), np.int64),
+            }
+            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+            restored = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+            trainable = jax.device_put(restored["trainable"], replicated)
+            opt_state = jax.device_put(restored["opt_state"], replicated)
+            step = int(restored["step"])
+            if int(restored["data_position"]) != step * tcfg.batch_size:
+                raise ValueError("checkpoint data position does not match its step and batch size")
+
+    def loss_fn(t: Params, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+        return masked_loss(combine(t), config, tokens, mask)
+
+    @jax.jit
+    def train_step(t: Params, o: Any, tokens: jax.Array, mask: jax.Array) -> Any:
+        loss, grads = jax.value_and_grad(loss_fn)(t, tokens, mask)
+        updates, o = optimizer.update(grads, o, t)
+        return optax.apply_updates(t, updates), o, loss, optax.global_norm(grads)
+
+    def save(step_: int) -> None:
+        if manager is None:
+            return
+        state = {
+            "trainable": trainable,
+            "opt_state": opt_state,
+            "step": np.asarray(step_, np.int64),
+            "data_position": np.asarray(step_ * tcfg.batch_size, np.int64),
+        }
+        manager.save(step_, args=ocp.args.StandardSave(state), force=True)
+        manager.wait_until_finished()
+
+    schedule_lr = optax.warmup_cosine_decay_schedule(
+        0.0,
+        tcfg.lr,
+        max(tcfg.warmup_steps, 1),
+        max(tcfg.steps, tcfg.warmup_steps + 1),
+        tcfg.lr * tcfg.min_lr_ratio,
+    )
+    history: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    last_saved = step
+    end = tcfg.steps if stop_at is None else min(stop_at, tcfg.steps)
+    while step < end:
+        tokens, mask = data.batch(step, tcfg.batch_size, tcfg.seed)
+        tokens = jax.device_put(tokens, batch_sharding)
+        mask = jax.device_put(mask, batch_sharding)
+        trainable, opt_state, loss, gnorm = train_step(trainable, opt_state, tokens, mask)
+        step += 1
+        if step % tcfg.log_every == 0 or step == tcfg.steps:
+            rec = {
+                "step": step,
+                "loss": float(loss),
+                "lr": float(schedule_lr(step - 1)),
+                "grad_norm": float(gnorm),
+                "seconds": time.monotonic() - t0,
+            }
+            history.append(rec)
+            if callback is not None:
+                callback(rec)
+        if step % tcfg.checkpoint_every == 0:
+            save(step)
+            last_saved = step
+        if tcfg.time_limit_s is not None and time.monotonic() - t0 > tcfg.time_limit_s:
+            break
+    if step != last_saved:
+        save(step)
+    if manager is not None:
+        manager.close()
+    final = combine(trainable)
+    return jax.device_get(final), history
