@@ -1,0 +1,90 @@
+"""`elmjax exec`: one JSON object per program, exit status, no traceback, no JAX import."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+from elmjax.sodarace.seeds import load_seeds
+from elmjax.sodarace.walker import Walker, descriptors
+
+SEEDS_DIR = pathlib.Path(__file__).resolve().parent.parent / "elmjax" / "sodarace" / "seeds"
+HOSTILE = pathlib.Path(__file__).resolve().parent / "hostile"
+
+
+def elmjax(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "elmjax.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def test_seeds_all_ok():
+    names = list(load_seeds())
+    proc = elmjax("exec", *(str(SEEDS_DIR / f"{n}.py") for n in names), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = lines(proc.stdout)
+    assert [o["program"] for o in out] == [str(SEEDS_DIR / f"{n}.py") for n in names]
+    for name, obj in zip(names, out):
+        assert set(obj) == {"program", "ok", "joints", "muscles", "descriptor"}
+        namespace: dict = {}
+        from elmjax.sodarace.walker import walker_creator
+
+        namespace["walker_creator"] = walker_creator
+        exec(load_seeds()[name], namespace)
+        walker: Walker = namespace["make_walker"]()
+        assert obj["joints"] == len(walker.joints) and obj["muscles"] == len(walker.muscles)
+        assert obj["descriptor"] == dict(zip(("height", "width", "mass"), descriptors(walker)))
+
+
+def test_bad_programs_and_files_are_json_errors(tmp_path):
+    not_utf8 = tmp_path / "latin1.py"
+    not_utf8.write_bytes(b"# \xe9\xff\ndef make_walker(): pass\n")
+    args = [
+        str(SEEDS_DIR / "square.py"),
+        str(HOSTILE / "syntax_error.py"),
+        str(HOSTILE / "import_os.py"),
+        str(tmp_path / "missing.py"),
+        str(tmp_path),
+        str(not_utf8),
+        str(HOSTILE / "nan_coordinates.py"),
+    ]
+    proc = elmjax("exec", *args, "--json")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stdout + proc.stderr
+    out = lines(proc.stdout)
+    assert [o["program"] for o in out] == args
+    assert [o["ok"] for o in out] == [True] + [False] * 6
+    kinds = [o["error"]["kind"] for o in out[1:]]
+    assert kinds == ["syntax", "forbidden", "invalid", "invalid", "invalid", "invalid"]
+    assert "cannot read" in out[3]["error"]["message"]
+    assert "UTF-8" in out[5]["error"]["message"]
+
+
+def test_timeout_option():
+    start = time.monotonic()
+    proc = elmjax("exec", str(HOSTILE / "infinite_loop.py"), "--timeout", "1")
+    assert time.monotonic() - start < 30
+    (out,) = lines(proc.stdout)
+    assert proc.returncode == 1 and out["error"]["kind"] == "timeout"
+
+
+def test_exec_does_not_import_jax():
+    code = (
+        "import sys\n"
+        "from elmjax.cli import main\n"
+        f"rc = main(['exec', {str(SEEDS_DIR / 'square.py')!r}])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax', 'numpy'))\n"
+        "print('HEAVY', heavy, rc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "HEAVY [] 0", proc.stdout + proc.stderr
