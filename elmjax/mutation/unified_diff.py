@@ -241,6 +241,9 @@ def _replacement(body: list[tuple[str, str]], found: list[str]) -> list[str]:
     lines are re-indented by however much the file's indentation differs from the diff's at the
     nearest old line above (below, for a hunk that starts with an addition), so a diff that lost
     its indentation still yields the indentation the program needs."""
+    old = [t for tag, t in body if tag != "+"]
+    if found == old:  # exact match: the diff's own lines are right
+        return [t for tag, t in body if tag != "-"]
     out: list[str] = []
     k = 0  # index into found (the file's old lines)
     shift = None
@@ -252,8 +255,8 @@ def _replacement(body: list[tuple[str, str]], found: list[str]) -> list[str]:
             k += 1
             continue
         if shift is None:  # addition before any old line: use the next old line's shift
-            nxt = next((t for g, t in body if g != "+" and t.strip()), None)
-            shift = _indent(found[0]) - _indent(nxt) if nxt is not None and found else 0
+            pairs = [(f, t) for f, t in zip(found, old) if t.strip()]
+            shift = _indent(pairs[0][0]) - _indent(pairs[0][1]) if pairs else 0
         out.append(_reindent(text, shift))
     return out
 
