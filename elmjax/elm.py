@@ -86,6 +86,7 @@ class Candidate:
     error_kind: str | None = None
     error_message: str | None = None
     result: Any = None  # the sandbox's checked value, when the program ran
+    seconds: float | None = None  # sandbox wall time
     fitness: float = 0.0
     descriptor: tuple[float, ...] = ()
     valid: bool = False
@@ -178,21 +179,11 @@ class ELM:
     # -- set-up -----------------------------------------------------------------------------
 
     def _setup(self) -> None:
-        from elmjax import qd
-
         cfg = self.config
         self.env = make_environment(cfg)
         self.seed_texts = resolve_seed_programs(self.env, cfg.seed_programs)
         self.n_seeds = len(self.seed_texts)
-        space = self.env.descriptor_space
-        low = cfg.archive.low if cfg.archive.low is not None else space.low
-        high = cfg.archive.high if cfg.archive.high is not None else space.high
-        if len(cfg.archive.shape) != space.dim:
-            raise ConfigError(
-                "archive.shape",
-                f"needs {space.dim} axes for {space.names}, got {cfg.archive.shape}",
-            )
-        self.spec = qd.GridSpec(shape=cfg.archive.shape, low=low, high=high)
+        self.spec = grid_spec(cfg, self.env)
         self.operator = make_mutation_operator(cfg)
         self.store = open_store(self.out / run_dir.STORE)
         self.checkpoints = open_checkpoints(self.out / run_dir.CHECKPOINTS, cfg.keep_checkpoints)
@@ -202,42 +193,23 @@ class ELM:
         """Fresh state, or the state of a killed run rebuilt from checkpoint + store journal."""
         from elmjax import qd
 
-        self.window: dict[int, Any] = {}  # generation -> archive after it
         self.texts: dict[int, str] = {}  # program id -> text, for elites of the window
-        self.next_generation = 0
-        self.archive = qd.init(self.spec)
         if not self.resuming:
+            self.window: dict[int, Any] = {}  # generation -> archive after it
+            self.archive = qd.init(self.spec)
+            self.next_generation = 0
             return
-        restored = self.checkpoints.restore_latest(self._abstract_window())
-        start = 0
-        if restored is not None:
-            start, archives = restored
-            for i, archive in enumerate(archives):
-                g = start - len(archives) + 1 + i
-                if g >= 0:
-                    self.window[g] = archive
-            self.archive = self.window[start]
-            start += 1
-        committed = self.store.committed_generations()
-        self.store.discard_uncommitted()
-        for g in [g for g in committed if g >= start]:
-            self._replay_generation(g)
-            start = g + 1
-        self.next_generation = start
+        if self.store.recovered:
+            print(
+                f"elmjax: generation(s) {self.store.recovered} were cut off; recomputing",
+                file=sys.stderr,
+            )
+        self.window, self.next_generation = rebuild_window(
+            self.store, self.checkpoints, self.spec, self.config.lag
+        )
+        self.archive = self.window[max(self.window)] if self.window else qd.init(self.spec)
         self._refresh_texts()
-        run_dir.MetricsLog.truncate(self.out, start - 1)
-
-    def _abstract_window(self) -> list[Any]:
-        from elmjax import qd
-
-        return [qd.init(self.spec) for _ in range(self.config.lag + 1)]
-
-    def _replay_generation(self, generation: int) -> None:
-        """Re-insert a committed generation from its store rows (bit-identical to the live run)."""
-        rows = self.store.generation_rows(generation)
-        batch = self._padded_batch(rows)
-        self.archive, _ = self._insert(batch)
-        self._remember(generation)
+        run_dir.MetricsLog.truncate(self.out, self.next_generation - 1)
 
     # -- one generation -------------------------------------------------------------------------
 
@@ -308,6 +280,7 @@ class ELM:
             inject=getattr(self.env, "inject", None),
         )
         for cand, res in zip(todo, results):
+            cand.seconds = res.seconds
             if res.ok:
                 cand.result = res.value
             else:
@@ -411,7 +384,7 @@ class ELM:
                 self.texts[cand.program_id] = cand.text
         faults.fault_point(gen, "store")
         t1 = time.perf_counter()
-        self.store.write_generation(gen, prepared.candidates)
+        self.store.write_generation(gen, [store_record(c) for c in prepared.candidates])
         timings["store"] = time.perf_counter() - t1
         faults.fault_point(gen, "stored")
         self._remember(gen)
@@ -453,6 +426,7 @@ class ELM:
             if self.metrics_log is not None:
                 self.metrics_log.close()
             self.store.close()
+            self.checkpoints.close()
         result = RunResult(
             run_dir=self.out,
             status=status,
@@ -587,7 +561,7 @@ class ELM:
 
     def _write_provenance(self) -> None:
         info = run_dir.provenance(
-            self.config, model_provenance(self.config), getattr(self.store, "schema_version", None)
+            self.config, model_provenance(self.config), store_schema_version()
         )
         run_dir.write_provenance(self.out, info, resumed=self.resuming)
 
@@ -623,6 +597,49 @@ def _count(items: Iterator[str] | Any) -> dict[str, int]:
     for item in items:
         out[item] = out.get(item, 0) + 1
     return out
+
+
+def grid_spec(config: RunConfig, env: Any) -> Any:
+    """The archive grid: config shape over the environment's descriptor space (or config bounds)."""
+    from elmjax import qd
+
+    space = env.descriptor_space
+    if len(config.archive.shape) != space.dim:
+        raise ConfigError(
+            "archive.shape", f"needs {space.dim} axes for {space.names}, got {config.archive.shape}"
+        )
+    low = config.archive.low if config.archive.low is not None else space.low
+    high = config.archive.high if config.archive.high is not None else space.high
+    return qd.GridSpec(shape=config.archive.shape, low=low, high=high)
+
+
+def rebuild_window(store: Any, checkpoints: Any, spec: Any, lag: int) -> tuple[dict[int, Any], int]:
+    """Archives after the last `lag + 1` committed generations, and the next generation to run.
+
+    The last checkpoint gives the archives up to its generation; every generation the store
+    committed after it is replayed (one insert per generation, in order, bit-exact).
+    """
+    from elmjax import qd
+
+    window: dict[int, Any] = {}
+    restored = checkpoints.restore_latest([qd.init(spec) for _ in range(lag + 1)])
+    start = 0
+    archive = qd.init(spec)
+    if restored is not None:
+        last, archives = restored
+        for i, saved in enumerate(archives):
+            g = last - len(archives) + 1 + i
+            if g >= 0:
+                window[g] = saved
+        archive = window[last]
+        start = last + 1
+    for g in [g for g in store.committed_generations() if g >= start]:
+        archive = store.replay(archive, from_generation=g, to_generation=g)
+        window[g] = archive
+        for old in [k for k in window if k < g - lag]:
+            del window[old]
+        start = g + 1
+    return window, start
 
 
 # -- adapters to the pieces the loop wires (one place to change if an interface moves) --------
@@ -722,16 +739,82 @@ def sandbox_preload(env: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(m for m in modules if m and m != "__main__"))
 
 
+def store_record(c: Candidate) -> Any:
+    """A candidate as the program store's row (elmjax.store.ProgramRecord)."""
+    from elmjax.store import ProgramRecord
+
+    extras = dict(c.extras)
+    dx = extras.pop("dx", None)
+    return ProgramRecord(
+        program_id=c.program_id,
+        text=c.text or "",
+        parents=list(c.parents),
+        parent_cell=c.parent_cell,
+        operator=c.operator,
+        model=c.model,
+        temperature=c.temperature,
+        prompt=c.prompt,
+        raw_output=c.raw_output,
+        outcome_kind=c.error_kind or "ok",
+        outcome_message=c.error_message,
+        valid=c.valid,
+        fitness=c.fitness if c.valid else None,
+        descriptor=list(c.descriptor) if c.valid else None,
+        cell=c.cell,
+        entered=c.entered,
+        status=c.status,
+        dx=dx,
+        seconds=c.seconds,
+        extras=extras or None,
+    )
+
+
+def store_schema_version() -> int:
+    from elmjax.store import SCHEMA_VERSION
+
+    return SCHEMA_VERSION
+
+
 def open_store(path: Path) -> Any:
     from elmjax.store import ProgramStore
 
     return ProgramStore(path)
 
 
-def open_checkpoints(path: Path, keep: int) -> Any:
-    from elmjax.checkpoint import Checkpoints
+class WindowCheckpoints:
+    """Checkpoints of the archive window (`elmjax.qd.checkpoint.Checkpointer`, orbax).
 
-    return Checkpoints(path, keep=keep)
+    Generation k's checkpoint holds A_k as the archive and A_{k-lag}..A_{k-1} as the extra tree:
+    exactly what the next `lag + 1` generations select parents from.
+    """
+
+    def __init__(self, path: Path, keep: int, seed: int = 0):
+        from elmjax.qd.checkpoint import Checkpointer
+
+        self._checkpointer = Checkpointer(path, max_to_keep=keep)
+        self._key = jax.random.PRNGKey(seed)
+
+    def save(self, generation: int, archives: list[Any]) -> None:
+        self._checkpointer.save(
+            generation,
+            archives[-1],
+            self._key,
+            meta={"window": len(archives)},
+            tree=archives[:-1] or None,
+        )
+
+    def restore_latest(self, templates: list[Any]) -> tuple[int, list[Any]] | None:
+        if self._checkpointer.latest_generation() is None:
+            return None
+        ckpt = self._checkpointer.restore(templates[-1], tree_template=templates[:-1] or None)
+        return ckpt.generation, [*(ckpt.tree or []), ckpt.archive]
+
+    def close(self) -> None:
+        self._checkpointer.close()
+
+
+def open_checkpoints(path: Path, keep: int) -> WindowCheckpoints:
+    return WindowCheckpoints(path, keep)
 
 
 def model_provenance(config: RunConfig) -> dict[str, Any] | None:

@@ -81,24 +81,85 @@ def write_report(run_path: str | Path) -> Path:
 
 
 def load_run_data(run_path: Path, config: Any) -> dict[str, Any]:
-    """Elites (per cell, the candidate that entered it last), counts per operator, lineage access.
+    """The final archive (last checkpoint + store replay), its elites best first, operator
+    statistics and the lineage of the best elite, all from the run directory."""
+    import numpy as np
 
-    Built from the store alone: the elite of a cell is the last candidate that entered it (insert
-    replaces an elite only with a strictly better one), so no checkpoint is needed.
-    """
+    from elmjax.elm import grid_spec, make_environment, open_checkpoints, rebuild_window
     from elmjax.store import ProgramStore
 
-    store = ProgramStore(run_path / rd.STORE, readonly=True)
+    spec = grid_spec(config, make_environment(config))
+    store = ProgramStore(run_path / rd.STORE)
     try:
-        elites = store.elites()
+        checkpoints = open_checkpoints(run_path / rd.CHECKPOINTS, config.keep_checkpoints)
+        try:
+            window, _ = rebuild_window(store, checkpoints, spec, config.lag)
+        finally:
+            checkpoints.close()
+        archive = window[max(window)] if window else None
+        elites: list[dict[str, Any]] = []
+        if archive is not None:
+            ids = np.asarray(archive.program_id)
+            for cell in np.flatnonzero(ids >= 0):
+                rec = store.get(int(ids[cell]))
+                elites.append(
+                    {
+                        "program_id": rec.program_id,
+                        "fitness": float(np.asarray(archive.fitness)[cell]),
+                        "descriptor": [float(x) for x in np.asarray(archive.descriptor)[cell]],
+                        "cell": int(cell),
+                        "generation": rec.generation,
+                        "operator": rec.operator,
+                        "text": rec.text,
+                    }
+                )
+        elites.sort(key=lambda e: (-e["fitness"], e["program_id"]))
+        lineage = store.lineage(elites[0]["program_id"]) if elites else []
         return {
+            "archive": archive,
             "elites": elites,
-            "operators": store.operator_stats(),
-            "lineage": store.lineage(elites[0]["program_id"]) if elites else [],
-            "evaluations": store.count(),
+            "operators": operator_stats(run_path / rd.STORE),
+            "lineage": [
+                {
+                    "generation": r.generation,
+                    "program_id": r.program_id,
+                    "operator": r.operator,
+                    "fitness": r.fitness,
+                    "entered": r.entered,
+                }
+                for r in lineage
+            ],
+            "evaluations": len(store),
         }
     finally:
         store.close()
+
+
+def operator_stats(store_path: Path) -> dict[str, dict[str, Any]]:
+    """Per operator: candidates, valid, entered the archive, and error counts by kind."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)
+    try:
+        stats: dict[str, dict[str, Any]] = {}
+        for op, n, valid, entered in db.execute(
+            "SELECT COALESCE(operator, '?'), COUNT(*), SUM(valid), SUM(entered) "
+            "FROM programs GROUP BY 1"
+        ):
+            stats[op] = {
+                "candidates": n,
+                "valid": valid or 0,
+                "entered": entered or 0,
+                "errors": {},
+            }
+        for op, kind, n in db.execute(
+            "SELECT COALESCE(operator, '?'), outcome_kind, COUNT(*) FROM programs "
+            "WHERE outcome_kind != 'ok' GROUP BY 1, 2"
+        ):
+            stats[op]["errors"][kind] = n
+        return stats
+    finally:
+        db.close()
 
 
 # -- sections -----------------------------------------------------------------------------------
@@ -144,35 +205,14 @@ def _summary_section(
 def _heatmap_section(data: dict[str, Any], config: Any, out: Path) -> str:
     from elmjax.viz import heatmaps
 
-    files = heatmaps.save_heatmaps(_archive_from_elites(data["elites"], config), out / HEATMAPS_DIR)
+    if data["archive"] is None:
+        return "<section><h2>Archive</h2><p class=note>no generation committed yet</p></section>"
+    files = heatmaps.save_heatmaps(data["archive"], out / HEATMAPS_DIR)
     imgs = "".join(
         f'<img src="{HEATMAPS_DIR}/{html.escape(Path(f).name)}" alt="archive heatmap">'
         for f in files
     )
     return f"<section><h2>Archive</h2>{imgs}</section>"
-
-
-def _archive_from_elites(elites: Sequence[dict[str, Any]], config: Any) -> Any:
-    """The final archive rebuilt from the store's elites (for the heatmap functions)."""
-    import numpy as np
-
-    from elmjax import qd
-    from elmjax.elm import make_environment
-
-    space = make_environment(config).descriptor_space
-    spec = qd.GridSpec(
-        shape=config.archive.shape,
-        low=config.archive.low if config.archive.low is not None else space.low,
-        high=config.archive.high if config.archive.high is not None else space.high,
-    )
-    archive = qd.init(spec)
-    if not elites:
-        return archive
-    fitness = np.array([e["fitness"] for e in elites], np.float32)
-    descriptor = np.array([e["descriptor"] for e in elites], np.float32)
-    ids = np.array([e["program_id"] for e in elites], np.int32)
-    archive, _ = qd.insert(archive, fitness, descriptor, np.ones(len(elites), bool), ids)
-    return archive
 
 
 def _curves_section(metrics: list[dict[str, Any]], out: Path) -> str:
