@@ -183,11 +183,18 @@ def _names(tree: ast.AST) -> list[ast.Name]:
     return [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id not in _KEEP_NAMES]
 
 
+def _identifiers(tree: ast.AST) -> set[str]:
+    """Every variable name the program binds or reads, function parameters included."""
+    names = {n.id for n in _names(tree)}
+    names |= {a.arg for a in ast.walk(tree) if isinstance(a, ast.arg)}
+    return names - _KEEP_NAMES
+
+
 def _swap_identifier(text: str, tree: ast.AST, rng: random.Random) -> tuple[str, str]:
     """Replace one read of a variable with another identifier the program uses."""
     loads = [n for n in _names(tree) if isinstance(n.ctx, ast.Load)]
     node = _pick(rng, loads, "variable read")
-    others = sorted({n.id for n in _names(tree)} - {node.id})
+    others = sorted(_identifiers(tree) - {node.id})
     other = _pick(rng, others, "other identifier")
     return _replace_node(text, node, other), f"identifier {node.id} -> {other} (one use)"
 
@@ -196,7 +203,7 @@ def _rename(text: str, tree: ast.AST, rng: random.Random) -> tuple[str, str]:
     """Rename every occurrence of one variable (to a fresh name or to another existing one)."""
     ids = sorted({n.id for n in _names(tree)})
     old = _pick(rng, ids, "variable")
-    pool = [i for i in ids if i != old]
+    pool = sorted(_identifiers(tree) - {old})
     new = rng.choice(pool) if pool and rng.random() < 0.5 else f"{old}_{rng.randrange(10)}"
     nodes = sorted(
         (n for n in _names(tree) if n.id == old),
