@@ -8,8 +8,9 @@ The elmjax model directory (what `save_model` writes and `elm-tiny` ships as):
     tokenizer.json      Hugging Face `tokenizers` file
 
 Safetensors rather than an orbax checkpoint for shipped models: one small file, readable
-without JAX, and the same reader serves Hugging Face imports. Orbax is used for training state
-(`train.py`) and for the cache of converted weights (`registry.py`).
+without JAX, and the same reader serves Hugging Face imports. The cache of converted weights
+(`registry.py`) writes the same directory with `weights="orbax"`: parameters as an orbax
+checkpoint under `params/` instead of `model.safetensors` (restored in parallel, float32 kept).
 """
 
 from __future__ import annotations
@@ -56,15 +57,33 @@ def is_model_dir(path: str | os.PathLike) -> bool:
         return False
 
 
-def save_model(model: LanguageModel, directory: str | os.PathLike, dtype: Any = None) -> str:
+def save_model(
+    model: LanguageModel,
+    directory: str | os.PathLike,
+    dtype: Any = None,
+    weights: str = "safetensors",
+) -> str:
     """Write `model` in the elmjax model directory format; returns the directory.
 
-    `dtype` (e.g. "bfloat16") casts floating parameters on the way out to halve the file.
+    `dtype` (e.g. "bfloat16") casts floating parameters on the way out to halve the file;
+    `weights="orbax"` stores them as an orbax checkpoint (the converted-weights cache).
     """
     from safetensors.numpy import save_file
 
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
+    if weights == "orbax":
+        import orbax.checkpoint as ocp
+
+        flat = {k: jnp.asarray(v) for k, v in flatten_params(model.params).items()}
+        if dtype is not None:
+            flat = {k: v.astype(dtype) for k, v in flat.items()}
+        with ocp.StandardCheckpointer() as ckpt:
+            ckpt.save(os.path.join(os.path.abspath(directory), "params"), flat, force=True)
+        _write_meta(model, directory)
+        return directory
+    if weights != "safetensors":
+        raise ValueError(f"weights must be 'safetensors' or 'orbax', got {weights!r}")
     flat = flatten_params(model.params)
     if dtype is not None:
         flat = {k: np.asarray(jnp.asarray(v).astype(dtype)) for k, v in flat.items()}
@@ -80,12 +99,18 @@ def save_model(model: LanguageModel, directory: str | os.PathLike, dtype: Any = 
             {k: np.ascontiguousarray(v) for k, v in flat.items()},
             os.path.join(directory, "model.safetensors"),
         )
+    _write_meta(model, directory)
+    return directory
+
+
+def _write_meta(model: LanguageModel, directory: str) -> None:
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(
             {
                 "format": FORMAT,
                 "version": FORMAT_VERSION,
                 "name": model.name,
+                "source": model.source,
                 "config": model.config.to_dict(),
             },
             f,
@@ -93,7 +118,6 @@ def save_model(model: LanguageModel, directory: str | os.PathLike, dtype: Any = 
             sort_keys=True,
         )
     save_tokenizer(model.tokenizer, os.path.join(directory, "tokenizer.json"))
-    return directory
 
 
 def load_saved_model(directory: str | os.PathLike, name: str | None = None) -> LanguageModel:
@@ -112,12 +136,19 @@ def load_saved_model(directory: str | os.PathLike, name: str | None = None) -> L
             f"{directory}: model format version {meta['version']} is newer than this elmjax"
         )
     config = LMConfig.from_dict(meta["config"])
-    params = unflatten_params(load_file(os.path.join(directory, "model.safetensors")))
+    if os.path.isdir(os.path.join(directory, "params")):
+        import orbax.checkpoint as ocp
+
+        with ocp.StandardCheckpointer() as ckpt:
+            flat = ckpt.restore(os.path.join(os.path.abspath(directory), "params"))
+    else:
+        flat = load_file(os.path.join(directory, "model.safetensors"))
+    params = unflatten_params(flat)
     tok = load_tokenizer(os.path.join(directory, "tokenizer.json"))
     return LanguageModel(
         config,
         params,
         tok,
         name=name or meta.get("name", os.path.basename(directory)),
-        source=directory,
+        source=meta.get("source") or directory,
     )
