@@ -87,6 +87,7 @@ class Candidate:
     error_message: str | None = None
     result: Any = None  # the sandbox's checked value, when the program ran
     seconds: float | None = None  # sandbox wall time
+    detail: str | None = None  # what the operator did (GP: the mutation; diff: commit message)
     fitness: float = 0.0
     descriptor: tuple[float, ...] = ()
     valid: bool = False
@@ -184,7 +185,7 @@ class ELM:
         self.seed_texts = resolve_seed_programs(self.env, cfg.seed_programs)
         self.n_seeds = len(self.seed_texts)
         self.spec = grid_spec(cfg, self.env)
-        self.operator = make_mutation_operator(cfg)
+        self.operator = make_mutation_operator(cfg, self.env)
         self.store = open_store(self.out / run_dir.STORE)
         self.checkpoints = open_checkpoints(self.out / run_dir.CHECKPOINTS, cfg.keep_checkpoints)
         self.timings_total: dict[str, float] = {}
@@ -246,12 +247,15 @@ class ELM:
                 qd.sample_cells(parents_archive, keys["select"], n_prompts, cfg.archive.selection)
             )
             ids = np.asarray(parents_archive.program_id)[np.maximum(cells, 0)]
-            parents = [(int(pid), texts[int(pid)]) for pid in ids]
+            parent_ids = [int(pid) for pid in ids]
             cell_of = {int(pid): int(c) for pid, c in zip(ids, cells)}
             timings["select"] = time.perf_counter() - t0
             t1 = time.perf_counter()
             children = self.operator.mutate(
-                parents, cfg.mutation.children_per_prompt, key_to_int(keys["mutate"])
+                [texts[pid] for pid in parent_ids],
+                cfg.mutation.children_per_prompt,
+                key_to_int(keys["mutate"]),
+                parent_ids=parent_ids,
             )
             timings.update(mutation_timings(self.operator, time.perf_counter() - t1))
             if len(children) != cfg.batch_size:
@@ -673,20 +677,57 @@ def resolve_seed_programs(env: Any, names: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def make_mutation_operator(config: RunConfig) -> Any:
-    from elmjax.mutation import make_operator
+def make_mutation_operator(config: RunConfig, env: Any = None) -> Any:
+    from elmjax.mutation.operators import make_operator
 
     m = config.mutation
     if m.operator == "gp":
-        return make_operator("gp")
-    return make_operator(
-        m.operator,
-        model=m.model,
-        temperature=m.temperature,
-        top_p=m.top_p,
-        top_k=m.top_k,
-        max_new_tokens=m.max_new_tokens,
+        return TimedOperator(make_operator("gp"))
+    return TimedOperator(
+        make_operator(
+            m.operator,
+            model=m.model,
+            env=env,
+            temperature=m.temperature,
+            top_p=m.top_p,
+            top_k=m.top_k,
+            max_new_tokens=m.max_new_tokens,
+        )
     )
+
+
+class TimedOperator:
+    """An operator whose `mutate` also records its time split: `decode` (the LM sampler) and
+    `apply` (prompt building, diff application, parsing: everything else)."""
+
+    def __init__(self, operator: Any):
+        self.operator = operator
+        self.name = operator.name
+        self.model_name = getattr(operator, "model_name", None)
+        self.last_timings: dict[str, float] = {}
+        self._decode = 0.0
+        sample = getattr(operator, "_sample", None)
+        if sample is not None:
+
+            def timed_sample(*args: Any, **kw: Any) -> Any:
+                t0 = time.perf_counter()
+                try:
+                    return sample(*args, **kw)
+                finally:
+                    self._decode += time.perf_counter() - t0
+
+            operator._sample = timed_sample
+
+    def mutate(self, parents: list[str], n: int, seed: int, parent_ids: list[int]) -> list[Any]:
+        self._decode = 0.0
+        t0 = time.perf_counter()
+        children = self.operator.mutate(parents, n, seed, parent_ids=parent_ids)
+        total = time.perf_counter() - t0
+        if self.name == "gp":
+            self.last_timings = {"apply": total}
+        else:
+            self.last_timings = {"decode": self._decode, "apply": total - self._decode}
+        return children
 
 
 def mutation_timings(operator: Any, seconds: float) -> dict[str, float]:
@@ -700,8 +741,8 @@ def mutation_timings(operator: Any, seconds: float) -> dict[str, float]:
 def candidate_from_child(
     child: Any, program_id: int, generation: int, cell_of: dict[int, int]
 ) -> Candidate:
-    parents = tuple(int(p) for p in getattr(child, "parents", ()) or ())
-    error = getattr(child, "error", None)
+    """A store-bound candidate from an operator's `Child` (failed children keep their error)."""
+    parents = tuple(int(p) for p in child.parent_ids)
     return Candidate(
         program_id=program_id,
         generation=generation,
@@ -709,12 +750,13 @@ def candidate_from_child(
         parents=parents,
         parent_cell=cell_of.get(parents[0], -1) if parents else -1,
         operator=child.operator,
-        model=getattr(child, "model", None),
-        temperature=getattr(child, "temperature", None),
-        prompt=getattr(child, "prompt", None),
-        raw_output=getattr(child, "raw_output", None),
-        error_kind="apply" if error else None,
-        error_message=str(error) if error else None,
+        model=child.model,
+        temperature=child.temperature,
+        prompt=child.prompt,
+        raw_output=child.raw_output,
+        error_kind=child.error_kind,
+        error_message=child.error_message,
+        detail=child.detail,
     )
 
 
@@ -743,8 +785,10 @@ def store_record(c: Candidate) -> Any:
     """A candidate as the program store's row (elmjax.store.ProgramRecord)."""
     from elmjax.store import ProgramRecord
 
-    extras = dict(c.extras)
+    extras: dict[str, Any] = dict(c.extras)
     dx = extras.pop("dx", None)
+    if c.detail:
+        extras["detail"] = c.detail
     return ProgramRecord(
         program_id=c.program_id,
         text=c.text or "",

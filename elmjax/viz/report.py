@@ -88,7 +88,8 @@ def load_run_data(run_path: Path, config: Any) -> dict[str, Any]:
     from elmjax.elm import grid_spec, make_environment, open_checkpoints, rebuild_window
     from elmjax.store import ProgramStore
 
-    spec = grid_spec(config, make_environment(config))
+    env = make_environment(config)
+    spec = grid_spec(config, env)
     store = ProgramStore(run_path / rd.STORE)
     try:
         checkpoints = open_checkpoints(run_path / rd.CHECKPOINTS, config.keep_checkpoints)
@@ -117,6 +118,7 @@ def load_run_data(run_path: Path, config: Any) -> dict[str, Any]:
         lineage = store.lineage(elites[0]["program_id"]) if elites else []
         return {
             "archive": archive,
+            "descriptor_names": tuple(env.descriptor_space.names),
             "elites": elites,
             "operators": operator_stats(run_path / rd.STORE),
             "lineage": [
@@ -207,11 +209,13 @@ def _heatmap_section(data: dict[str, Any], config: Any, out: Path) -> str:
 
     if data["archive"] is None:
         return "<section><h2>Archive</h2><p class=note>no generation committed yet</p></section>"
-    files = heatmaps.save_heatmaps(data["archive"], out / HEATMAPS_DIR)
-    imgs = "".join(
-        f'<img src="{HEATMAPS_DIR}/{html.escape(Path(f).name)}" alt="archive heatmap">'
-        for f in files
+    image = heatmaps.plot_archive(
+        data["archive"],
+        path=out / HEATMAPS_DIR / "archive.png",
+        names=data["descriptor_names"],
+        title=f"elites by cell (fitness colour; {data['archive'].spec.shape} grid)",
     )
+    imgs = f'<img src="{HEATMAPS_DIR}/{html.escape(image.name)}" alt="archive heatmap">'
     return f"<section><h2>Archive</h2>{imgs}</section>"
 
 
