@@ -62,6 +62,10 @@ from elmjax.config import ConfigError, RunConfig, load_config
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_DISK_FULL = 0, 1, 130, 3
 
 
+class SeedError(RuntimeError):
+    """No seed program produced a valid candidate, so there is nothing to mutate."""
+
+
 class DiskFull(RuntimeError):
     """The disk filled up; the run stopped with its last checkpoint intact."""
 
@@ -282,6 +286,7 @@ class ELM:
             limits=self.limits,
             seeds=[program_seed(self.config.seed, c.program_id) for c in todo],
             inject=getattr(self.env, "inject", None),
+            call=getattr(self.env, "call", True),
         )
         for cand, res in zip(todo, results):
             cand.seconds = res.seconds
@@ -475,6 +480,14 @@ class ELM:
                         self._prepare, gen + 1, parents, self._texts_for(parents)
                     )
                 timings = self._with_disk_guard(self._commit, prepared)
+                if gen == 0 and not np.any(np.asarray(self.archive.program_id) >= 0):
+                    raise SeedError(
+                        "no seed program gave a valid candidate: "
+                        + "; ".join(
+                            f"{c.prompt}: {c.error_kind}: {c.error_message}"
+                            for c in prepared.candidates
+                        )
+                    )
                 self.next_generation = gen + 1
                 since_checkpoint += 1
                 self._with_disk_guard(self._log, prepared, timings)
@@ -867,11 +880,12 @@ def model_provenance(config: RunConfig) -> dict[str, Any] | None:
         return None
     info: dict[str, Any] = {"name": config.mutation.model}
     try:
-        from elmjax.lm import model_files
+        from elmjax.lm.registry import resolve
 
-        path = model_files(config.mutation.model)
+        kind, path = resolve(config.mutation.model)
+        info["kind"] = kind
         info["path"] = str(path)
-        info["sha256"] = run_dir.sha256_of(path)
+        info["sha256"] = run_dir.sha256_of(path) if Path(path).exists() else None
     except Exception as err:  # provenance must never stop a run
         info["sha256"] = None
         info["note"] = f"could not hash the weights: {err}"
@@ -934,9 +948,11 @@ class _Progress:
         )
         if remaining >= 3600 and math.isfinite(remaining):
             eta = f"{remaining / 3600:.1f}h"
+        best = row["max_fitness"]
         stats = (
             f"cov {row['coverage']:.1%} | QD {row['qd_score']:.1f} | "
-            f"max {row['max_fitness']:.2f} | valid {row['valid_rate']:.0%} | {rate:.1f} evals/s"
+            f"max {best if math.isfinite(best) else float('nan'):.2f} | "
+            f"valid {row['valid_rate']:.0%} | {rate:.1f} evals/s"
         )
         if self._bar is not None:
             self._bar.update(
@@ -1000,7 +1016,7 @@ def evolve_command(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     try:
         result = elm.run()
-    except ConfigError as err:
+    except (ConfigError, SeedError) as err:
         print(f"elmjax evolve: {err}", file=sys.stderr)
         return EXIT_ERROR
     m = result.metrics

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -237,7 +238,11 @@ class MetricsLog:
         if self._tb is not None:
             step = int(row["evaluations"])
             for key, value in row.items():
-                if isinstance(value, int | float) and not isinstance(value, bool):
+                if (
+                    isinstance(value, int | float)
+                    and not isinstance(value, bool)
+                    and math.isfinite(value)
+                ):
                     self._tb.add_scalar(key, value, step)
             for stage, seconds in row.get("time", {}).items():
                 self._tb.add_scalar(f"time/{stage}", seconds, step)

@@ -245,15 +245,11 @@ def _elites_section(data: dict[str, Any], config: Any, out: Path) -> str:
     top = data["elites"][: config.report_top]
     if not top:
         return "<section><h2>Best walkers</h2><p class=note>no elite yet</p></section>"
-    gifs = render_elite_gifs(top, config, out)
+    gifs = render_elite_gifs(top, config, out) if config.env.name == "sodarace" else {}
     cards = []
     for rank, elite in enumerate(top):
         gif = gifs.get(elite["program_id"])
-        media = (
-            f'<img src="{gif}" alt="walker {elite["program_id"]}">'
-            if gif
-            else "<p class=note>no animation</p>"
-        )
+        media = f'<img src="{gif}" alt="walker {elite["program_id"]}">' if gif else ""
         desc = ", ".join(f"{x:.2f}" for x in elite["descriptor"])
         cards.append(
             f"<div class=card><h3>#{rank + 1}: program {elite['program_id']}</h3>{media}"
@@ -278,6 +274,7 @@ def render_elite_gifs(elites: Sequence[dict[str, Any]], config: Any, out: Path) 
         env.check,
         seeds=[program_seed(config.seed, e["program_id"]) for e in elites],
         inject=getattr(env, "inject", None),
+        call=getattr(env, "call", True),
     )
     (out / "walkers").mkdir(exist_ok=True)
     paths = {}
