@@ -268,3 +268,24 @@ def test_bad_check_or_inject_is_the_callers_error(pool):
 
 def test_empty_batch(pool):
     assert pool.run([], "make_walker", check_walker) == []
+
+
+def test_absent_builtins_are_ordinary_identifiers(pool):
+    program = (
+        "def make_walker():\n"
+        "    id, dir, input = 1, 2, 3\n"
+        "    try:\n"
+        "        exit(0)\n"
+        "    except NameError:\n"
+        "        return id + dir + input\n"
+    )
+    (result,) = pool.run([program], "make_walker", "sandbox_checks:identity")
+    assert result.ok and result.value == 6
+
+
+def test_fast_path_and_tree_check_agree(pool):
+    """A program with a suspicious word only in a comment takes the full tree check."""
+    clean = "import math\ndef make_walker():\n    return math.floor(2.5)\n"
+    flagged = clean.replace("import math\n", "import math  # no getattr here\n")
+    results = pool.run([clean, flagged], "make_walker", "sandbox_checks:identity")
+    assert [r.value for r in results] == [2, 2]

@@ -24,6 +24,7 @@ import functools
 import itertools
 import math
 import random
+import re
 import types
 from collections.abc import Callable
 from typing import Any
@@ -33,14 +34,16 @@ ALLOWED_MODULES: frozenset[str] = frozenset(
     {"math", "random", "itertools", "functools", "collections"}
 )
 
-#: Names a program may not mention at all (and that are absent from its builtins).
+#: Names a program may not mention at all: each reaches outside the program (files, code from
+#: strings, attribute access by string, the interpreter's namespaces, classes built at run time).
+#: None of them is in the program's builtins either, so a program that gets one past this rule
+#: finds nothing. Other builtins that are merely absent (`id`, `dir`, `input`, `exit`,
+#: `BaseException`, ...) stay ordinary identifiers: a program may name its own variable `dir`.
 FORBIDDEN_NAMES: frozenset[str] = frozenset(
     {
         "open", "exec", "eval", "compile", "__import__", "getattr", "setattr", "delattr",
-        "hasattr", "globals", "locals", "vars", "dir", "input", "breakpoint", "help", "type",
-        "id", "memoryview", "exit", "quit", "copyright", "credits", "license", "__builtins__",
-        "__loader__", "__spec__", "__build_class__", "BaseException", "SystemExit",
-        "KeyboardInterrupt", "GeneratorExit",
+        "globals", "locals", "vars", "breakpoint", "memoryview", "type", "__builtins__",
+        "__loader__", "__spec__", "__build_class__",
     }
 )  # fmt: skip
 
@@ -92,66 +95,130 @@ class PolicyError(Exception):
     """The program breaks the AST policy; the message says where and how."""
 
 
+class ForbiddenImport(ImportError):
+    """Raised by a program's `import` of a module outside ALLOWED_MODULES (kind `forbidden`)."""
+
+
+#: Every rule of `check_tree` is about an identifier: a forbidden name or attribute, a name with
+#: a leading `__`, a `metaclass=` keyword, or an import (which the program's `__import__` also
+#: enforces when it runs). In ASCII text every identifier appears literally (non-ASCII text could
+#: spell one through NFKC normalisation), so ASCII text that matches none of these words cannot
+#: break a rule and needs no syntax tree: `compile` on the text is enough. Seed-like programs take
+#: this path; anything suspicious, even in a comment, gets the full check.
+_SUSPICIOUS = re.compile(
+    r"__|\b(?:"
+    + "|".join(sorted(n for n in FORBIDDEN_NAMES | FORBIDDEN_ATTRIBUTES if not n.startswith("_")))
+    + r"|metaclass)\b"
+)
+
+
+def needs_tree_check(source: str) -> bool:
+    """False when `source` provably satisfies every `check_tree` rule (see `_SUSPICIOUS`)."""
+    return not source.isascii() or _SUSPICIOUS.search(source) is not None
+
+
 def check_tree(tree: ast.AST) -> None:
-    """Raise PolicyError for the first construct the policy forbids."""
-    for count, node in enumerate(ast.walk(tree), 1):
+    """Raise PolicyError for the first construct the policy forbids.
+
+    A hand-rolled depth-first walk with per-node-type checks: about twice as fast as `ast.walk`
+    with an isinstance chain, and this runs for every program the language model writes.
+    """
+    stack = [tree]
+    count = 0
+    checks = _CHECKS
+    node_type = ast.AST
+    while stack:
+        node = stack.pop()
+        count += 1
         if count > MAX_AST_NODES:
             raise PolicyError(f"program has more than {MAX_AST_NODES} syntax nodes")
-        problem = _problem(node)
-        if problem:
-            line = getattr(node, "lineno", None)
-            raise PolicyError(f"line {line}: {problem}" if line else problem)
+        check = checks.get(type(node))
+        if check is not None:
+            problem = check(node)
+            if problem:
+                line = getattr(node, "lineno", None)
+                raise PolicyError(f"line {line}: {problem}" if line else problem)
+        for field in node._fields:
+            if field == "ctx":
+                continue
+            value = getattr(node, field, None)
+            if type(value) is list:
+                stack.extend(v for v in value if isinstance(v, node_type))
+            elif isinstance(value, node_type):
+                stack.append(value)
 
 
-def _problem(node: ast.AST) -> str | None:
-    if isinstance(node, ast.Import):
-        for alias in node.names:
-            if alias.name not in ALLOWED_MODULES:
-                return f"import of {alias.name!r} is not allowed ({_allowed()})"
-    elif isinstance(node, ast.ImportFrom):
-        if node.level or node.module not in ALLOWED_MODULES:
-            return f"import from {node.module or '.'!r} is not allowed ({_allowed()})"
-        for alias in node.names:
-            if alias.name.startswith("_") and alias.name != "*":
-                return f"import of private name {alias.name!r}"
-    elif isinstance(node, ast.Name):
-        if node.id in FORBIDDEN_NAMES:
-            return f"name {node.id!r} is not allowed"
-        if node.id.startswith("__") and not (
-            node.id == "__name__" and isinstance(node.ctx, ast.Load)
-        ):
-            return f"name {node.id!r} is not allowed"
-    elif isinstance(node, ast.Attribute):
-        if node.attr in FORBIDDEN_ATTRIBUTES:
-            return f"attribute {node.attr!r} is not allowed"
-        if node.attr.startswith("__") and node.attr not in ALLOWED_DUNDER_ATTRIBUTES:
-            return f"attribute {node.attr!r} is not allowed"
-    elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-        if node.name.startswith("__") and node.name not in ALLOWED_DUNDER_METHODS:
-            return f"defining {node.name!r} is not allowed"
-    elif isinstance(node, ast.ClassDef):
-        if node.keywords:
-            return "class keywords (metaclass=...) are not allowed"
-        if node.name.startswith("__"):
-            return f"class name {node.name!r} is not allowed"
-    elif isinstance(node, ast.Global | ast.Nonlocal):
-        for name in node.names:
-            if name.startswith("__"):
-                return f"name {name!r} is not allowed"
-    elif isinstance(node, ast.arg):
-        if node.arg.startswith("__"):
-            return f"argument name {node.arg!r} is not allowed"
-    elif isinstance(node, ast.keyword):
-        if node.arg is not None and node.arg.startswith("__"):
-            return f"keyword {node.arg!r} is not allowed"
-    elif isinstance(node, ast.alias):
-        if node.asname is not None and node.asname.startswith("__"):
-            return f"alias {node.asname!r} is not allowed"
-    elif isinstance(node, ast.MatchClass | ast.MatchMapping | ast.MatchStar | ast.MatchAs):
-        name = getattr(node, "name", None) or getattr(node, "rest", None)
-        if name and name.startswith("__"):
-            return f"name {name!r} is not allowed"
+def _check_import(node: ast.Import) -> str | None:
+    for alias in node.names:
+        if alias.name not in ALLOWED_MODULES:
+            return f"import of {alias.name!r} is not allowed ({_allowed()})"
     return None
+
+
+def _check_import_from(node: ast.ImportFrom) -> str | None:
+    if node.level or node.module not in ALLOWED_MODULES:
+        return f"import from {node.module or '.'!r} is not allowed ({_allowed()})"
+    for alias in node.names:
+        if alias.name.startswith("_"):
+            return f"import of private name {alias.name!r}"
+    return None
+
+
+def _check_name(node: ast.Name) -> str | None:
+    name = node.id
+    if name in FORBIDDEN_NAMES or (
+        name.startswith("__") and not (name == "__name__" and type(node.ctx) is ast.Load)
+    ):
+        return f"name {name!r} is not allowed"
+    return None
+
+
+def _check_attribute(node: ast.Attribute) -> str | None:
+    attr = node.attr
+    if attr in FORBIDDEN_ATTRIBUTES or (
+        attr.startswith("__") and attr not in ALLOWED_DUNDER_ATTRIBUTES
+    ):
+        return f"attribute {attr!r} is not allowed"
+    return None
+
+
+def _check_function(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
+    if node.name.startswith("__") and node.name not in ALLOWED_DUNDER_METHODS:
+        return f"defining {node.name!r} is not allowed"
+    return None
+
+
+def _check_class(node: ast.ClassDef) -> str | None:
+    if node.keywords:
+        return "class keywords (metaclass=...) are not allowed"
+    if node.name.startswith("__"):
+        return f"class name {node.name!r} is not allowed"
+    return None
+
+
+def _dunder(what: str, name: str | None) -> str | None:
+    if name is not None and name.startswith("__"):
+        return f"{what} {name!r} is not allowed"
+    return None
+
+
+_CHECKS: dict[type, Callable[[Any], str | None]] = {
+    ast.Import: _check_import,
+    ast.ImportFrom: _check_import_from,
+    ast.Name: _check_name,
+    ast.Attribute: _check_attribute,
+    ast.FunctionDef: _check_function,
+    ast.AsyncFunctionDef: _check_function,
+    ast.ClassDef: _check_class,
+    ast.Global: lambda n: next((_dunder("name", x) for x in n.names if x.startswith("__")), None),
+    ast.Nonlocal: lambda n: next((_dunder("name", x) for x in n.names if x.startswith("__")), None),
+    ast.arg: lambda n: _dunder("argument name", n.arg),
+    ast.keyword: lambda n: _dunder("keyword", n.arg),
+    ast.alias: lambda n: _dunder("alias", n.asname),
+    ast.MatchAs: lambda n: _dunder("name", n.name),
+    ast.MatchStar: lambda n: _dunder("name", n.name),
+    ast.MatchMapping: lambda n: _dunder("name", n.rest),
+}
 
 
 def _allowed() -> str:
@@ -213,15 +280,23 @@ _MODULES: dict[str, types.ModuleType] = {
 
 
 def program_globals(
-    seed: int, inject: dict[str, Any], print_sink: Callable[..., None]
+    seed: int,
+    inject: dict[str, Any],
+    print_sink: Callable[..., None],
+    violations: list[str] | None = None,
 ) -> dict[str, Any]:
     """Fresh globals for one program: restricted builtins, an import that hands out private
-    copies of the allowed modules (`random` seeded with `seed`), and the injected names."""
+    copies of the allowed modules (`random` seeded with `seed`), and the injected names.
+    A refused import is also appended to `violations`, so a program that catches the
+    ImportError is still reported `forbidden`."""
     imported: dict[str, types.ModuleType] = {}
 
     def import_(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level=0):
         if level or name not in ALLOWED_MODULES:
-            raise ImportError(f"import of {name!r} is not allowed ({_allowed()})")
+            message = f"import of {name!r} is not allowed ({_allowed()})"
+            if violations is not None:
+                violations.append(message)
+            raise ForbiddenImport(message)
         if name not in imported:
             imported[name] = (
                 _random_module(seed) if name == "random" else _module_copy(_MODULES[name])

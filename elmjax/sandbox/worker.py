@@ -33,16 +33,25 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from elmjax.sandbox.policy import PolicyError, check_tree, program_globals
+from elmjax.sandbox.policy import (
+    ForbiddenImport,
+    PolicyError,
+    check_tree,
+    needs_tree_check,
+    program_globals,
+)
 
 #: The file name programs are compiled under; frames with it are the program's own code.
 PROGRAM_FILENAME = "<program>"
 #: Modules a worker makes unimportable (defence in depth behind the AST policy).
 BLOCKED_MODULES = ("socket", "_socket", "ctypes", "_ctypes", "subprocess", "_posixsubprocess")
-#: Standard modules the allowed modules import lazily (e.g. `Counter.most_common` -> heapq).
+#: Standard modules the allowed modules import lazily (e.g. `Counter.most_common` -> heapq;
+#: the parser -> unicodedata for non-ASCII identifiers).
 #: Imported at start-up, while the interpreter's files are still readable: an unprivileged
 #: worker may not be able to read them later (a Python installed under /root, say).
-LAZY_STDLIB = ("heapq", "copy", "bisect", "operator", "keyword", "reprlib", "encodings.latin_1")
+LAZY_STDLIB = (
+    "heapq", "copy", "bisect", "operator", "keyword", "reprlib", "unicodedata", "encodings.latin_1",
+)  # fmt: skip
 #: Deepest nesting of a program's result.
 MAX_RESULT_DEPTH = 64
 #: CPU seconds allowed for turning a program's exception into a message (its `__str__` is
@@ -210,39 +219,51 @@ def _guarded(source: str, seed: int, job: dict[str, Any]) -> dict[str, Any]:
 
 def _execute(source: str, seed: int, job: dict[str, Any], stage: list[str]) -> dict[str, Any]:
     limits = job["limits"]
+    chars = limits["max_message_chars"]
     try:
-        tree = ast.parse(source, PROGRAM_FILENAME)
+        if needs_tree_check(source):
+            tree = ast.parse(source, PROGRAM_FILENAME)
+            try:
+                check_tree(tree)
+            except PolicyError as exc:
+                return _failure("forbidden", str(exc)[:chars])
+            code = compile(tree, PROGRAM_FILENAME, "exec", dont_inherit=True)
+            del tree
+        else:
+            code = compile(source, PROGRAM_FILENAME, "exec", dont_inherit=True)
     except SyntaxError as exc:
-        return _failure("syntax", f"line {exc.lineno}: {exc.msg}"[: limits["max_message_chars"]])
+        return _failure("syntax", f"line {exc.lineno}: {exc.msg}"[:chars])
     except (RecursionError, ValueError, OverflowError) as exc:  # too deep / NUL bytes
-        return _failure("syntax", f"{type(exc).__name__}: {exc}"[: limits["max_message_chars"]])
-    try:
-        check_tree(tree)
-    except PolicyError as exc:
-        return _failure("forbidden", str(exc)[: limits["max_message_chars"]])
-    try:
-        code = compile(tree, PROGRAM_FILENAME, "exec", dont_inherit=True)
-    except (SyntaxError, RecursionError, ValueError, OverflowError) as exc:
-        return _failure("syntax", f"{type(exc).__name__}: {exc}"[: limits["max_message_chars"]])
-    del tree
+        return _failure("syntax", f"{type(exc).__name__}: {exc}"[:chars])
 
     inject = {name: resolve(ref) for name, ref in job["inject"].items()}
     check = resolve(job["check"])
-    namespace = program_globals(seed, inject, _print_sink(limits["max_output_bytes"]))
+    violations: list[str] = []
+    sink = _print_sink(limits["max_output_bytes"])
+    namespace = program_globals(seed, inject, sink, violations)
     stage[0] = "program"
-    exec(code, namespace)
-    entry = namespace.get(job["entry"])
-    if not callable(entry):
-        return _failure("invalid", f"program does not define {job['entry']}()")
-    value = entry() if job["call"] else entry
-    stage[0] = "check"
-    data = _plain(check(value), limits["max_result_bytes"])
+    try:
+        exec(code, namespace)
+        entry = namespace.get(job["entry"])
+        if not callable(entry):
+            return _failure("invalid", f"program does not define {job['entry']}()")
+        value = entry() if job["call"] else entry
+        stage[0] = "check"
+        data = _plain(check(value), limits["max_result_bytes"])
+    except BaseException:
+        if violations and not _Clock.expired:
+            return _failure("forbidden", violations[0][:chars])
+        raise
+    if violations:  # a refused import the program caught and carried on from
+        return _failure("forbidden", violations[0][:chars])
     if _Clock.expired:
         raise _Expired()
     return {"ok": True, "value": data}
 
 
 def _kind(exc: BaseException, stage: str, job: dict[str, Any]) -> str:
+    if isinstance(exc, ForbiddenImport):
+        return "forbidden"
     if isinstance(exc, OutputLimitExceeded | NotPlainData):
         return "invalid"
     if isinstance(exc, RecursionError):

@@ -1,0 +1,156 @@
+"""Sandbox throughput: programs/s through a warm `SandboxPool`, against plain in-process `exec`.
+
+Two corpora: the seven seed programs (repeated), and a mixed corpus where one program in ten is
+hostile (every case of tests/hostile, timeouts included, under short limits). The baseline runs
+the same *good* programs with `compile` + `exec` + `make_walker()` + `check_walker` in the
+benchmark's own process (no isolation at all): once in one process, and once split over as many
+forked processes as the pool has workers, so both sides get the same cores. The ratios are
+sandbox programs/s over that same-cores baseline (higher is better; 1.0 would mean isolation is
+free).
+
+    python benchmarks/sandbox_throughput.py [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import os
+import pathlib
+import platform
+import sys
+import time
+
+from elmjax.sandbox import Limits, SandboxPool
+from elmjax.sodarace.seeds import load_seeds
+from elmjax.sodarace.walker import check_walker, walker_creator
+
+INJECT = {"walker_creator": "elmjax.sodarace.walker:walker_creator"}
+HOSTILE_DIR = pathlib.Path(__file__).resolve().parent.parent / "tests" / "hostile"
+
+
+def seed_corpus(n: int) -> list[str]:
+    seeds = list(load_seeds().values())
+    return [seeds[k % len(seeds)] for k in range(n)]
+
+
+def mixed_corpus(n: int) -> tuple[list[str], int]:
+    """n programs, one in ten hostile (cycling through every hostile case); also returns how
+    many are hostile."""
+    hostile = [p.read_text() for p in sorted(HOSTILE_DIR.glob("*.py"))]
+    good = seed_corpus(n)
+    out, bad = [], 0
+    for k in range(n):
+        if k % 10 == 9:
+            out.append(hostile[bad % len(hostile)])
+            bad += 1
+        else:
+            out.append(good[k])
+    return out, bad
+
+
+def run_inprocess(sources: list[str]) -> int:
+    """What the sandbox saves the caller from doing unprotected: compile, exec, call, check."""
+    for source in sources:
+        namespace = {"walker_creator": walker_creator, "__name__": "__program__"}
+        exec(compile(source, "<program>", "exec"), namespace)
+        check_walker(namespace["make_walker"]())
+    return len(sources)
+
+
+def best_of(repeats: int, fn) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small corpora, < 1 min")
+    parser.add_argument("--json", default=None, help="write the figures here")
+    parser.add_argument("--workers", type=int, default=None)
+    args = parser.parse_args()
+
+    n = 700 if args.quick else 4200
+    repeats = 3 if args.quick else 5
+    base = Limits() if args.workers is None else Limits(workers=args.workers)
+    workers = base.workers
+    mixed_limits = dataclasses.replace(base, cpu_seconds=0.25, wall_seconds=1.0)
+
+    seeds = seed_corpus(n)
+    mixed, n_hostile = mixed_corpus(n)
+    good_of_mixed = [s for k, s in enumerate(mixed) if k % 10 != 9]
+
+    start = time.perf_counter()
+    pool = SandboxPool(base, preload=("elmjax.sodarace.walker",))
+    pool.run(seeds[:workers], "make_walker", check_walker, inject=INJECT)
+    cold_start = time.perf_counter() - start
+    with pool:
+        pool.run(seeds, "make_walker", check_walker, inject=INJECT)  # warm
+        t_seeds = best_of(
+            repeats, lambda: pool.run(seeds, "make_walker", check_walker, inject=INJECT)
+        )
+        kinds: dict[str, int] = {}
+
+        def run_mixed() -> None:
+            results = pool.run(
+                mixed, "make_walker", check_walker, limits=mixed_limits, inject=INJECT
+            )
+            kinds.clear()
+            for r in results:
+                key = "ok" if r.ok else r.error.kind
+                kinds[key] = kinds.get(key, 0) + 1
+
+        t_mixed = best_of(max(1, repeats - 1), run_mixed)
+
+    t_inproc_1 = best_of(repeats, lambda: run_inprocess(seeds))
+    t_inproc_good_mixed_1 = best_of(repeats, lambda: run_inprocess(good_of_mixed))
+    chunks = [seeds[k::workers] for k in range(workers)]
+    chunks_mixed = [good_of_mixed[k::workers] for k in range(workers)]
+    with multiprocessing.get_context("fork").Pool(workers) as procs:
+        procs.map(run_inprocess, [c[:10] for c in chunks])  # warm
+        t_inproc_n = best_of(repeats, lambda: procs.map(run_inprocess, chunks))
+        t_inproc_mixed_n = best_of(repeats, lambda: procs.map(run_inprocess, chunks_mixed))
+
+    figures = {
+        "benchmark": "sandbox_throughput",
+        "quick": args.quick,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}",
+        "python": sys.version.split()[0],
+        "workers": workers,
+        "cold_start_s": cold_start,
+        "seed_corpus": {
+            "programs": n,
+            "sandbox_programs_per_s": n / t_seeds,
+            "inprocess_1proc_programs_per_s": n / t_inproc_1,
+            "inprocess_same_cores_programs_per_s": n / t_inproc_n,
+        },
+        "mixed_corpus": {
+            "programs": n,
+            "hostile": n_hostile,
+            "limits": {"cpu_seconds": 0.25, "wall_seconds": 1.0},
+            "outcomes": kinds,
+            "sandbox_programs_per_s": n / t_mixed,
+            "inprocess_good_only_1proc_programs_per_s": len(good_of_mixed) / t_inproc_good_mixed_1,
+            "inprocess_good_only_same_cores_programs_per_s": len(good_of_mixed) / t_inproc_mixed_n,
+        },
+    }
+    figures["ratios"] = {
+        "seeds_vs_inprocess_exec": (n / t_seeds) / (n / t_inproc_n),
+        "seeds_vs_inprocess_exec_1proc": (n / t_seeds) / (n / t_inproc_1),
+        "mixed_vs_inprocess_exec_good_only": (n / t_mixed)
+        / (len(good_of_mixed) / t_inproc_mixed_n),
+    }
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
