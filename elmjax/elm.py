@@ -56,7 +56,20 @@ import jax
 import numpy as np
 
 from elmjax import faults, run_dir
-from elmjax.config import ConfigError, RunConfig, load_config
+from elmjax.config import ConfigError, RunConfig, dump_config, load_config, parse_override
+
+#: config keys `--resume` may override: they change when a run stops or how it is shown, never
+#: what a generation computes (the pipeline schedule does not change results either).
+RESUMABLE_KEYS = (
+    "budget",
+    "time_limit",
+    "pipeline",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "report",
+    "report_top",
+    "progress",
+)
 
 #: exit codes of `elmjax evolve`.
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_DISK_FULL = 0, 1, 130, 3
@@ -177,9 +190,26 @@ class ELM:
             run_dir.prepare_new(self.out, config, force=force)
 
     @classmethod
-    def resume(cls, out: str | Path, **kw: Any) -> ELM:
-        """Continue the run in `out` exactly where it stopped (its own config.yaml)."""
-        return cls(run_dir.load_run_config(out), out, resume=True, **kw)
+    def resume(cls, out: str | Path, overrides: Sequence[str] = (), **kw: Any) -> ELM:
+        """Continue the run in `out` exactly where it stopped (its own config.yaml).
+
+        `overrides` (`key=value`) may only change when the run stops and how it is shown
+        (`RESUMABLE_KEYS`: e.g. a larger budget to extend a finished run), never what a
+        generation computes; the run's config.yaml is updated with them.
+        """
+        config = run_dir.load_run_config(out)
+        if overrides:
+            parsed = dict(parse_override(o) for o in overrides)
+            for key in parsed:
+                if key not in RESUMABLE_KEYS:
+                    raise ConfigError(
+                        key,
+                        "cannot change when resuming (it would change the run); "
+                        f"resumable keys: {', '.join(RESUMABLE_KEYS)}",
+                    )
+            config = config.replace(parsed)
+            dump_config(config, Path(out) / run_dir.CONFIG)
+        return cls(config, out, resume=True, **kw)
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -1000,14 +1030,15 @@ def evolve_command(args: argparse.Namespace) -> int:
     """`elmjax evolve`: parse the config, run, print where the report is."""
     try:
         if args.resume:
-            if args.set or args.config or args.model or args.operator or args.seed_program:
+            if args.config or args.model or args.operator or args.seed_program or args.out:
                 print(
                     "elmjax evolve: --resume continues a run with its own config.yaml; "
-                    "drop --config/--set/--model/--operator/--seed-program",
+                    "drop --config/--out/--model/--operator/--seed-program (--set may change "
+                    f"only {', '.join(RESUMABLE_KEYS)})",
                     file=sys.stderr,
                 )
                 return EXIT_ERROR
-            elm = ELM.resume(args.resume)
+            elm = ELM.resume(args.resume, args.set or ())
         else:
             config = config_from_args(args)
             elm = ELM(config, args.out, force=args.force)

@@ -187,8 +187,8 @@ def _summary_section(
     if (run_path / rd.PROVENANCE).exists():
         provenance = json.loads((run_path / rd.PROVENANCE).read_text())
     rows = [
-        ("environment", f"{config.env.name} ({config.env.terrain}, {config.env.seconds:g} s)"),
-        ("operator / model", f"{config.mutation.operator} / {config.mutation.model}"),
+        ("environment", _env_label(config)),
+        ("operator", _operator_label(config)),
         ("seed programs", ", ".join(config.seed_programs)),
         ("evaluations", f"{data['evaluations']}"),
         ("generations", f"{last.get('generation', -1) + 1}"),
@@ -202,6 +202,19 @@ def _summary_section(
     ]
     table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     return f"<section><h2>Run</h2><table class=kv>{table}</table></section>"
+
+
+def _env_label(config: Any) -> str:
+    if config.env.name == "sodarace":
+        return f"sodarace ({config.env.terrain} terrain, {config.env.seconds:g} simulated s)"
+    return config.env.name
+
+
+def _operator_label(config: Any) -> str:
+    m = config.mutation
+    if m.operator == "gp":
+        return "gp (no model)"
+    return f"{m.operator}, model {m.model}, temperature {m.temperature:g}"
 
 
 def _heatmap_section(data: dict[str, Any], config: Any, out: Path) -> str:
@@ -229,7 +242,7 @@ def _curves_section(metrics: list[dict[str, Any]], out: Path) -> str:
     for ax, key, label in zip(
         axes,
         ("coverage", "qd_score", "max_fitness"),
-        ("coverage (share of cells filled)", "QD score", "max fitness |dx|"),
+        ("coverage (share of cells filled)", "QD score", "max fitness"),
     ):
         ax.plot(evals, [m[key] for m in metrics], color="#1f77b4")
         ax.set_xlabel("evaluations")
