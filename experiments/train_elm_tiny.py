@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import sys
 import time
 
@@ -156,6 +157,21 @@ def build(args: argparse.Namespace, work: pathlib.Path) -> None:
     print(json.dumps(stats), flush=True)
 
 
+def write_eval_parents(work: pathlib.Path, per_seed: int = 8) -> None:
+    """Held-out parents for the operator benchmark: per ELM seed, valid GP descendants that are
+    not among the corpus programs (for cppn_mutable, the whole lineage is held out anyway)."""
+    from elmjax.mutation.corpus import eval_parents
+    from elmjax.sodarace.seeds import ELM_SEEDS, load_seeds
+
+    seen = set()
+    with open(work / "corpus.jsonl") as f:
+        for line in f:
+            row = json.loads(line)
+            seen.update((row["parent"], row["child"]))
+    parents = eval_parents(load_seeds(ELM_SEEDS), seen, per_seed)
+    (work / "eval_parents.json").write_text(json.dumps(parents, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default=str(ROOT / "runs" / "elm-tiny"))
@@ -179,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "data.npz").exists():
         build(args, work)
+    if not (work / "eval_parents.json").exists():
+        write_eval_parents(work)
 
     import jax
 
@@ -235,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     save_model(LanguageModel(config, params, tok, name="elm-tiny"), args.out)
     (pathlib.Path(args.out) / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    shutil.copy(work / "eval_parents.json", pathlib.Path(args.out) / "eval_parents.json")
     print(json.dumps({k: summary[k] for k in ("parameters", "steps_done", "final_loss")}))
     return 0
 

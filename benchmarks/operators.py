@@ -1,0 +1,184 @@
+"""How good are each operator's children? GP vs the LM operators on held-out Sodarace parents.
+
+    python benchmarks/operators.py [--quick] [--json PATH] [--parents-per-seed K] [--children N]
+
+Parents: valid GP descendants of each of the paper's four seeds that elm-tiny never saw in
+training (`eval_parents.json` shipped with elm-tiny; the cppn_mutable lineage is held out
+whole). For each operator x model -- gp; diff with elm-tiny; prompt and diff with SmolLM2-135M
+(`--quick`: gp and elm-tiny only) -- N children per parent go through the sandbox, and we report:
+
+- apply: share of children the operator turned into program text (diff applied / code parsed)
+- valid: share that are valid walkers (sandbox + `check_walker`)
+- different: share that are valid and build a different walker than their parent
+- descriptor_distance: mean distance from the parent's (height, width, mass), each dimension
+  scaled by its range in the Sodarace descriptor space, over valid children
+- new_cell: share of valid children in a different cell of a 12^3 grid over that space
+- children_per_s: children per second of `mutate` (model load excluded, first-call compile
+  included: a run of ELM pays it once)
+
+`ratios` (elmjax JSON convention, higher is better for the LM operator): `valid_vs_gp` and
+`new_cell_vs_gp` of each LM operator over GP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+GRID = 12
+INJECT = {"walker_creator": "elmjax.sodarace.walker:walker_creator"}
+
+
+def load_parents(per_seed: int) -> dict[str, list[str]]:
+    from elmjax.lm.registry import MODELS_DIR
+
+    path = MODELS_DIR / "elm-tiny" / "eval_parents.json"
+    with open(path) as f:
+        parents = json.load(f)
+    return {name: texts[:per_seed] for name, texts in parents.items()}
+
+
+def walkers(texts: list[str]) -> list[dict | None]:
+    from elmjax.sandbox import run_programs
+    from elmjax.sodarace.walker import check_walker
+
+    results = run_programs(texts, "make_walker", check_walker, inject=INJECT)
+    return [r.value if r.ok else None for r in results]
+
+
+def descriptor_space():
+    from elmjax.sodarace.env import Sodarace
+
+    return Sodarace().descriptor_space
+
+
+def measure(op, parents: list[str], n: int, seed: int, space) -> dict:
+    lo, hi = np.asarray(space.low), np.asarray(space.high)
+
+    def scaled(w: dict) -> np.ndarray:
+        d = w["descriptor"]
+        return (np.array([d[k] for k in space.names]) - lo) / (hi - lo)
+
+    def cell(x: np.ndarray) -> tuple:
+        return tuple(np.clip(np.floor(x * GRID), 0, GRID - 1).astype(int))
+
+    parent_walkers = walkers(parents)
+    t0 = time.perf_counter()
+    children = op.mutate(parents, n, seed)
+    seconds = time.perf_counter() - t0
+    texts = [c.text for c in children if c.ok]
+    results = iter(walkers(texts) if texts else [])
+    valid = different = new_cell = 0
+    distances = []
+    errors: dict[str, int] = {}
+    for k, child in enumerate(children):
+        if not child.ok:
+            errors[child.error_kind] = errors.get(child.error_kind, 0) + 1
+            continue
+        w = next(results)
+        if w is None:
+            errors["invalid"] = errors.get("invalid", 0) + 1
+            continue
+        valid += 1
+        pw = parent_walkers[k // n]
+        if pw is None:
+            continue
+        a, b = scaled(w), scaled(pw)
+        different += {kk: w[kk] for kk in ("joints", "muscles")} != {
+            kk: pw[kk] for kk in ("joints", "muscles")
+        }
+        distances.append(float(np.linalg.norm(a - b)))
+        new_cell += cell(a) != cell(b)
+    total = len(children)
+    return {
+        "children": total,
+        "apply": len(texts) / total,
+        "valid": valid / total,
+        "different": different / total,
+        "descriptor_distance": float(np.mean(distances)) if distances else 0.0,
+        "new_cell": new_cell / max(valid, 1),
+        "children_per_s": total / seconds,
+        "mutate_seconds": seconds,
+        "errors": errors,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--json", default=None)
+    p.add_argument("--parents-per-seed", type=int, default=4)
+    p.add_argument("--children", type=int, default=4, help="children per parent")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.8)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.parents_per_seed, args.children = 1, 2
+
+    from elmjax.mutation.operators import make_operator
+
+    specs = [("gp", None), ("diff", "elm-tiny")]
+    if not args.quick:
+        specs += [("prompt", "smollm2-135m"), ("diff", "smollm2-135m")]
+    by_seed = load_parents(args.parents_per_seed)
+    space = descriptor_space()
+    results: dict[str, dict] = {}
+    for op_name, model in specs:
+        label = op_name if model is None else f"{op_name}:{model}"
+        if model is None:
+            op = make_operator(op_name)
+        else:
+            op = make_operator(op_name, model=model, temperature=args.temperature)
+            t0 = time.perf_counter()
+            _ = op.sampler  # load the model (not part of children/s)
+            load_s = time.perf_counter() - t0
+        per_seed = {}
+        for seed_name, parents in by_seed.items():
+            per_seed[seed_name] = measure(op, parents, args.children, args.seed, space)
+        overall = {
+            key: float(np.mean([r[key] for r in per_seed.values()]))
+            for key in ("apply", "valid", "different", "descriptor_distance", "new_cell")
+        }
+        n_children = sum(r["children"] for r in per_seed.values())
+        overall["children_per_s"] = n_children / sum(r["mutate_seconds"] for r in per_seed.values())
+        overall["children"] = n_children
+        if model is not None:
+            overall["model_load_seconds"] = load_s
+        results[label] = {"overall": overall, "per_seed": per_seed}
+        print(label, json.dumps(overall), flush=True)
+    gp = results["gp"]["overall"]
+    ratios = {}
+    for label, r in results.items():
+        if label == "gp":
+            continue
+        key = label.replace(":", "_").replace("-", "_")
+        ratios[f"valid_vs_gp_{key}"] = r["overall"]["valid"] / max(gp["valid"], 1e-9)
+        ratios[f"new_cell_vs_gp_{key}"] = r["overall"]["new_cell"] / max(gp["new_cell"], 1e-9)
+    out = {
+        "benchmark": "operators",
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+        "command": " ".join(["python", "benchmarks/operators.py"] + sys.argv[1:]),
+        "parents_per_seed": args.parents_per_seed,
+        "children_per_parent": args.children,
+        "temperature": args.temperature,
+        "results": results,
+        "ratios": ratios,
+    }
+    print(json.dumps(ratios, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
