@@ -217,21 +217,31 @@ def test_metrics_and_selection():
 
 
 @settings(max_examples=20)
-@given(st.integers(0, 2**31 - 1))
-def test_nearest_centroid_matches_brute_force(seed):
+@given(st.integers(0, 2**31 - 1), st.sampled_from([4, 8, 1000]))
+def test_nearest_centroid_lookups_match_brute_force(seed, levels):
     rng = np.random.default_rng(seed)
-    # Coarse values make exact distance ties common: ties must go to the lowest index.
-    # Sizes are not multiples of the chunks, so the padding paths run.
-    pts = rng.integers(0, 4, (37, 3)).astype(np.float32)
-    cents = rng.integers(0, 4, (30, 3)).astype(np.float32)
-    got = np.asarray(qd.nearest_centroid(pts, cents, candidate_chunk=8, centroid_chunk=7))
-    dist = ((pts[:, None, :] - cents[None]) ** 2).sum(-1)
-    np.testing.assert_array_equal(got, dist.argmin(1))
+    # Coarse values (levels=4, 8) make exact distance ties and points on bucket edges common:
+    # ties must go to the lowest index. Sizes are not multiples of the chunks (padding paths).
+    pts = (rng.integers(-1, levels + 2, (37, 3)) / levels).astype(np.float32)
+    cents = (rng.integers(0, levels + 1, (30, 3)) / levels).astype(np.float32)
+    dist = ((np.clip(pts, 0, 1)[:, None, :] - cents[None]) ** 2).sum(-1)
+    expected = dist.argmin(1)
+    brute = qd.nearest_centroid(np.clip(pts, 0, 1), cents, candidate_chunk=8, centroid_chunk=7)
+    np.testing.assert_array_equal(np.asarray(brute), expected)
+    grid = 3
+    index = qd.build_bucket_index(cents, grid)
+    assert index.shape[0] == grid**3 and index.shape[1] <= 30
+    fast = qd.indexed_nearest_centroid(pts, cents, index, grid, candidate_chunk=16)
+    np.testing.assert_array_equal(np.asarray(fast), expected)
 
 
-def test_cvt_archive_insert_and_kmeans():
-    spec = qd.CVTSpec(num_cells=50, low=(0.0, 0.0), high=(1.0, 2.0), centroid_chunk=16)
+@pytest.mark.parametrize("lookup", ["index", "brute"])
+def test_cvt_archive_insert_and_kmeans(lookup):
+    spec = qd.CVTSpec(
+        num_cells=50, low=(0.0, 0.0), high=(1.0, 2.0), centroid_chunk=16, lookup=lookup
+    )
     archive = qd.init(spec, seed=3)
+    assert (archive.cvt_index is not None) == (lookup == "index")
     cents = np.asarray(archive.centroids)
     assert cents.shape == (50, 2)
     assert (cents >= [0, 0]).all() and (cents <= [1, 2]).all()
@@ -240,9 +250,23 @@ def test_cvt_archive_insert_and_kmeans():
     desc = rng.random((64, 2)).astype(np.float32) * [1.2, 2.4] - 0.1
     fit = rng.random(64).astype(np.float32)
     archive, info = qd.insert(archive, fit, desc, np.ones(64, bool), np.arange(64, dtype=np.int32))
-    clipped = np.clip(desc, [0, 0], [1, 2])
-    expected = ((clipped[:, None] - cents[None]) ** 2).sum(-1).argmin(1)
+    unit = np.clip(desc / np.float32([1, 2]), 0, 1)
+    expected = ((unit[:, None] - cents[None] / [1, 2]) ** 2).sum(-1).argmin(1)
     np.testing.assert_array_equal(np.asarray(info.cell), expected)
     for cell in set(expected.tolist()):
         members = np.flatnonzero(expected == cell)
         assert float(archive.fitness[cell]) == fit[members].max()
+
+
+def test_bucket_index_on_clustered_centroids():
+    """Uneven centroid density (big empty regions, dense clusters) must stay exact."""
+    rng = np.random.default_rng(5)
+    cents = np.concatenate([rng.random((1500, 3)) ** 3, 0.9 + 0.1 * rng.random((500, 3))]).astype(
+        np.float32
+    )
+    pts = rng.random((3000, 3)).astype(np.float32) * 1.1 - 0.05
+    grid = qd.cvt.buckets_per_dim(len(cents), 3)
+    index = qd.build_bucket_index(cents, grid)
+    fast = np.asarray(qd.indexed_nearest_centroid(pts, cents, index, grid))
+    brute = np.asarray(qd.nearest_centroid(np.clip(pts, 0, 1), cents))
+    np.testing.assert_array_equal(fast, brute)

@@ -12,7 +12,15 @@ from elmjax.qd.archive import (
     init,
     insert,
 )
-from elmjax.qd.cvt import CVTSpec, cvt_centroids, kmeans, nearest_centroid
+from elmjax.qd.cvt import (
+    CVTSpec,
+    build_bucket_index,
+    cvt_centroids,
+    indexed_nearest_centroid,
+    kmeans,
+    nearest_centroid,
+    to_unit,
+)
 from elmjax.qd.metrics import metrics, metrics_host
 from elmjax.qd.selection import cell_weights, sample_cells, sample_parents
 
@@ -24,10 +32,12 @@ __all__ = [
     "CVTSpec",
     "GridSpec",
     "InsertInfo",
+    "build_bucket_index",
     "cell_weights",
     "cells_of",
     "cvt_centroids",
     "grid_cells",
+    "indexed_nearest_centroid",
     "init",
     "insert",
     "kmeans",
@@ -36,4 +46,5 @@ __all__ = [
     "nearest_centroid",
     "sample_cells",
     "sample_parents",
+    "to_unit",
 ]

@@ -32,7 +32,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from elmjax.qd.cvt import CVTSpec, cvt_centroids, nearest_centroid
+from elmjax.qd.cvt import (
+    CVTSpec,
+    build_bucket_index,
+    cvt_centroids,
+    indexed_nearest_centroid,
+    nearest_centroid,
+    to_unit,
+)
 
 #: Per-candidate insert status.
 REJECTED = 0
@@ -97,7 +104,8 @@ class Archive:
     descriptor: jax.Array  # [C, D] float32
     program_id: jax.Array  # [C] int32
     tokens: jax.Array | None  # [C, L] int32, the elite's token ids (optional)
-    centroids: jax.Array | None  # [C, D] float32, CVT archives only
+    centroids: jax.Array | None  # [C, D] float32, CVT archives only (descriptor units)
+    cvt_index: jax.Array | None  # [G^D, K] int32 bucket index of a CVT archive (see cvt.py)
     children: jax.Array  # [C] int32: offspring of this cell's elites evaluated so far
     successes: jax.Array  # [C] int32: ... of which entered the archive
     n_evaluated: jax.Array  # [] int32: real (non-padding) candidates offered, all batches
@@ -144,10 +152,15 @@ def init(
                 f"centroids must be {(spec.num_cells, spec.dim)}, got {centroids.shape}"
             )
         num_cells, dim = spec.num_cells, spec.dim
+        cvt_index = None
+        if spec.use_index:
+            unit = np.asarray(to_unit(centroids, spec.low, spec.high))
+            cvt_index = jnp.asarray(build_bucket_index(unit, spec.grid))
     elif isinstance(spec, GridSpec):
         if centroids is not None:
             raise ValueError("a grid archive has no centroids")
         num_cells, dim = spec.num_cells, spec.dim
+        cvt_index = None
     else:
         raise TypeError(f"unknown archive spec {type(spec).__name__}")
     zero = jnp.zeros((), jnp.int32)
@@ -157,6 +170,7 @@ def init(
         program_id=jnp.full((num_cells,), -1, jnp.int32),
         tokens=None if token_length is None else jnp.zeros((num_cells, token_length), jnp.int32),
         centroids=centroids,
+        cvt_index=cvt_index,
         children=jnp.zeros((num_cells,), jnp.int32),
         successes=jnp.zeros((num_cells,), jnp.int32),
         n_evaluated=zero,
@@ -189,11 +203,14 @@ def cells_of(archive: Archive, descriptor: jax.Array) -> jax.Array:
     if isinstance(spec, GridSpec):
         return grid_cells(spec, descriptor)
     x = jnp.nan_to_num(descriptor.astype(jnp.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    lo = jnp.asarray(spec.low, jnp.float32)
-    hi = jnp.asarray(spec.high, jnp.float32)
-    return nearest_centroid(
-        jnp.clip(x, lo, hi), archive.centroids, spec.candidate_chunk, spec.centroid_chunk
-    )
+    # Clip to the box (in unit coordinates), like the grid: outliers go to the edge cells.
+    unit = jnp.clip(to_unit(x, spec.low, spec.high), 0.0, 1.0)
+    cents = to_unit(archive.centroids, spec.low, spec.high)
+    if archive.cvt_index is not None:
+        return indexed_nearest_centroid(
+            unit, cents, archive.cvt_index, spec.grid, spec.candidate_chunk
+        )
+    return nearest_centroid(unit, cents, spec.candidate_chunk, spec.centroid_chunk)
 
 
 @jax.jit

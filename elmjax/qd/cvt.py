@@ -2,14 +2,23 @@
 
 A grid of 12^3 cells is cheap to index (arithmetic on the descriptor), but grids grow as n^D.
 A CVT archive spreads a fixed number of cells (10^4-10^5) over the descriptor box instead; the
-price is a nearest-centroid search per candidate. A full [candidates, cells] distance matrix at
-65,536 x 10^5 is 26 GB of float32, so the lookup scans the centroids in fixed-size chunks inside
-`lax.map` over candidate chunks, keeping only a running (best distance, best index) pair: memory
-is O(candidate_chunk x centroid_chunk), whatever the archive and batch sizes.
+price is a nearest-centroid search per candidate. Distances are measured in the unit cube (each
+descriptor divided by its range, as QDax samples its k-means), so no dimension dominates because
+of its units.
 
-Distances are computed as sum_d (x_d - c_d)^2 directly rather than via |x|^2 - 2 x.c + |c|^2:
-with D = 3 the matmul form saves nothing and loses precision near cell boundaries. Ties go to
-the lowest centroid index, so the lookup is deterministic and matches a naive reference.
+Two exact lookups, same answer (ties -> lowest centroid index):
+
+* `nearest_centroid`: brute force, chunked. A full [candidates, cells] distance matrix at
+  65,536 x 10^5 is 26 GB of float32, so centroids are scanned in fixed-size chunks inside
+  `lax.map` over candidate chunks, keeping a running (best distance, best index) pair: memory is
+  O(candidate_chunk x centroid_chunk) whatever the sizes. Cost O(N x C).
+* `indexed_nearest_centroid`: a bucket index. The unit cube is cut into G^D buckets (about one
+  centroid each); for every bucket, `build_bucket_index` lists (on the host, once per archive)
+  every centroid that can be the nearest one to SOME point of the bucket: with u = an upper bound
+  of the nearest-centroid distance over the bucket (distance from its centre to the centre's
+  nearest centroid + half its diagonal), centroid c qualifies iff its distance to the bucket box
+  is <= u (+ a float32 slack). A lookup then compares a point with its bucket's K (~50 in 3-D)
+  candidates only: O(N x K), chunked like the brute force. Used for D <= 4, where K stays small.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ class CVTSpec:
     `candidate_chunk` and `centroid_chunk` bound the lookup's working memory to
     candidate_chunk * centroid_chunk * 4 bytes (default 1024 * 4096 -> 16 MiB).
     `qd_offset` is subtracted from every elite's fitness in the QD score (see `metrics`).
+    `lookup` picks the nearest-centroid search (see the module docstring).
     """
 
     num_cells: int
@@ -37,6 +47,7 @@ class CVTSpec:
     candidate_chunk: int = 1024
     centroid_chunk: int = 4096
     qd_offset: float = 0.0
+    lookup: str = "auto"  # "index" (bucket index), "brute" (chunked), "auto": index if D <= 4
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "low", tuple(float(v) for v in self.low))
@@ -47,6 +58,17 @@ class CVTSpec:
             raise ValueError(f"CVTSpec: low must be below high: {self.low} vs {self.high}")
         if self.num_cells < 1 or self.candidate_chunk < 1 or self.centroid_chunk < 1:
             raise ValueError("CVTSpec: num_cells and chunk sizes must be positive")
+        if self.lookup not in ("auto", "index", "brute"):
+            raise ValueError(f"CVTSpec: lookup must be auto, index or brute, not {self.lookup!r}")
+
+    @property
+    def use_index(self) -> bool:
+        return self.lookup == "index" or (self.lookup == "auto" and self.dim <= MAX_INDEX_DIM)
+
+    @property
+    def grid(self) -> int:
+        """Buckets per dimension of the lookup index."""
+        return buckets_per_dim(self.num_cells, self.dim)
 
     @property
     def dim(self) -> int:
@@ -107,29 +129,132 @@ def nearest_centroid(
     return jax.lax.map(one_chunk, pts).reshape(-1)[:n]
 
 
+def to_unit(x: jax.Array, low: tuple[float, ...], high: tuple[float, ...]) -> jax.Array:
+    """Descriptor coordinates -> unit cube (float32); the one place this arithmetic lives."""
+    lo = jnp.asarray(low, jnp.float32)
+    inv = jnp.asarray(
+        1.0 / (np.asarray(high, np.float64) - np.asarray(low, np.float64)), jnp.float32
+    )
+    return (jnp.asarray(x, jnp.float32) - lo) * inv
+
+
+def buckets_per_dim(num_cells: int, dim: int) -> int:
+    """G such that G^D buckets hold about one centroid each."""
+    return max(1, int(round(num_cells ** (1.0 / dim))))
+
+
+#: Bucket index only up to this dimension: beyond it the candidate lists explode.
+MAX_INDEX_DIM = 4
+#: Slack added to the bound u, in unit-cube distance: covers float32 rounding of the lookup.
+_SLACK = 1e-5
+
+
+def build_bucket_index(unit_centroids: np.ndarray, grid: int) -> np.ndarray:
+    """Candidate lists [grid^D, K] int32 (padded with C, the sentinel) for the bucket lookup.
+
+    Lists are sorted ascending, so the lookup's first minimum is the lowest tied index.
+    """
+    from scipy.spatial import cKDTree  # scipy is a JAX dependency; host-only, once per archive
+
+    cents = np.asarray(unit_centroids, np.float64)
+    c, d = cents.shape
+    side = 1.0 / grid
+    axes = np.meshgrid(*([np.arange(grid)] * d), indexing="ij")
+    lo = np.stack([a.ravel() for a in axes], -1) * side  # bucket corners, row-major
+    hi = lo + side
+    centre = lo + side / 2
+    half_diag = 0.5 * side * np.sqrt(d)
+    tree = cKDTree(cents)
+    d0, _ = tree.query(centre)
+    bound = d0 + half_diag + _SLACK
+    # Every centroid within bound + half_diag of the centre: a superset of those within
+    # `bound` of the box. Ragged lists, flattened to (bucket, centroid) pairs.
+    lists = tree.query_ball_point(centre, bound + half_diag, workers=-1, return_sorted=False)
+    lengths = np.fromiter((len(x) for x in lists), np.int64, len(lists))
+    idx = np.fromiter((i for x in lists for i in x), np.int64, int(lengths.sum()))
+    bucket = np.repeat(np.arange(len(lists)), lengths)
+    # Exact filter: distance from each candidate to its bucket's box must be <= bound.
+    gap = np.maximum(np.maximum(lo[bucket] - cents[idx], cents[idx] - hi[bucket]), 0.0)
+    keep = np.sqrt((gap**2).sum(-1)) <= bound[bucket]
+    idx, bucket = idx[keep], bucket[keep]
+    order = np.argsort(bucket * c + idx, kind="stable")  # by bucket, then centroid index
+    idx, bucket = idx[order], bucket[order]
+    counts = np.bincount(bucket, minlength=len(lists))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    width = int(max(1, counts.max()))
+    cand = np.full((len(lists), width), c, np.int32)
+    cand[bucket, np.arange(len(idx)) - starts[bucket]] = idx
+    return cand
+
+
+@partial(jax.jit, static_argnames=("grid", "candidate_chunk"))
+def indexed_nearest_centroid(
+    unit_points: jax.Array,
+    unit_centroids: jax.Array,
+    index: jax.Array,
+    grid: int,
+    candidate_chunk: int = 1024,
+) -> jax.Array:
+    """Nearest centroid [N] int32 of unit-cube points [N, D] through a `build_bucket_index`.
+
+    Same result as `nearest_centroid` on the same unit coordinates (points outside the cube are
+    clipped to it first). Memory: candidate_chunk x K x D per step.
+    """
+    n, d = unit_points.shape
+    if n == 0:
+        return jnp.zeros((0,), jnp.int32)
+    c = unit_centroids.shape[0]
+    cents = jnp.concatenate([unit_centroids, jnp.full((1, d), jnp.inf, jnp.float32)])
+    pts = jnp.clip(unit_points.astype(jnp.float32), 0.0, 1.0)
+    b = jnp.clip(jnp.floor(pts * grid), 0, grid - 1).astype(jnp.int32)
+    strides = jnp.asarray([grid ** (d - 1 - k) for k in range(d)], jnp.int32)
+    bucket = (b * strides).sum(-1)
+    bc = min(candidate_chunk, n)
+    pad = (-n) % bc
+    pts = jnp.concatenate([pts, jnp.zeros((pad, d), jnp.float32)]).reshape(-1, bc, d)
+    bucket = jnp.concatenate([bucket, jnp.zeros((pad,), jnp.int32)]).reshape(-1, bc)
+
+    def one_chunk(args):
+        p, bk = args
+        cand = index[bk]  # [bc, K]
+        dist = jnp.zeros(cand.shape, jnp.float32)
+        rows = cents[cand]  # [bc, K, D]: one gather of whole rows
+        for k in range(d):
+            diff = p[:, None, k] - rows[:, :, k]
+            dist = dist + diff * diff
+        best = jnp.argmin(dist, axis=1)  # lists ascending: first minimum = lowest index
+        return jnp.take_along_axis(cand, best[:, None], axis=1)[:, 0]
+
+    out = jax.lax.map(one_chunk, (pts, bucket)).reshape(-1)[:n]
+    return jnp.minimum(out, c - 1).astype(jnp.int32)
+
+
 @partial(
     jax.jit,
-    static_argnames=("num_cells", "num_samples", "iterations", "candidate_chunk", "centroid_chunk"),
+    static_argnames=(
+        "num_cells",
+        "dim",
+        "num_samples",
+        "iterations",
+        "candidate_chunk",
+        "centroid_chunk",
+    ),
 )
 def kmeans(
     key: jax.Array,
-    low: jax.Array,
-    high: jax.Array,
     num_cells: int,
+    dim: int,
     num_samples: int,
     iterations: int = 10,
     candidate_chunk: int = 1024,
     centroid_chunk: int = 4096,
 ) -> jax.Array:
-    """Lloyd's k-means on `num_samples` uniform points in the box: centroids [num_cells, D].
+    """Lloyd's k-means on `num_samples` uniform points of the unit cube: centroids [num_cells, dim].
 
     Centroids start at the first `num_cells` samples; a centroid whose cluster empties keeps
-    its position (it still covers part of the box). Deterministic for a given key.
+    its position (it still covers part of the cube). Deterministic for a given key.
     """
-    low = jnp.asarray(low, jnp.float32)
-    high = jnp.asarray(high, jnp.float32)
-    d = low.shape[0]
-    samples = jax.random.uniform(key, (num_samples, d), jnp.float32, low, high)
+    samples = jax.random.uniform(key, (num_samples, dim), jnp.float32)
     init = samples[:num_cells]
 
     def step(cents: jax.Array, _) -> tuple[jax.Array, None]:
@@ -146,22 +271,23 @@ def kmeans(
 def cvt_centroids(
     spec: CVTSpec, seed: int = 0, num_samples: int | None = None, iterations: int = 10
 ) -> np.ndarray:
-    """Centroids for `spec` from jit-compiled k-means over uniform samples of the box.
+    """Centroids [C, D] in descriptor units, from jit-compiled k-means in the unit cube.
 
-    `num_samples` defaults to 10 samples per cell (at least 10^4, at most 10^6).
+    `num_samples` defaults to 10 samples per cell (at least 10^4, at most 10^6). k-means costs
+    O(samples x cells) per iteration: for 10^5 cells prefer fewer samples and iterations.
     """
     if num_samples is None:
         num_samples = int(min(max(10 * spec.num_cells, 10_000), 1_000_000))
     if num_samples < spec.num_cells:
         raise ValueError("k-means needs at least as many samples as cells")
-    cents = kmeans(
+    unit = kmeans(
         jax.random.PRNGKey(seed),
-        jnp.asarray(spec.low),
-        jnp.asarray(spec.high),
         spec.num_cells,
+        spec.dim,
         num_samples,
         iterations,
         spec.candidate_chunk,
         spec.centroid_chunk,
     )
-    return np.asarray(cents)
+    lo, hi = np.asarray(spec.low), np.asarray(spec.high)
+    return (np.asarray(unit, np.float64) * (hi - lo) + lo).astype(np.float32)
