@@ -4,6 +4,7 @@ get), plus isolation, determinism, limits and worker replacement."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import pathlib
@@ -289,3 +290,29 @@ def test_fast_path_and_tree_check_agree(pool):
     flagged = clean.replace("import math\n", "import math  # no getattr here\n")
     results = pool.run([clean, flagged], "make_walker", "sandbox_checks:identity")
     assert [r.value for r in results] == [2, 2]
+
+
+def test_caller_with_jax_loaded_gets_jax_free_workers(tmp_path):
+    """A main script that imports JAX: its workers must not re-import it (nor fork its state)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "main_with_jax.py"
+    script.write_text(
+        "import json, sys\n"
+        "import jax.numpy as jnp\n"
+        "jnp.zeros(3).block_until_ready()\n"
+        "from elmjax.sandbox import Limits, run_programs\n"
+        "if __name__ == '__main__':\n"
+        "    (r,) = run_programs(['def f():\\n    return 1\\n'], 'f',\n"
+        "                        'sandbox_checks:worker_facts', limits=Limits(workers=1))\n"
+        "    print(json.dumps(r.value))\n"
+    )
+    tests_dir = str(pathlib.Path(__file__).parent)
+    env = dict(os.environ, PYTHONPATH=tests_dir + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert facts["value"] == 1 and facts["jax_loaded"] is False

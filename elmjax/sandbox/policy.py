@@ -105,16 +105,19 @@ class ForbiddenImport(ImportError):
 #: spell one through NFKC normalisation), so ASCII text that matches none of these words cannot
 #: break a rule and needs no syntax tree: `compile` on the text is enough. Seed-like programs take
 #: this path; anything suspicious, even in a comment, gets the full check.
-_SUSPICIOUS = re.compile(
-    r"__|\b(?:"
-    + "|".join(sorted(n for n in FORBIDDEN_NAMES | FORBIDDEN_ATTRIBUTES if not n.startswith("_")))
-    + r"|metaclass)\b"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SUSPICIOUS_WORDS = frozenset(
+    {n for n in FORBIDDEN_NAMES | FORBIDDEN_ATTRIBUTES if not n.startswith("_")} | {"metaclass"}
 )
 
 
 def needs_tree_check(source: str) -> bool:
-    """False when `source` provably satisfies every `check_tree` rule (see `_SUSPICIOUS`)."""
-    return not source.isascii() or _SUSPICIOUS.search(source) is not None
+    """False when `source` provably satisfies every `check_tree` rule (see `_SUSPICIOUS_WORDS`)."""
+    return (
+        not source.isascii()
+        or "__" in source
+        or not _SUSPICIOUS_WORDS.isdisjoint(_IDENTIFIER.findall(source))
+    )
 
 
 def check_tree(tree: ast.AST) -> None:
