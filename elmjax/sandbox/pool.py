@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from multiprocessing import connection as mp_connection
 from multiprocessing import context as mp_context
@@ -160,6 +161,8 @@ class SandboxPool:
         self._workers: list[_Worker | None] = [None] * self.limits.workers
         self._failed_starts = 0
         self._closed = False
+        # the folder goes even if close() is never called (daemonic workers die with the caller)
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._root, True)
         _start_forkserver(self.preload)
 
     @property

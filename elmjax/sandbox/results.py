@@ -73,7 +73,7 @@ class Limits:
     #: Wall-clock seconds per program, enforced by the caller: the worker is killed and replaced.
     #: Catches what CPU time cannot (a blocking call, a long C-level operation).
     wall_seconds: float = 5.0
-    #: RLIMIT_AS of a worker while it runs a program. An idle worker maps ~30-60 MB.
+    #: RLIMIT_AS of a worker while it runs a program. An idle worker maps ~22 MB (16 MB resident).
     address_space_bytes: int = 512 * 1024 * 1024
     #: Bytes a program may print (printed text is discarded; more than this is `invalid`).
     max_output_bytes: int = 64 * 1024
