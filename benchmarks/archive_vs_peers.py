@@ -131,13 +131,16 @@ def _grid_centroids() -> np.ndarray:
 def cvt_part(quick: bool, repeats: int, qdax_batch: int) -> dict:
     cells = 10_000 if quick else 100_000
     batch = 8_192 if quick else 65_536
+    iterations = 1 if quick else 2
     spec = qd.CVTSpec(cells, LOW, HIGH)
     t0 = time.perf_counter()
-    cents = qd.cvt_centroids(spec, seed=0, num_samples=2 * cells, iterations=2 if quick else 3)
+    cents = qd.cvt_centroids(spec, seed=0, num_samples=2 * cells, iterations=iterations)
     kmeans_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    archive = qd.init(spec, centroids=cents)
+    index_s = time.perf_counter() - t0
     rng = np.random.default_rng(1)
     fit, desc, pid = make_batch(rng, batch)
-    archive = qd.init(spec, centroids=cents)
     args = [jnp.asarray(x) for x in (fit, desc, np.ones(batch, bool), pid)]
     reps = max(3, repeats // 4)
     elm_s = _median_seconds(lambda: jax.block_until_ready(qd.insert(archive, *args)), reps, 1)
@@ -149,8 +152,10 @@ def cvt_part(quick: bool, repeats: int, qdax_batch: int) -> dict:
     return {
         "cells": cells,
         "batch": batch,
-        "kmeans_samples": 2 * cells,
+        "kmeans": f"{iterations} Lloyd iterations on {2 * cells} samples (bucket-index assignment)",
         "kmeans_s": kmeans_s,
+        "index_build_s": index_s,
+        "index_width": int(archive.cvt_index.shape[1]),
         "elmjax_s": elm_s,
         "elmjax_per_candidate_us": elm_s / batch * 1e6,
         "qdax_batch": qb,

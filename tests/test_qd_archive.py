@@ -270,3 +270,10 @@ def test_bucket_index_on_clustered_centroids():
     fast = np.asarray(qd.indexed_nearest_centroid(pts, cents, index, grid))
     brute = np.asarray(qd.nearest_centroid(np.clip(pts, 0, 1), cents))
     np.testing.assert_array_equal(fast, brute)
+
+
+def test_indexed_kmeans_equals_jit_kmeans():
+    key = jax.random.PRNGKey(0)
+    a = qd.kmeans(key, 60, 3, 600, 3)
+    b = qd.cvt.kmeans_indexed(key, 60, 3, 600, 3)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
