@@ -229,6 +229,7 @@ class ELM:
         from elmjax import qd
 
         self.texts: dict[int, str] = {}  # program id -> text, for elites of the window
+        self.elapsed_before = 0.0
         if not self.resuming:
             self.window: dict[int, Any] = {}  # generation -> archive after it
             self.archive = qd.init(self.spec)
@@ -244,7 +245,10 @@ class ELM:
         )
         self.archive = self.window[max(self.window)] if self.window else qd.init(self.spec)
         self._refresh_texts()
-        run_dir.MetricsLog.truncate(self.out, self.next_generation - 1)
+        rows = run_dir.MetricsLog.restore(self.out, self.out / run_dir.STORE)
+        if rows:
+            self.last_metrics = rows[-1]
+            self.elapsed_before = float(rows[-1].get("elapsed", 0.0))
 
     # -- one generation -------------------------------------------------------------------------
 
@@ -405,8 +409,12 @@ class ELM:
         ids = np.asarray(archive.program_id)
         return {int(i): self.texts[int(i)] for i in ids[ids >= 0]}
 
-    def _commit(self, prepared: Prepared) -> dict[str, float]:
-        """Evaluate, insert, store one generation; returns its timings."""
+    def _commit(self, prepared: Prepared) -> dict[str, Any]:
+        """Evaluate, insert, store one generation; returns its metrics row.
+
+        The row goes into the store with the generation (its `info`), so metrics.jsonl can be
+        rebuilt exactly for generations committed just before a kill.
+        """
         timings = dict(prepared.timings)
         timings.update(self._evaluate(prepared))
         gen = prepared.generation
@@ -421,14 +429,15 @@ class ELM:
             cand.cell = int(cells[i]) if cand.valid else -1
             if cand.entered:
                 self.texts[cand.program_id] = cand.text
+        row = self._metrics_row(prepared, timings)
         faults.fault_point(gen, "store")
         t1 = time.perf_counter()
-        self.store.write_generation(gen, [store_record(c) for c in prepared.candidates])
-        timings["store"] = time.perf_counter() - t1
+        self.store.write_generation(gen, [store_record(c) for c in prepared.candidates], info=row)
+        row["time"]["store"] = round(time.perf_counter() - t1, 6)
         faults.fault_point(gen, "stored")
         self._remember(gen)
         self._refresh_texts()
-        return timings
+        return row
 
     # -- driver -------------------------------------------------------------------------------
 
@@ -440,6 +449,7 @@ class ELM:
     def run(self) -> RunResult:
         """Run (or continue) until the budget, the time limit, a signal or a full disk."""
         self.started = time.perf_counter()
+        self.elapsed_before = 0.0
         self._setup()
         from elmjax.sandbox import SandboxPool
 
@@ -509,7 +519,7 @@ class ELM:
                     pending[gen + 1] = executor.submit(
                         self._prepare, gen + 1, parents, self._texts_for(parents)
                     )
-                timings = self._with_disk_guard(self._commit, prepared)
+                row = self._with_disk_guard(self._commit, prepared)
                 if gen == 0 and not np.any(np.asarray(self.archive.program_id) >= 0):
                     raise SeedError(
                         "no seed program gave a valid candidate: "
@@ -520,7 +530,7 @@ class ELM:
                     )
                 self.next_generation = gen + 1
                 since_checkpoint += 1
-                self._with_disk_guard(self._log, prepared, timings)
+                self._with_disk_guard(self._log, row)
                 if since_checkpoint >= cfg.checkpoint_every:
                     self._with_disk_guard(self._checkpoint)
                     since_checkpoint = 0
@@ -541,7 +551,8 @@ class ELM:
         return self._prepare(gen, parents, self._texts_for(parents))
 
     def _elapsed(self) -> float:
-        return time.perf_counter() - self.started
+        """Wall-clock seconds of the run, earlier sessions of a resumed run included."""
+        return self.elapsed_before + time.perf_counter() - self.started
 
     def _with_disk_guard(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Turn a full disk (OSError ENOSPC, SQLite 'disk is full') into a clean stop."""
@@ -573,20 +584,14 @@ class ELM:
         ]
         self.checkpoints.save(gen, archives)
 
-    def _log(self, prepared: Prepared, timings: dict[str, float]) -> None:
+    def _metrics_row(self, prepared: Prepared, timings: dict[str, float]) -> dict[str, Any]:
         from elmjax import qd
 
-        gen = prepared.generation
-        faults.fault_point(gen, "metrics")
         cands = prepared.candidates
         m = qd.metrics_host(self.archive)
-        evaluations = self.evaluations_after(gen)
-        elapsed = self._elapsed()
-        for stage, seconds in timings.items():
-            self.timings_total[stage] = self.timings_total.get(stage, 0.0) + seconds
-        row = {
-            "generation": gen,
-            "evaluations": evaluations,
+        return {
+            "generation": prepared.generation,
+            "evaluations": self.evaluations_after(prepared.generation),
             "coverage": m["coverage"],
             "num_filled": m["num_filled"],
             "qd_score": m["qd_score"],
@@ -597,9 +602,14 @@ class ELM:
             "new_cells": sum(c.status == 1 for c in cands),
             "improved": sum(c.status == 2 for c in cands),
             "errors": _count(c.error_kind for c in cands if c.error_kind),
-            "elapsed": elapsed,
+            "elapsed": self._elapsed(),
             "time": {k: round(v, 6) for k, v in timings.items()},
         }
+
+    def _log(self, row: dict[str, Any]) -> None:
+        faults.fault_point(row["generation"], "metrics")
+        for stage, seconds in row["time"].items():
+            self.timings_total[stage] = self.timings_total.get(stage, 0.0) + seconds
         self.last_metrics = row
         self.metrics_log.write(row)
         self.progress.update(row)

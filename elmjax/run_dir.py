@@ -217,20 +217,33 @@ class MetricsLog:
                 self._tb = SummaryWriter(str(path / TENSORBOARD), flush_secs=30)
 
     @staticmethod
-    def truncate(path: Path, last_generation: int) -> None:
-        """Keep only lines with generation <= last_generation (and only complete lines)."""
-        target = path / METRICS
-        if not target.exists():
-            return
-        keep = []
-        for line in target.read_text().splitlines():
+    def restore(path: Path, store_path: Path) -> list[dict[str, Any]]:
+        """Make metrics.jsonl hold exactly one line per committed generation, in order.
+
+        Lines of generations the store did not commit (cut off after their line was written)
+        and torn lines are dropped; committed generations whose line is missing (killed between
+        commit and log) get the row the loop stored with the generation. Returns the rows.
+        """
+        import sqlite3
+
+        committed: dict[int, dict[str, Any]] = {}
+        if store_path.exists():
+            db = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            if row.get("generation", 1 << 60) <= last_generation:
-                keep.append(line)
-        _atomic_write(target, "".join(k + "\n" for k in keep))
+                for generation, info in db.execute(
+                    "SELECT generation, info FROM generations ORDER BY generation"
+                ):
+                    committed[int(generation)] = json.loads(info or "{}")
+            finally:
+                db.close()
+        logged = {
+            row["generation"]: row
+            for row in read_metrics(path)
+            if row.get("generation") in committed
+        }
+        rows = [logged.get(g) or committed[g] for g in sorted(committed)]
+        _atomic_write(path / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+        return rows
 
     def write(self, row: dict[str, Any]) -> None:
         self._file.write(json.dumps(row) + "\n")

@@ -32,11 +32,22 @@ def test_unwritable_directory_fails_fast(tmp_path):
         run_dir.prepare_new(blocker, RunConfig())
 
 
-def test_metrics_truncate_drops_uncommitted_and_torn_lines(tmp_path):
-    lines = [json.dumps({"generation": g, "evaluations": g}) for g in range(5)]
+def test_metrics_restore_keeps_exactly_the_committed_generations(tmp_path):
+    from elmjax.store import ProgramStore
+
+    with ProgramStore(tmp_path / run_dir.STORE) as store:
+        for g in range(4):
+            store.write_generation(g, [], info={"generation": g, "from": "store"})
+    lines = [json.dumps({"generation": g, "from": "log"}) for g in (0, 1, 3, 4)]
     (tmp_path / run_dir.METRICS).write_text("\n".join(lines) + '\n{"generation": 5, "eva')
-    run_dir.MetricsLog.truncate(tmp_path, 2)
-    assert [r["generation"] for r in run_dir.read_metrics(tmp_path)] == [0, 1, 2]
+    rows = run_dir.MetricsLog.restore(tmp_path, tmp_path / run_dir.STORE)
+    assert [(r["generation"], r["from"]) for r in rows] == [
+        (0, "log"),
+        (1, "log"),
+        (2, "store"),  # committed, then killed before its line was written
+        (3, "log"),
+    ]  # generation 4 was logged but never committed; the torn line is gone
+    assert run_dir.read_metrics(tmp_path) == rows
 
 
 def test_sha256_of_directory_is_stable(tmp_path):

@@ -1,0 +1,228 @@
+"""The ELM loop end to end on the CPU: run directory, determinism, exact resume, faults, report.
+
+Everything here uses the GP operator (no model to load), two short seeds, 1 simulated second and a
+small grid, so one run takes a few seconds. The reference run is computed once per module; every
+interrupted-and-resumed run must end with the same store rows and the same archive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from elmjax import faults, run_dir
+from elmjax.config import load_config
+from elmjax.elm import ELM
+from elmjax.store import ProgramStore
+
+GENERATIONS = 6
+BATCH = 8
+OVERRIDES = {
+    "seed": 3,
+    "mutation.operator": "gp",
+    "batch_size": BATCH,
+    "budget": 2 + (GENERATIONS - 1) * BATCH,  # two seeds, then 5 generations of 8
+    "time_limit": None,
+    "seed_programs": ["square", "radial"],
+    "env.seconds": 1.0,
+    "archive.shape": [6, 6, 6],
+    "checkpoint_every": 2,
+    "report": False,
+    "progress": "never",
+    "sandbox.workers": 2,
+}
+SET_ARGS = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in OVERRIDES.items()]
+
+
+def config(**extra):
+    return load_config(None, {**OVERRIDES, **extra})
+
+
+def snapshot(path: Path) -> dict:
+    """Everything a run leaves that must not depend on interruptions: store rows + archive."""
+    from elmjax.viz.report import load_run_data
+
+    with sqlite3.connect(path / run_dir.STORE) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        rows = {}
+        for table in sorted(tables):
+            cols = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
+            keep = [c for c in cols if c not in ("seconds", "committed_at", "info")]
+            rows[table] = db.execute(
+                f"SELECT {', '.join(keep)} FROM {table} ORDER BY {keep[0]}"
+            ).fetchall()
+    elites = load_run_data(path, run_dir.load_run_config(path))["elites"]
+    metrics = [
+        {k: v for k, v in m.items() if k not in ("elapsed", "time")}
+        for m in run_dir.read_metrics(path)
+    ]
+    return {"rows": rows, "elites": elites, "metrics": metrics}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ref") / "run"
+    result = ELM(config(), path).run()
+    assert result.status == "done"
+    return path, result
+
+
+def test_run_writes_the_run_directory(reference):
+    path, result = reference
+    for name in (run_dir.CONFIG, run_dir.PROVENANCE, run_dir.STORE, run_dir.METRICS):
+        assert (path / name).exists(), name
+    assert any((path / run_dir.CHECKPOINTS).iterdir())
+    assert any((path / run_dir.TENSORBOARD).iterdir())
+    assert run_dir.load_run_config(path) == config()
+    prov = json.loads((path / run_dir.PROVENANCE).read_text())
+    for key in ("jax", "jaxlib", "flax", "xla_flags", "devices", "store_schema_version"):
+        assert key in prov, key
+    metrics = run_dir.read_metrics(path)
+    assert [m["generation"] for m in metrics] == list(range(GENERATIONS))
+    assert metrics[-1]["evaluations"] == 2 + (GENERATIONS - 1) * BATCH == result.evaluations
+    assert 0 < metrics[-1]["coverage"] <= 1
+    with ProgramStore(path / run_dir.STORE) as store:
+        assert len(store) == result.evaluations
+        assert store.committed_generations() == list(range(GENERATIONS))
+
+
+def test_pipelines_and_reruns_are_identical(reference, tmp_path):
+    ref_path, _ = reference
+    ELM(config(pipeline="sequential"), tmp_path / "seq").run()
+    assert snapshot(tmp_path / "seq") == snapshot(ref_path)
+
+
+def _evolve(args, env=None, **kw):
+    return subprocess.run(
+        [sys.executable, "-m", "elmjax.cli", "evolve", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("fault", ["3:simulate", "4:stored"])
+def test_fault_injected_kill_then_resume_is_exact(reference, tmp_path, fault):
+    path = tmp_path / "run"
+    args = ["--out", str(path), *sum((["--set", s] for s in SET_ARGS), [])]
+    killed = _evolve(args, env={"ELMJAX_FAULT": fault})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    result = ELM.resume(path).run()
+    assert result.status == "done"
+    assert snapshot(path) == snapshot(reference[0])
+
+
+def test_sigkill_at_an_arbitrary_moment_then_resume_is_exact(reference, tmp_path):
+    path = tmp_path / "run"
+    args = ["--out", str(path), *sum((["--set", s] for s in SET_ARGS), [])]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "elmjax.cli", "evolve", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # Kill once the run is past its first checkpoint, at whatever it is doing then.
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if len(run_dir.read_metrics(path)) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    result = ELM.resume(path).run()
+    assert result.status == "done"
+    assert snapshot(path) == snapshot(reference[0])
+
+
+def test_sigint_checkpoints_and_resumes(reference, tmp_path, monkeypatch):
+    monkeypatch.setenv("ELMJAX_FAULT", "2:metrics:interrupt")
+    faults.reload()
+    try:
+        result = ELM(config(), tmp_path / "run").run()
+    finally:
+        monkeypatch.delenv("ELMJAX_FAULT")
+        faults.reload()
+    assert result.status == "interrupted"
+    assert result.generations == 3
+    assert ELM.resume(tmp_path / "run").run().status == "done"
+    assert snapshot(tmp_path / "run") == snapshot(reference[0])
+
+
+def test_disk_full_stops_cleanly_with_checkpoint_intact(reference, tmp_path, monkeypatch):
+    monkeypatch.setenv("ELMJAX_FAULT", "3:store:enospc")
+    faults.reload()
+    try:
+        result = ELM(config(), tmp_path / "run").run()
+    finally:
+        monkeypatch.delenv("ELMJAX_FAULT")
+        faults.reload()
+    assert result.status == "disk_full"
+    assert result.generations == 3  # generations 0-2 committed, 3 cut off
+    result = ELM.resume(tmp_path / "run").run()
+    assert result.status == "done"
+    assert snapshot(tmp_path / "run") == snapshot(reference[0])
+
+
+def test_failed_candidates_are_stored_with_their_error(tmp_path):
+    bad = tmp_path / "broken.py"
+    bad.write_text("def make_walker(:\n    pass\n")
+    path = tmp_path / "run"
+    result = ELM(config(seed_programs=["square", str(bad)], budget=2), path).run()
+    assert result.status == "done"
+    metrics = run_dir.read_metrics(path)
+    assert metrics[0]["errors"] == {"syntax": 1}
+    assert metrics[0]["valid_rate"] == 0.5
+
+
+def test_cli_rejects_bad_config_before_starting(tmp_path):
+    path = tmp_path / "run"
+    proc = _evolve(["--out", str(path), "--set", "mutation.temprature=0.5"])
+    assert proc.returncode == 1
+    assert "mutation.temprature" in proc.stderr and "Traceback" not in proc.stderr
+    assert not path.exists()
+
+
+def test_cli_refuses_to_overwrite_another_run(reference, tmp_path):
+    path = tmp_path / "run"
+    run_dir.prepare_new(path, config(seed=11))
+    proc = _evolve(["--out", str(path), "--set", "seed=12"])
+    assert proc.returncode == 1 and "--force" in proc.stderr
+    assert run_dir.load_run_config(path).seed == 11
+
+
+def test_report_page_and_every_asset_exist(reference):
+    from html.parser import HTMLParser
+
+    from elmjax.viz.report import write_report
+
+    path, _ = reference
+    index = write_report(path)
+    refs = []
+
+    class Refs(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            refs.extend(v for k, v in attrs if k in ("src", "href"))
+
+    Refs().feed(index.read_text())
+    assert any(r.endswith(".gif") for r in refs) and any(r.endswith(".png") for r in refs)
+    for ref in refs:
+        assert not ref.startswith(("http:", "https:", "/")), ref
+        assert (index.parent / ref).is_file(), ref
+    assert "not available" not in index.read_text()
+
+
+def test_archive_matches_store_elites(reference):
+    path, result = reference
+    elites = {e["program_id"] for e in snapshot(path)["elites"]}
+    ids = np.asarray(result.archive.program_id)
+    assert elites == {int(i) for i in ids[ids >= 0]}
