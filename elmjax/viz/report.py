@@ -295,7 +295,14 @@ def render_elite_gifs(elites: Sequence[dict[str, Any]], config: Any, out: Path) 
         if not result.ok:
             continue
         name = f"walkers/program_{elite['program_id']}.gif"
-        render_gif(result.value, out / name, seconds=config.env.seconds, terrain=config.env.terrain)
+        render_gif(
+            result.value,
+            out / name,
+            terrain=config.env.terrain,
+            seconds=config.env.seconds,
+            fps=10,
+            title=f"program {elite['program_id']}: fitness {elite['fitness']:.2f}",
+        )
         paths[elite["program_id"]] = name
     return paths
 
