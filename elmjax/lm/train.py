@@ -33,6 +33,7 @@ batch and replicates parameters, which is all a <1B model needs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -283,22 +284,24 @@ def train(
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
 
-    base = jax.device_put(unstack_layers(params), replicated)
+    # a private copy: the step donates its buffers, the caller's params must stay valid
+    base = jax.device_put(
+        jax.tree.map(lambda x: jnp.array(x, copy=True), unstack_layers(params)), replicated
+    )
     lora_scale = tcfg.lora_alpha / max(tcfg.lora_rank, 1)
-    if tcfg.lora_rank > 0:
+    use_lora = tcfg.lora_rank > 0
+    if use_lora:
         trainable = init_lora(base, jax.random.key(tcfg.seed), tcfg.lora_rank, tcfg.lora_targets)
-
-        def combine(t: Params) -> Params:
-            return merge_lora(base, t, lora_scale)
     else:
-        trainable = base
+        trainable, base = base, None
 
-        def combine(t: Params) -> Params:
-            return t
+    def combine(t: Params, frozen: Params | None) -> Params:
+        return merge_lora(frozen, t, lora_scale) if use_lora else t
 
     trainable = jax.device_put(trainable, replicated)
     optimizer = make_optimizer(tcfg)
-    opt_state = optimizer.init(trainable)
+    # committed and replicated like everything the step returns, so step 2 reuses step 1's program
+    opt_state = jax.device_put(optimizer.init(trainable), replicated)
     step = 0
 
     manager = None
@@ -320,14 +323,16 @@ def train(
             if int(restored["data_position"]) != step * tcfg.batch_size:
                 raise ValueError("checkpoint data position does not match its step and batch size")
 
-    def loss_fn(t: Params, tokens: jax.Array, mask: jax.Array) -> jax.Array:
-        return masked_loss(combine(t), config, tokens, mask)
+    def loss_fn(t: Params, frozen: Params | None, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+        return masked_loss(combine(t, frozen), config, tokens, mask)
 
-    @jax.jit
-    def train_step(t: Params, o: Any, tokens: jax.Array, mask: jax.Array) -> Any:
-        loss, grads = jax.value_and_grad(loss_fn)(t, tokens, mask)
+    @functools.partial(jax.jit, out_shardings=replicated, donate_argnums=(0, 1))
+    def train_step(
+        t: Params, o: Any, frozen: Params | None, tokens: jax.Array, mask: jax.Array
+    ) -> Any:
+        loss, grads = jax.value_and_grad(loss_fn)(t, frozen, tokens, mask)
         updates, o = optimizer.update(grads, o, t)
-        return optax.apply_updates(t, updates), o, loss, optax.global_norm(grads)
+        return optax.apply_updates(t, updates), o, loss, optax.tree.norm(grads)
 
     def save(step_: int) -> None:
         if manager is None:
@@ -356,7 +361,7 @@ def train(
         tokens, mask = data.batch(step, tcfg.batch_size, tcfg.seed)
         tokens = jax.device_put(tokens, batch_sharding)
         mask = jax.device_put(mask, batch_sharding)
-        trainable, opt_state, loss, gnorm = train_step(trainable, opt_state, tokens, mask)
+        trainable, opt_state, loss, gnorm = train_step(trainable, opt_state, base, tokens, mask)
         step += 1
         if step % tcfg.log_every == 0 or step == tcfg.steps:
             rec = {
@@ -378,5 +383,5 @@ def train(
         save(step)
     if manager is not None:
         manager.close()
-    final = combine(trainable)
+    final = combine(trainable, base)
     return jax.device_get(final), history
