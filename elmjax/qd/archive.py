@@ -21,6 +21,12 @@ ignored everywhere, including the counters. Descriptors outside `low`..`high` ar
 edge cells, as pyribs `GridArchive` and QDax do: the ranges are a calibration of where walkers
 usually fall, and an unusually tall walker is still a tall walker (rejecting it would throw away
 the most novel candidates). Non-finite descriptors are rejected (there is no edge to clip to).
+A CVT archive clips too (in unit-cube coordinates), then takes the nearest centroid.
+
+Curiosity counters: pass `parent_cell` (the cell each candidate's parent was sampled from, as
+`selection.sample_cells` returns it; -1 for none) and `insert` credits that cell with one child,
+and one success if the child entered. The program store records `parent_cell` so that `replay`
+reproduces these counters too.
 """
 
 from __future__ import annotations
