@@ -27,8 +27,10 @@ def run(args: argparse.Namespace) -> dict:
     from elmjax.mutation.operators import GPOperator, make_operator
 
     env = Parity()
-    operators = {"gp": (GPOperator(steps=1), args.trials_gp)}
-    operators["gp_k"] = (None, args.trials_gp)  # steps = number of bugs
+    operators: dict = {}
+    if args.trials_gp > 0:
+        operators["gp"] = (GPOperator(steps=1), args.trials_gp)
+        operators["gp_k"] = (None, args.trials_gp)  # steps = number of bugs
     for spec in args.lm:
         op_name, model = spec.split(":")
         operators[f"{op_name}:{model}"] = (
@@ -38,6 +40,7 @@ def run(args: argparse.Namespace) -> dict:
                 env=env,
                 max_new_tokens=args.max_new_tokens,
                 temperature=args.temperature,
+                dtype="float32" if model == "elm-tiny" else "bfloat16",
             ),
             args.trials_lm,
         )
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=32, help="children per mutate call")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument(
         "--lm",
         action="append",

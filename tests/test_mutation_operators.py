@@ -73,10 +73,10 @@ def test_diff_operator_applies_model_diffs_and_records_failures():
 
 def test_prompt_operator_replaces_the_entry_function():
     parent = SEEDS["square"]
-    body = "():\n    wc = walker_creator()\n    a = wc.add_joint(0, 0)\n    b = wc.add_joint(4, 1)\n    wc.add_muscle(a, b, 3.0, 0.1)\n    return wc.get_walker()\n"
-    op = PromptOperator("scripted", sampler=ScriptedSampler([body, "(:\n  oops"]))
+    body = "):\n    wc = walker_creator()\n    a = wc.add_joint(0, 0)\n    b = wc.add_joint(4, 1)\n    wc.add_muscle(a, b, 3.0, 0.1)\n    return wc.get_walker()\n"
+    op = PromptOperator("scripted", sampler=ScriptedSampler([body, ":\n  oops"]))
     child, broken = op.mutate([parent], 2, seed=0)
-    assert child.prompt.endswith("def make_walker") and "def make_walker_old(" in child.prompt
+    assert child.prompt.endswith("def make_walker(") and "def make_walker_old(" in child.prompt
     assert child.text.count("def make_walker(") == 1 and "def make_square(" in child.text
     assert broken.error_kind == "parse" and broken.text is None
     walker = run_walkers([child.text])[0]

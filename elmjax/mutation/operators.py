@@ -16,7 +16,7 @@ The operators, as the ELM paper compares them:
 - `diff`: the ELM diff prompt (`<NME> <BEF> <MSG> <DFF>`, a commit message drawn with the
   paper's probabilities); the model writes a unified diff, applied tolerantly.
 - `prompt`: a plain code model sees the parent with its entry function renamed `<entry>_old`, a
-  comment asking for a new version, and `def <entry>`; the completion (signature and body)
+  comment asking for a new version, and `def <entry>(`; the completion (parameters and body)
   replaces the entry function in the parent.
 - `crossover`: LMX-style; two parents listed as examples in one prompt and the model writes a
   third program.
@@ -294,7 +294,7 @@ class PromptOperator(LMOperator):
     def prompt(self, parent: str) -> str:
         old = parent.replace(f"def {self.entry}(", f"def {self.entry}_old(", 1).rstrip()
         comment = self.instruction.format(entry=self.entry)
-        return f"{old}\n\n\n# {comment}\ndef {self.entry}"
+        return f"{old}\n\n\n# {comment}\ndef {self.entry}("
 
     def mutate(self, parents, n, seed, parent_ids=None):
         ids = _ids(parents, parent_ids)
@@ -303,7 +303,7 @@ class PromptOperator(LMOperator):
         out = []
         for pid, parent, prompt, samples in zip(ids, parents, prompts, raw):
             for completion in samples:
-                new_def = f"def {self.entry}" + completion
+                new_def = f"def {self.entry}(" + completion
                 try:
                     text = replace_function(parent, self.entry, new_def)
                     ast.parse(text)
