@@ -1,12 +1,14 @@
-# Galloper: a rigid body (two braced boxes) on a rear and a front leg. Each foot hangs from
-# two hips by two muscles a quarter cycle apart, so the foot travels round a loop (down,
-# back, up, forward) instead of just swinging; the front leg lags the rear by LEG_OFFSET.
+# Galloper: a rigid body of two braced boxes on a rear and a front leg. Each foot hangs from
+# the two hips above it by two muscles a quarter cycle apart, so the foot travels round a
+# loop (down, back, up, forward) instead of swinging to and fro; the front leg lags the rear
+# leg by LEG_OFFSET, the bounding rhythm of a gallop.
 
-BODY_LEFT, BODY_RIGHT = 0.0, 16.0  # x extent of the body
-BODY_BOTTOM, BODY_TOP = 6.0, 10.0  # y extent of the body (the feet stand at y = 0)
-FOOT_INSET = 2.0  # how far each foot stands in from the body's end
-AMPLITUDE = 5.0  # leg muscle strength
-LEG_OFFSET = 0.25  # phase lag of the front leg behind the rear leg (cycles)
+NUM_BOXES = 2  # boxes in the body, one leg under each
+BOX_WIDTH = 5.0
+BOX_HEIGHT = 3.0
+LEG_LENGTH = 6.0  # height of the body's underside above the feet (the feet stand at y = 0)
+AMPLITUDE = 10.0  # leg muscle strength
+LEG_OFFSET = 0.25  # phase lag of each leg behind the one before it (cycles)
 LOOP_OFFSET = 0.25  # phase lag between a leg's two muscles (makes the foot loop)
 
 
@@ -16,10 +18,10 @@ def brace(wc, a, b, c, d):
         wc.add_muscle(p, q)
 
 
-def add_leg(wc, foot_x, hip_back, hip_front, phase):
-    """A foot at ground level under two hips, hung from them by two phased muscles."""
+def add_leg(wc, hip_back, hip_front, foot_x, phase):
+    """A foot on the ground between two hips, hung from them by two phased muscles."""
     foot = wc.add_joint(foot_x, 0.0)
-    wc.add_muscle(hip_back, foot, AMPLITUDE, phase)
+    wc.add_muscle(hip_back, foot, AMPLITUDE, phase % 1.0)
     wc.add_muscle(hip_front, foot, AMPLITUDE, (phase + LOOP_OFFSET) % 1.0)
     return foot
 
@@ -27,16 +29,15 @@ def add_leg(wc, foot_x, hip_back, hip_front, phase):
 def make_walker():
     wc = walker_creator()
 
-    middle = (BODY_LEFT + BODY_RIGHT) / 2.0
-    bottom = [wc.add_joint(x, BODY_BOTTOM) for x in (BODY_LEFT, middle, BODY_RIGHT)]
-    top = [wc.add_joint(x, BODY_TOP) for x in (BODY_LEFT, middle, BODY_RIGHT)]
+    # the body: a row of braced boxes
+    hips = [wc.add_joint(k * BOX_WIDTH, LEG_LENGTH) for k in range(NUM_BOXES + 1)]
+    back = [wc.add_joint(k * BOX_WIDTH, LEG_LENGTH + BOX_HEIGHT) for k in range(NUM_BOXES + 1)]
+    for k in range(NUM_BOXES):
+        brace(wc, hips[k], hips[k + 1], back[k + 1], back[k])
 
-    # the body: two braced boxes sharing the middle post
-    brace(wc, bottom[0], bottom[1], top[1], top[0])
-    brace(wc, bottom[1], bottom[2], top[2], top[1])
-
-    # rear leg under the rear box, front leg under the front box
-    add_leg(wc, BODY_LEFT + FOOT_INSET, bottom[0], bottom[1], 0.0)
-    add_leg(wc, BODY_RIGHT - FOOT_INSET, bottom[1], bottom[2], LEG_OFFSET)
+    # one leg under each box, each a little later in the cycle than the one behind it
+    for k in range(NUM_BOXES):
+        foot_x = (k + 0.5) * BOX_WIDTH
+        add_leg(wc, hips[k], hips[k + 1], foot_x, k * LEG_OFFSET)
 
     return wc.get_walker()
