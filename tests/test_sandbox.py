@@ -316,3 +316,29 @@ def test_caller_with_jax_loaded_gets_jax_free_workers(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     facts = json.loads(proc.stdout.strip().splitlines()[-1])
     assert facts["value"] == 1 and facts["jax_loaded"] is False
+
+
+def test_set_order_is_the_same_from_run_to_run():
+    """String hashing is salted per interpreter; workers come from a fork server started with a
+    fixed PYTHONHASHSEED, so a program that iterates over a set gives the same answer each run."""
+    import subprocess
+    import sys
+
+    code = (
+        "import json\n"
+        "from elmjax.sandbox import Limits, run_programs\n"
+        'src = \'def f():\\n    return list({"apple", "pear", "fig", "kiwi", "lime", "plum"})\\n\'\n'
+        "(r,) = run_programs([src], 'f', 'sandbox_checks:identity', limits=Limits(workers=1))\n"
+        "print(json.dumps(r.value))\n"
+    )
+    tests_dir = str(pathlib.Path(__file__).parent)
+    outs = []
+    for salt in ("1", "2"):
+        env = dict(os.environ, PYTHONPATH=tests_dir, PYTHONHASHSEED=salt)
+        env.pop("PYTHONHASHSEED") if salt == "2" else None
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outs.append(proc.stdout.strip().splitlines()[-1])
+    assert outs[0] == outs[1]
