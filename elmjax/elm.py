@@ -220,6 +220,7 @@ class ELM:
         self.n_seeds = len(self.seed_texts)
         self.spec = grid_spec(cfg, self.env)
         self.operator = make_mutation_operator(cfg, self.env)
+        self.operator.load()  # a missing model fails now, not after the seeds are evaluated
         self.store = open_store(self.out / run_dir.STORE)
         self.checkpoints = open_checkpoints(self.out / run_dir.CHECKPOINTS, cfg.keep_checkpoints)
         self.timings_total: dict[str, float] = {}
@@ -771,6 +772,11 @@ class TimedOperator:
 
             operator._sample = timed_sample
 
+    def load(self) -> None:
+        """Load the LM now (LM operators load it lazily on first use)."""
+        if hasattr(self.operator, "sampler"):
+            _ = self.operator.sampler
+
     def mutate(self, parents: list[str], n: int, seed: int, parent_ids: list[int]) -> list[Any]:
         self._decode = 0.0
         t0 = time.perf_counter()
@@ -1055,9 +1061,11 @@ def evolve_command(args: argparse.Namespace) -> int:
     except (ConfigError, run_dir.RunDirError) as err:
         print(f"elmjax evolve: {err}", file=sys.stderr)
         return EXIT_ERROR
+    from elmjax.lm.registry import ModelNotFound
+
     try:
         result = elm.run()
-    except (ConfigError, SeedError) as err:
+    except (ConfigError, SeedError, ModelNotFound) as err:
         print(f"elmjax evolve: {err}", file=sys.stderr)
         return EXIT_ERROR
     m = result.metrics
