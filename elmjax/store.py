@@ -111,8 +111,20 @@ def _finite_or_none(v: float | None) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _json_default(value: Any) -> Any:
+    """numpy scalars and arrays in `extras` / `info` become plain JSON numbers and lists."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
 def _to_row(rec: ProgramRecord) -> tuple:
     d = asdict(rec)
+    # numpy scalars (np.int32 ids, np.float32 fitness, ...) are not SQLite types: coerce.
+    for name in ("program_id", "generation", "batch_index", "parent_cell", "cell", "status"):
+        d[name] = int(d[name])
+    for name in ("temperature", "seconds"):
+        d[name] = None if d[name] is None else float(d[name])
     d["parents"] = json.dumps([int(p) for p in rec.parents])
     d["valid"] = int(bool(rec.valid))
     d["entered"] = int(bool(rec.entered))
@@ -123,7 +135,7 @@ def _to_row(rec: ProgramRecord) -> tuple:
         None if rec.descriptor is None else json.dumps([float(v) for v in rec.descriptor])
     )
     d["tokens"] = None if rec.tokens is None else np.asarray(rec.tokens, "<i4").tobytes()
-    d["extras"] = None if rec.extras is None else json.dumps(rec.extras)
+    d["extras"] = None if rec.extras is None else json.dumps(rec.extras, default=_json_default)
     return tuple(d[c] for c in _COLUMNS)
 
 
@@ -260,7 +272,12 @@ class ProgramStore:
                 )
                 db.execute(
                     "INSERT INTO generations VALUES (?, ?, ?, ?)",
-                    (int(generation), len(recs), time.time(), json.dumps(info or {})),
+                    (
+                        int(generation),
+                        len(recs),
+                        time.time(),
+                        json.dumps(info or {}, default=_json_default),
+                    ),
                 )
         except sqlite3.IntegrityError as e:
             raise StoreError(f"generation {generation}: {e}") from e

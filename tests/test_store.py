@@ -175,13 +175,32 @@ def test_queries(tmp_path):
         store.write_generation(
             1,
             [
-                ProgramRecord(2, "child", parents=[0], valid=True, fitness=9.5, cell=3),
+                ProgramRecord(
+                    2,
+                    "child",
+                    parents=[0],
+                    valid=True,
+                    fitness=9.5,
+                    cell=3,
+                    extras={"dx": np.float32(2)},
+                ),
                 ProgramRecord(3, "cross", parents=[2, 1], valid=True, fitness=3.0, cell=5),
                 ProgramRecord(4, "bad", parents=[0], outcome_kind="syntax", cell=-1),
                 ProgramRecord(5, "seed a", parents=[0], valid=True, fitness=10.0, cell=3),
-                ProgramRecord(6, "low", parents=[2], valid=True, fitness=float("inf"), cell=3),
+                ProgramRecord(
+                    np.int64(6),
+                    "low",
+                    parents=[np.int32(2)],
+                    valid=np.bool_(True),
+                    fitness=np.float32("inf"),
+                    cell=np.int32(3),
+                    status=np.int32(0),
+                    temperature=np.float32(0.5),
+                    descriptor=np.float32([0.25]),
+                    seconds=np.float64(1),
+                ),
             ],
-            info={"coverage": 0.1},
+            info={"coverage": np.float32(0.1)},
         )
         assert [r.program_id for r in store.lineage(3)] == [3, 2, 1, 0]
         assert [r.program_id for r in store.lineage(0)] == [0]
@@ -200,3 +219,4 @@ def test_queries(tmp_path):
         assert [r.program_id for r in store.stage2_dataset(0.3)] == [0, 2, 1, 3]
         assert store.texts([0, 3, 99]) == {0: "seed a", 3: "cross"}
         assert store.next_program_id() == 7 and store.last_generation() == 1
+        assert store.get(2).extras == {"dx": 2.0}
