@@ -15,8 +15,14 @@ vmaps an argmin over a full [candidates, cells] distance computation; it runs he
 (stated in the JSON). Centroids: elmjax k-means (few Lloyd iterations; quality does not change
 the insert cost), shared by both.
 
-Peers must be installed without changing jax (see benchmarks/RESULTS.md for the exact command);
-missing peers are reported as null, never faked.
+Peers must be installed without changing jax; QDax 0.5.0 declares jumanji and
+tensorflow-probability, which `MapElitesRepertoire` never imports, so:
+
+    pip install scikit-learn numba pandas numpy_groupies array_api_compat threadpoolctl
+    pip install --no-deps qdax==0.5.0 ribs==0.12.0
+    python -c "import jax; print(jax.__version__)"   # unchanged
+
+Missing peers are reported as null, never faked.
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ def bench_elmjax_grid(fit, desc, pid, prefill, repeats) -> float:
     return _median_seconds(lambda: jax.block_until_ready(qd.insert(archive, *args)), repeats)
 
 
-def bench_qdax(fit, desc, pid, prefill, centroids, repeats) -> float | None:
+def bench_qdax(fit, desc, pid, prefill, centroids, repeats, warmup=3) -> float | None:
     try:
         from qdax.core.containers.mapelites_repertoire import MapElitesRepertoire
     except ImportError:
@@ -76,7 +82,7 @@ def bench_qdax(fit, desc, pid, prefill, centroids, repeats) -> float | None:
     add = jax.jit(MapElitesRepertoire.add)
     rep = add(rep, jnp.asarray(prefill[2]), jnp.asarray(prefill[1]), jnp.asarray(prefill[0]))
     g, d, f = jnp.asarray(pid), jnp.asarray(desc), jnp.asarray(fit)
-    return _median_seconds(lambda: jax.block_until_ready(add(rep, g, d, f)), repeats)
+    return _median_seconds(lambda: jax.block_until_ready(add(rep, g, d, f)), repeats, warmup)
 
 
 def bench_ribs(fit, desc, pid, prefill, repeats) -> float | None:
@@ -144,11 +150,13 @@ def cvt_part(quick: bool, repeats: int, qdax_batch: int) -> dict:
     args = [jnp.asarray(x) for x in (fit, desc, np.ones(batch, bool), pid)]
     reps = max(3, repeats // 4)
     elm_s = _median_seconds(lambda: jax.block_until_ready(qd.insert(archive, *args)), reps, 1)
-    qb = min(qdax_batch, batch)
+    qb = min(qdax_batch if not quick else qdax_batch // 2, batch)
     elm_small_s = _median_seconds(
         lambda: jax.block_until_ready(qd.insert(archive, *[a[:qb] for a in args])), reps, 1
     )
-    qdax_s = bench_qdax(fit[:qb], desc[:qb], pid[:qb], (fit[:1], desc[:1], pid[:1]), cents, reps)
+    qdax_s = bench_qdax(
+        fit[:qb], desc[:qb], pid[:qb], (fit[:1], desc[:1], pid[:1]), cents, 3, warmup=1
+    )
     return {
         "cells": cells,
         "batch": batch,
@@ -170,7 +178,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="CVT part at 10^4 cells x 8192")
     p.add_argument("--json", metavar="PATH", help="write all figures as JSON")
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--qdax-cvt-batch", type=int, default=8192)
+    p.add_argument(
+        "--qdax-cvt-batch", type=int, default=8192, help="QDax CVT batch (halved with --quick)"
+    )
     args = p.parse_args(argv)
 
     grid = grid_part(args.quick, args.repeats)
