@@ -13,6 +13,7 @@ import time
 import pytest
 
 from elmjax.sandbox import ERROR_KINDS, ExecResult, Limits, SandboxPool, run_programs
+from elmjax.sandbox import pool as pool_module
 from elmjax.sodarace.seeds import load_seeds
 from elmjax.sodarace.walker import check_walker
 
@@ -342,3 +343,24 @@ def test_set_order_is_the_same_from_run_to_run():
         assert proc.returncode == 0, proc.stderr[-2000:]
         outs.append(proc.stdout.strip().splitlines()[-1])
     assert outs[0] == outs[1]
+
+
+def test_interrupted_batch_does_not_leak_into_the_next(pool, monkeypatch):
+    slow = "def f():\n    while True:\n        pass\n"
+    calls = {"n": 0}
+    real_wait = pool_module.mp_connection.wait
+
+    def interrupting_wait(*args, **kwargs):
+        busy = [w for w in pool._workers if w is not None and w.pending]
+        if not calls["n"] and len(busy) == len(pool._workers):  # Ctrl-C, every worker mid-batch
+            calls["n"] += 1
+            raise KeyboardInterrupt
+        return real_wait(*args, **kwargs)
+
+    monkeypatch.setattr(pool_module.mp_connection, "wait", interrupting_wait)
+    with pytest.raises(KeyboardInterrupt):
+        pool.run([slow] * 4, "f", "sandbox_checks:identity")
+    monkeypatch.undo()
+    results = pool.run(["def f():\n    return 'fresh'\n"] * 3, "f", "sandbox_checks:identity")
+    assert calls["n"] == 1
+    assert [r.value for r in results] == ["fresh"] * 3

@@ -265,8 +265,21 @@ class SandboxPool:
         with self._lock:
             if self._closed:
                 raise RuntimeError("SandboxPool is closed")
-            self._drive(queue, sources, seeds, job, limits, results)
+            try:
+                self._drive(queue, sources, seeds, job, limits, results)
+            except BaseException:
+                # interrupted (KeyboardInterrupt, a broken environment): workers still busy with
+                # this batch would answer into the next one, so they go
+                self._discard_busy_workers()
+                raise
         return [r for r in results if r is not None]
+
+    def _discard_busy_workers(self) -> None:
+        for slot, w in enumerate(self._workers):
+            if w is not None and (w.pending or not w.ready):
+                # clear the slot first, so a second interrupt leaves no half-killed worker
+                self._workers[slot] = None
+                w.kill()
 
     def _drive(
         self,
