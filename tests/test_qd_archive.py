@@ -277,3 +277,30 @@ def test_indexed_kmeans_equals_jit_kmeans():
     a = qd.kmeans(key, 60, 3, 600, 3)
     b = qd.cvt.kmeans_indexed(key, 60, 3, 600, 3)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_specs_validate_and_offset_the_qd_score():
+    from elmjax.envs.base import DescriptorSpace
+
+    space = DescriptorSpace(("height", "width", "mass"), (0.0, 0.0, 0.0), (60.0, 60.0, 600.0))
+    spec = qd.GridSpec.from_space(space, qd_offset=-1.0)
+    assert spec.shape == (12, 12, 12) and spec.num_cells == 1728 and spec.high[2] == 600.0
+    for bad in (
+        dict(shape=(0, 2), low=(0, 0), high=(1, 1)),
+        dict(shape=(2, 2), low=(0, 1), high=(1, 1)),
+        dict(shape=(2,), low=(0, 0), high=(1, 1)),
+    ):
+        with pytest.raises(ValueError):
+            qd.GridSpec(**bad)
+    with pytest.raises(ValueError):
+        qd.CVTSpec(10, (0.0,), (1.0,), lookup="nope")
+    with pytest.raises(TypeError):
+        qd.init("not a spec")
+    archive, _ = qd.insert(
+        qd.init(qd.GridSpec((2,), (0.0,), (1.0,), qd_offset=-1.0)),
+        np.float32([0.5, -0.25]),
+        np.float32([[0.1], [0.9]]),
+        np.ones(2, bool),
+        np.int32([0, 1]),
+    )
+    assert qd.metrics_host(archive)["qd_score"] == (0.5 + 1.0) + (-0.25 + 1.0)

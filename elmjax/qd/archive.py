@@ -32,6 +32,7 @@ reproduces these counters too.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import flax.struct
 import jax
@@ -46,6 +47,9 @@ from elmjax.qd.cvt import (
     nearest_centroid,
     to_unit,
 )
+
+if TYPE_CHECKING:
+    from elmjax.envs.base import DescriptorSpace
 
 #: Per-candidate insert status.
 REJECTED = 0
@@ -79,7 +83,9 @@ class GridSpec:
             raise ValueError(f"GridSpec: low must be below high: {self.low} vs {self.high}")
 
     @classmethod
-    def from_space(cls, space, shape: tuple[int, ...] | None = None, qd_offset: float = 0.0):
+    def from_space(
+        cls, space: DescriptorSpace, shape: tuple[int, ...] | None = None, qd_offset: float = 0.0
+    ) -> GridSpec:
         """Grid over an `elmjax.envs.base.DescriptorSpace` (12 bins per dimension by default)."""
         shape = shape if shape is not None else (12,) * space.dim
         return cls(shape=tuple(shape), low=space.low, high=space.high, qd_offset=qd_offset)
