@@ -170,16 +170,26 @@ def test_modules_are_private_to_each_program(pool):
         "def make_walker():\n"
         "    math.pi = 3\n"
         "    collections.Counter.most_common = None\n"
+        "    collections.namedtuple.note = 'was here'\n"
+        "    walker_creator.note = 'was here'\n"
         "    return 0\n"
     )
     reader = (
         "import math, collections\n"
+        "def note(thing):\n"
+        "    try:\n"
+        "        return thing.note\n"
+        "    except AttributeError:\n"
+        "        return None\n"
         "def make_walker():\n"
-        "    return [math.pi, collections.Counter('aab').most_common(1)[0][1]]\n"
+        "    return [math.pi, collections.Counter('aab').most_common(1)[0][1],\n"
+        "            note(collections.namedtuple), note(walker_creator)]\n"
     )
-    results = pool.run([vandal] * 4 + [reader] * 4, "make_walker", "sandbox_checks:identity")
+    results = pool.run(
+        [vandal] * 4 + [reader] * 4, "make_walker", "sandbox_checks:identity", inject=INJECT
+    )
     assert all(r.ok for r in results), [r.error for r in results]
-    assert [r.value for r in results[4:]] == [[math.pi, 2]] * 4
+    assert [r.value for r in results[4:]] == [[math.pi, 2, None, None]] * 4
 
 
 RANDOM_WALKER = """

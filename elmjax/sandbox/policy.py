@@ -234,8 +234,18 @@ _IMMUTABLE_TYPE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: C types whose attributes c
 
 
 def _private(value: Any) -> Any:
-    """A class a program could modify (a Python-level class) becomes a fresh subclass, so the
-    program's assignments to it stay with this program."""
+    """What a program could modify, made its own, so its assignments stay with it: a Python
+    function (whose attributes can be set) becomes a fresh wrapper that keeps the original out
+    of reach, a Python-level class becomes a fresh subclass."""
+    if isinstance(value, types.FunctionType):
+        function = value
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return function(*args, **kwargs)
+
+        call.__name__, call.__qualname__ = function.__name__, function.__qualname__
+        call.__doc__ = function.__doc__
+        return call
     if isinstance(value, type) and not value.__flags__ & _IMMUTABLE_TYPE:
         return types.new_class(value.__name__, (value,))
     return value
@@ -244,8 +254,13 @@ def _private(value: Any) -> Any:
 def _module_copy(module: types.ModuleType) -> types.ModuleType:
     copy = types.ModuleType(module.__name__)
     for name in getattr(module, "__all__", None) or dir(module):
-        if not name.startswith("_") and hasattr(module, name):
-            setattr(copy, name, _private(getattr(module, name)))
+        value = getattr(module, name, None)
+        if (
+            not name.startswith("_")
+            and value is not None
+            and not isinstance(value, types.ModuleType)
+        ):
+            setattr(copy, name, _private(value))
     return copy
 
 
@@ -311,5 +326,5 @@ def program_globals(
     safe["__build_class__"] = builtins.__build_class__
     safe["print"] = print_sink
     namespace: dict[str, Any] = {"__builtins__": safe, "__name__": "__program__"}
-    namespace.update(inject)
+    namespace.update({name: _private(value) for name, value in inject.items()})
     return namespace
