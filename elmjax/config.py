@@ -71,12 +71,17 @@ class EnvConfig:
     terrain: str = "flat"
     #: simulated seconds per walker; DESIGN's T (10 s; at least 3 muscle periods).
     seconds: float = 10.0
+    #: Sodarace: walkers simulated per compiled call (each size bucket is padded to a multiple
+    #: of it); 0 = the simulator's default. Smaller wastes fewer padded lanes on small batches.
+    chunk: int = 0
 
     def check(self) -> None:
         if self.name not in ("sodarace", "parity"):
             raise ConfigError("env.name", f"unknown environment {self.name!r} (sodarace, parity)")
         if not (0 < self.seconds <= 600):
             raise ConfigError("env.seconds", f"must be in (0, 600], got {self.seconds}")
+        if not (0 <= self.chunk <= 65_536):
+            raise ConfigError("env.chunk", f"must be in [0, 65536] (0 = default), got {self.chunk}")
 
 
 @dataclass(frozen=True)

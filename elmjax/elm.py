@@ -706,8 +706,13 @@ def rebuild_window(store: Any, checkpoints: Any, spec: Any, lag: int) -> tuple[d
 def make_environment(config: RunConfig) -> Any:
     if config.env.name == "sodarace":
         from elmjax.sodarace.env import Sodarace
+        from elmjax.sodarace.physics import SimParams
 
-        return Sodarace(terrain=config.env.terrain, seconds=config.env.seconds)
+        return Sodarace(
+            terrain=config.env.terrain,
+            params=SimParams(seconds=config.env.seconds),
+            chunk=config.env.chunk or None,
+        )
     from elmjax.envs.parity import Parity
 
     return Parity()
