@@ -30,7 +30,14 @@ import numpy as np
 
 from elmjax.lm.bundle import LanguageModel
 from elmjax.lm.config import LMConfig
-from elmjax.lm.model import Params, cast_params, forward, init_cache
+from elmjax.lm.model import (
+    Params,
+    cast_params,
+    forward,
+    init_cache,
+    stack_layers,
+    unstack_layers,
+)
 
 DEFAULT_PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -196,6 +203,8 @@ class Sampler:
 
     dtype: weights and KV cache precision for decode ("bfloat16" is faster on CPU and GPU;
     "float32" reproduces reference logits; benchmarks/RESULTS.md states the accuracy of each).
+    scan_layers: run the layers with `lax.scan` (compiles in constant time for deep models)
+    instead of unrolled (faster decode; see model.py).
     """
 
     def __init__(
@@ -206,12 +215,15 @@ class Sampler:
         prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
         batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS,
         add_special_tokens: bool = True,
+        scan_layers: bool = False,
     ) -> None:
         self.model = model
         self.config = model.config
         self.tokenizer = model.tokenizer
         self.dtype = jnp.dtype(dtype)
-        self.params = jax.device_put(cast_params(model.params, self.dtype))
+        params = cast_params(model.params, self.dtype)
+        params = stack_layers(params) if scan_layers else unstack_layers(params)
+        self.params = jax.device_put(params)
         self.prompt_buckets = tuple(sorted(prompt_buckets))
         self.batch_buckets = tuple(sorted(batch_buckets))
         self.add_special_tokens = add_special_tokens
