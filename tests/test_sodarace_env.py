@@ -1,0 +1,203 @@
+"""The Sodarace Environment, its Brax face, gradients through the simulator, sharding, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from elmjax.envs.base import Environment, Evaluation
+from elmjax.sodarace.body import JOINT_BUCKETS, SPRING_BUCKETS, group_by_bucket, pack
+from elmjax.sodarace.env import DESCRIPTOR_SPACE, Sodarace
+from elmjax.sodarace.physics import SimParams, simulate_dx
+from elmjax.sodarace.terrain import get_terrain
+from elmjax.sodarace.walker import check_walker, walker_creator
+
+
+def seed_dicts() -> dict[str, dict]:
+    out = {}
+    for name, src in Sodarace().seed_programs().items():
+        g = {"walker_creator": walker_creator}
+        exec(src, g)
+        out[name] = check_walker(g["make_walker"]())
+    return out
+
+
+SEEDS = seed_dicts()
+
+
+def test_sodarace_is_an_environment_whose_descriptor_space_holds_the_seeds():
+    env = Sodarace()
+    assert isinstance(env, Environment)
+    assert env.entry == "make_walker" and env.check is check_walker
+    assert env.inject == {"walker_creator": "elmjax.sodarace.walker:walker_creator"}
+    assert {"square", "radial", "cppn_fixed", "cppn_mutable", "wheel", "galloper", "runner"} <= set(
+        SEEDS
+    )
+    low, high = np.asarray(DESCRIPTOR_SPACE.low), np.asarray(DESCRIPTOR_SPACE.high)
+    for w in SEEDS.values():
+        d = np.asarray([w["descriptor"][k] for k in DESCRIPTOR_SPACE.names])
+        assert (d > low).all() and (d < low + 0.5 * (high - low)).all()  # inside, with room
+
+
+def test_pack_buckets_and_grouping():
+    walkers = list(SEEDS.values())
+    groups = group_by_bucket(walkers)
+    assert sorted(np.concatenate([idx for _, idx in groups]).tolist()) == list(range(len(walkers)))
+    for (j, s), idx in groups:
+        assert j in JOINT_BUCKETS and s in SPRING_BUCKETS
+        body = pack([walkers[k] for k in idx], (j, s), batch_size=len(idx) + 2)
+        assert body.x0.shape == (j, len(idx) + 2) and body.rest.shape == (s, len(idx) + 2)
+        assert not np.asarray(body.valid)[-2:].any()
+        mass = np.asarray(body.mass).sum(0)[: len(idx)]
+        want = [walkers[k]["descriptor"]["mass"] for k in idx]
+        np.testing.assert_allclose(mass, want, rtol=1e-5)
+    with pytest.raises(ValueError):
+        pack([{"joints": [[0, 0], [1, 0]], "muscles": [[0, 5, {}]]}])
+
+
+def test_evaluate_returns_finite_rows_in_input_order_with_errors():
+    env = Sodarace(params=SimParams(seconds=1.0), chunk=4)
+    bad = {"joints": [[0, 0]], "muscles": []}
+    ev = env.evaluate([SEEDS["galloper"], bad, "not a walker", SEEDS["square"]])
+    assert isinstance(ev, Evaluation) and len(ev) == 4
+    assert ev.valid.tolist() == [True, False, False, True]
+    assert ev.error[0] is None and "invalid walker" in ev.error[1] and ev.error[2]
+    assert np.isfinite(ev.fitness).all() and np.isfinite(ev.descriptor).all()
+    np.testing.assert_array_equal(ev.fitness, np.abs(ev.extras["dx"]))
+    assert ev.descriptor[3].tolist() == pytest.approx([10.0, 10.0, 39.142136], rel=1e-5)
+
+
+def test_brax_wrappers_run_the_env():
+    from brax.envs.wrappers.training import AutoResetWrapper, EpisodeWrapper, VmapWrapper
+
+    from elmjax.sodarace.env import SodaraceEnv
+
+    base = SodaraceEnv(SEEDS["galloper"])
+    env = AutoResetWrapper(EpisodeWrapper(VmapWrapper(base), episode_length=5, action_repeat=1))
+    state = jax.jit(env.reset)(jax.random.split(jax.random.PRNGKey(0), 3))  # Brax: raw keys
+    assert state.obs.shape == (3, base.observation_size)
+    step = jax.jit(env.step)
+    actions = jnp.zeros((3, base.action_size)).at[1].set(0.5).at[2].set(-1.0)
+    for _ in range(6):  # crosses the episode end: auto reset
+        state = step(state, actions)
+    assert np.isfinite(np.asarray(state.obs)).all() and state.reward.shape == (3,)
+    assert base.backend and base.action_size == 16
+
+
+def _dx_of(body, params, terrain, amplitude, phase):
+    return simulate_dx(params, body.replace(amplitude=amplitude, phase=phase), terrain)[0][0]
+
+
+def test_gradient_of_dx_wrt_amplitudes_and_phases_is_finite():
+    body = pack([SEEDS["galloper"]])
+    params = SimParams(seconds=0.5)
+    g = jax.jit(jax.grad(_dx_of, argnums=(3, 4)), static_argnums=1)
+    ga, gp = g(
+        body, params, get_terrain("flat"), jnp.asarray(body.amplitude), jnp.asarray(body.phase)
+    )
+    assert np.isfinite(np.asarray(ga)).all() and np.isfinite(np.asarray(gp)).all()
+    assert np.abs(np.asarray(gp)).max() > 0
+
+
+def test_gradient_matches_central_finite_differences_in_float64():
+    # jax.experimental.enable_x64 became the `jax.enable_x64` context manager in jax 0.10.
+    with jax.enable_x64(True):
+        body = pack([SEEDS["galloper"]])
+        body = jax.tree.map(
+            lambda a: jnp.asarray(a, jnp.float64) if np.asarray(a).dtype == np.float32 else a, body
+        )
+        terrain = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), get_terrain("flat"))
+        params = SimParams(seconds=0.5, contact="smooth")
+        amp, phase = body.amplitude, body.phase
+        f = jax.jit(_dx_of, static_argnums=1)
+        ga, gp = jax.jit(jax.grad(_dx_of, argnums=(3, 4)), static_argnums=1)(
+            body, params, terrain, amp, phase
+        )
+        eps = 1e-6
+        for grad, which in ((ga, "amp"), (gp, "phase")):
+            for k in np.nonzero(np.asarray(body.is_muscle)[:, 0])[0][:2]:  # two leg muscles
+                e = jnp.zeros_like(amp).at[k, 0].set(eps)
+                if which == "amp":
+                    hi, lo = (
+                        f(body, params, terrain, amp + e, phase),
+                        f(body, params, terrain, amp - e, phase),
+                    )
+                else:
+                    hi, lo = (
+                        f(body, params, terrain, amp, phase + e),
+                        f(body, params, terrain, amp, phase - e),
+                    )
+                fd = float(hi - lo) / (2 * eps)
+                assert abs(fd) > 1e-3
+                assert float(grad[k, 0]) == pytest.approx(fd, rel=1e-3)
+
+
+def test_sharded_evaluation_over_eight_host_devices_equals_single_device():
+    code = textwrap.dedent(
+        """
+        import json, jax, numpy as np
+        from elmjax.sodarace.env import Sodarace, data_mesh
+        from elmjax.sodarace.physics import SimParams
+        from elmjax.sodarace.walker import check_walker, walker_creator
+        seeds = Sodarace().seed_programs()
+        ws = []
+        for name in ("galloper", "square", "wheel"):
+            g = {"walker_creator": walker_creator}
+            exec(seeds[name], g)
+            ws.append(check_walker(g["make_walker"]()))
+        ws = ws * 3
+        p = SimParams(seconds=1.0)
+        mesh = data_mesh()
+        sharded = Sodarace(params=p, chunk=16, mesh=mesh).evaluate(ws)
+        single = Sodarace(params=p, chunk=2, mesh=None).evaluate(ws)  # 2 lanes = one device's
+        print(json.dumps({"devices": mesh.size, "sharded": sharded.extras["dx"].tolist(),
+                          "single": single.extras["dx"].tolist()}))
+        """
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["devices"] == 8
+    assert got["sharded"] == got["single"]
+    assert all(v != 0 for v in got["sharded"])
+
+
+def test_simulate_command_prints_json_with_fitness_and_writes_a_gif(tmp_path, capsys):
+    from elmjax.sodarace.cli import simulate_command
+
+    good = tmp_path / "square.py"
+    good.write_text(Sodarace().seed_programs()["square"])
+    bad = tmp_path / "bad.py"
+    bad.write_text("def make_walker():\n    return 3\n")
+    gif = tmp_path / "run.gif"
+    args = argparse.Namespace(
+        programs=[str(good), str(bad)], terrain="flat", seconds=1.0, json=True, gif=str(gif)
+    )
+    assert simulate_command(args) == 1
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert lines[0]["ok"] and lines[0]["fitness"] == abs(lines[0]["dx"])
+    assert lines[0]["joints"] == 5 and "descriptor" in lines[0]
+    assert lines[1] == {
+        "program": str(bad),
+        "ok": False,
+        "error": {
+            "kind": "invalid",
+            "message": "WalkerError: make_walker must return wc.get_walker(), got int",
+        },
+    }
+    assert gif.stat().st_size > 1000
+    args.terrain = "lava"
+    assert simulate_command(args) == 1
+    assert "unknown terrain" in capsys.readouterr().out
