@@ -87,13 +87,19 @@ def read_config(reader: Any) -> LMConfig:
         d_mlp=int(_field(reader, f"{arch}.feed_forward_length")),
         head_dim=int(head_dim) if head_dim and int(head_dim) != d // heads else None,
         max_seq_len=int(_field(reader, f"{arch}.context_length", 2048)),
-        rope_theta=float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
-        norm_eps=float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=_f32_decimal(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
+        norm_eps=_f32_decimal(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
         tie_embeddings="output.weight" not in names,
         attn_bias="blk.0.attn_q.bias" in names,
         bos_token_id=_opt_int(_field(reader, "tokenizer.ggml.bos_token_id")),
         eos_token_id=_opt_int(_field(reader, "tokenizer.ggml.eos_token_id")),
     )
+
+
+def _f32_decimal(x: Any) -> float:
+    """GGUF stores floats as float32: 1e-5 reads back as 9.99999974e-06. Take the shortest
+    decimal that rounds to the same float32, i.e. the value the converter was given."""
+    return float(np.format_float_positional(np.float32(x), unique=True, trim="-"))
 
 
 def _opt_int(x: Any) -> int | None:
