@@ -3,9 +3,11 @@
     python benchmarks/archive_vs_peers.py [--quick] [--json PATH]
 
 Part 1, the MAP-Elites grid of DESIGN section 6: one insert of 4096 candidates into a
-12 x 12 x 12 archive over Sodarace-like (height, width, mass) ranges, every archive starting from
-the same half-filled state (so both new-cell and improvement paths run), median wall time of
-`--repeats` (20) calls after warm-up. elmjax and QDax are jit-compiled and timed to
+12 x 12 x 12 archive over Sodarace's (height, width, mass) ranges (~5% of the descriptors out of
+range), every archive starting from the same state prefilled with 1024 other candidates (so both
+new-cell and improvement paths run); median wall time of `--repeats` (20) calls after 3 warm-up
+calls, the libraries timed round-robin (one call each per round) so that all see the same load
+on a shared machine. elmjax and QDax are jit-compiled and timed to
 `block_until_ready`; pyribs is numpy (+ numba) on the host. Each stores the same payload: the
 program id (QDax genotype, pyribs solution).
 
@@ -28,6 +30,7 @@ Missing peers are reported as null, never faked.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -43,20 +46,16 @@ import numpy as np  # noqa: E402
 
 from elmjax import qd  # noqa: E402
 
-#: Sodarace-like descriptor ranges (height, width, mass); only their shape matters here.
+#: Sodarace descriptor ranges (height, width, mass), as `elmjax.sodarace.env.DESCRIPTOR_SPACE`.
 LOW = (0.0, 0.0, 0.0)
-HIGH = (60.0, 60.0, 300.0)
+HIGH = (60.0, 60.0, 600.0)
 
 
 def _median_seconds(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    with _NoGC():
+        for _ in range(warmup):
+            fn()
+        return statistics.median([_timed(fn) for _ in range(repeats)])
 
 
 def make_batch(rng: np.random.Generator, n: int, low=LOW, high=HIGH):
@@ -66,14 +65,35 @@ def make_batch(rng: np.random.Generator, n: int, low=LOW, high=HIGH):
     return fit.astype(np.float32), desc.astype(np.float32), np.arange(n, dtype=np.int32)
 
 
-def bench_elmjax_grid(fit, desc, pid, prefill, repeats) -> float:
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+class _NoGC:
+    """Python's garbage collector off while timing (as `timeit` does): otherwise a collection
+    triggered by one library's allocations lands in whichever call runs next (measured: +5 ms
+    on an elmjax insert right after a pyribs add)."""
+
+    def __enter__(self) -> None:
+        gc.collect()
+        gc.disable()
+
+    def __exit__(self, *exc) -> None:
+        gc.enable()
+
+
+def elmjax_grid(fit, desc, pid, prefill):
+    """A zero-argument timer of one elmjax insert (always into the same prefilled archive)."""
     spec = qd.GridSpec((12, 12, 12), LOW, HIGH)
     archive, _ = qd.insert(qd.init(spec), *prefill[:2], np.ones(len(prefill[0]), bool), prefill[2])
     args = [jnp.asarray(x) for x in (fit, desc, np.ones(len(fit), bool), pid)]
-    return _median_seconds(lambda: jax.block_until_ready(qd.insert(archive, *args)), repeats)
+    return lambda: _timed(lambda: jax.block_until_ready(qd.insert(archive, *args)))
 
 
-def bench_qdax(fit, desc, pid, prefill, centroids, repeats, warmup=3) -> float | None:
+def qdax_add(fit, desc, pid, prefill, centroids):
+    """A timer of one jit-compiled QDax `MapElitesRepertoire.add`, or None without QDax."""
     try:
         from qdax.core.containers.mapelites_repertoire import MapElitesRepertoire
     except ImportError:
@@ -82,10 +102,15 @@ def bench_qdax(fit, desc, pid, prefill, centroids, repeats, warmup=3) -> float |
     add = jax.jit(MapElitesRepertoire.add)
     rep = add(rep, jnp.asarray(prefill[2]), jnp.asarray(prefill[1]), jnp.asarray(prefill[0]))
     g, d, f = jnp.asarray(pid), jnp.asarray(desc), jnp.asarray(fit)
-    return _median_seconds(lambda: jax.block_until_ready(add(rep, g, d, f)), repeats, warmup)
+    return lambda: _timed(lambda: jax.block_until_ready(add(rep, g, d, f)))
 
 
-def bench_ribs(fit, desc, pid, prefill, repeats) -> float | None:
+def ribs_add(fit, desc, pid, prefill):
+    """A timer of one pyribs `GridArchive.add`, or None without pyribs.
+
+    `add` mutates the archive, so each call gets a fresh copy of the prefilled archive (built
+    outside the timed region): every call does the same work as the jax ones.
+    """
     try:
         from ribs.archives import GridArchive
     except ImportError:
@@ -97,17 +122,27 @@ def bench_ribs(fit, desc, pid, prefill, repeats) -> float | None:
         return a
 
     sol = pid[:, None].astype(np.float64)
-    # `add` mutates the archive: time it on a fresh copy of the prefilled archive each call
-    # (copy time excluded) so every call does the same work as the jax ones.
-    for _ in range(3):
-        fresh().add(sol, fit, desc)
-    times = []
-    for _ in range(repeats):
+
+    def once() -> float:
         a = fresh()
-        t0 = time.perf_counter()
-        a.add(sol, fit, desc)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        return _timed(lambda: a.add(sol, fit, desc))
+
+    return once
+
+
+def interleaved(timers: dict, repeats: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Round-robin timing: each round times every library once, so all of them see the same
+    machine load (this machine is shared; drift between separate blocks would bias ratios)."""
+    live = {k: t for k, t in timers.items() if t is not None}
+    times: dict[str, list[float]] = {k: [] for k in live}
+    with _NoGC():
+        for _ in range(warmup):
+            for t in live.values():
+                t()
+        for _ in range(repeats):
+            for k, t in live.items():
+                times[k].append(t())
+    return times
 
 
 def grid_part(quick: bool, repeats: int) -> dict:
@@ -116,15 +151,19 @@ def grid_part(quick: bool, repeats: int) -> dict:
     fit, desc, pid = make_batch(rng, batch)
     pf, pd_, pp = make_batch(rng, 1024)
     prefill = (pf, pd_, pp + batch)
-    centroids = _grid_centroids()
-    out = {
-        "batch": batch,
-        "cells": 12**3,
-        "repeats": repeats,
-        "elmjax_s": bench_elmjax_grid(fit, desc, pid, prefill, repeats),
-        "qdax_s": bench_qdax(fit, desc, pid, prefill, centroids, repeats),
-        "ribs_s": bench_ribs(fit, desc, pid, prefill, repeats),
+    timers = {
+        "elmjax": elmjax_grid(fit, desc, pid, prefill),
+        "qdax": qdax_add(fit, desc, pid, prefill, _grid_centroids()),
+        "ribs": ribs_add(fit, desc, pid, prefill),
     }
+    times = interleaved(timers, repeats)
+    out = {"batch": batch, "cells": 12**3, "repeats": repeats}
+    for name in timers:
+        out[f"{name}_s"] = statistics.median(times[name]) if name in times else None
+    for peer in ("qdax", "ribs"):  # median over rounds of (peer / elmjax) in the same round
+        if peer in times:
+            rounds = [p / e for p, e in zip(times[peer], times["elmjax"])]
+            out[f"round_ratio_{peer}"] = statistics.median(rounds)
     return out
 
 
@@ -154,9 +193,8 @@ def cvt_part(quick: bool, repeats: int, qdax_batch: int) -> dict:
     elm_small_s = _median_seconds(
         lambda: jax.block_until_ready(qd.insert(archive, *[a[:qb] for a in args])), reps, 1
     )
-    qdax_s = bench_qdax(
-        fit[:qb], desc[:qb], pid[:qb], (fit[:1], desc[:1], pid[:1]), cents, 3, warmup=1
-    )
+    qdax = qdax_add(fit[:qb], desc[:qb], pid[:qb], (fit[:1], desc[:1], pid[:1]), cents)
+    qdax_s = None if qdax is None else statistics.median(interleaved({"q": qdax}, 3, 1)["q"])
     return {
         "cells": cells,
         "batch": batch,
