@@ -31,8 +31,11 @@ from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from elmjax.config import RunConfig, load_config  # noqa: E402
+from elmjax.config import RunConfig, load_config, parse_override  # noqa: E402
 from elmjax.elm import ELM  # noqa: E402
+from elmjax.run_dir import read_metrics  # noqa: E402
+
+EXTRA: dict[str, object] = {}
 
 
 def bench_config(operator: str, pipeline: str, generations: int, batch: int) -> RunConfig:
@@ -46,6 +49,7 @@ def bench_config(operator: str, pipeline: str, generations: int, batch: int) -> 
         "report": False,
         "progress": "never",
         "checkpoint_every": 1000,
+        **EXTRA,
     }
     return load_config(base, overrides)
 
@@ -56,7 +60,7 @@ def run_once(config: RunConfig) -> dict:
         t0 = time.perf_counter()
         result = elm.run()
         wall = time.perf_counter() - t0
-        rows = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().split()]
+        rows = read_metrics(Path(tmp) / "run")
     steady = rows[1:]  # generation 0 (the seeds) compiles the simulator's shapes
     span = steady[-1]["elapsed"] - rows[0]["elapsed"]
     evals = steady[-1]["evaluations"] - rows[0]["evaluations"]
@@ -83,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="write figures + ratios here")
     parser.add_argument("--operators", default=None, help="comma list (default gp,<default op>)")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--set", action="append", default=[], help="config override key=value")
     args = parser.parse_args(argv)
+    EXTRA.update(parse_override(s) for s in args.set)
 
     default_op = RunConfig().mutation.operator
     operators = (args.operators or f"gp,{default_op}").split(",")
@@ -116,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, {platform.platform()}",
         "quick": args.quick,
+        "overrides": {k: str(v) for k, v in EXTRA.items()},
         "batch_size": batch,
         "generations": generations,
         "results": results,
