@@ -52,10 +52,6 @@ class SimParams:
     #: Over-relaxation of the averaged Jacobi update (1 = plain averaging). Averaging alone
     #: under-corrects joints shared by several springs; 1.5 recovers most of Gauss-Seidel's rate.
     relaxation: float = struct.field(pytree_node=False, default=1.5)
-    #: Spring solver layout: "scatter", "dense" or "auto" (see `spring_solver`).
-    layout: str = struct.field(pytree_node=False, default="auto")
-    #: Largest joint bucket solved densely under "auto" (measured crossover, benchmarks/).
-    dense_max_joints: int = struct.field(pytree_node=False, default=16)
     #: Simulated time T (s) of an evaluation: DESIGN's 10 s, i.e. 10 muscle periods.
     seconds: float = struct.field(pytree_node=False, default=10.0)
     #: Gravity (units/s^2): 9.81 m/s^2 with one unit = 0.1 m. Walkers are 1-3 m tall.
@@ -189,54 +185,31 @@ def spring_solver(params: SimParams, body: Body) -> SpringSolver:
     """One Jacobi XPBD iteration over all springs: `(x, y, lam, target, alpha_tilde) -> (x, y,
     lam)`, with everything that depends only on the body (end weights, indices) computed once.
 
-    Two layouts, chosen by `params.layout`: "scatter" gathers both ends of every spring and
-    scatter-adds the corrections back with one merged flat scatter (work ~ springs); "dense"
-    contracts with the signed [S, J] incidence matrix of every body (work ~ springs x joints, but
-    plain vectorised multiply-adds with no indexed memory access), which wins for small bodies.
-    "auto" picks dense up to `params.dense_max_joints` joints.
+    Layout: gather both ends of every spring (flat per-lane indices), then scatter-add the
+    corrections back with one merged flat scatter; work ~ springs. (A dense all-pairs variant,
+    contracting with each body's [S, J] incidence matrix, was 15x slower here even at 16 joints:
+    XLA materialised the [S, J, B] products.)
     """
     J, B = body.x0.shape
     si, sj = body.spring_i, body.spring_j
     wi, wj = _gather(body.inv_mass, si), _gather(body.inv_mass, sj)
     w_sum = wi + wj
     scale = params.relaxation / body.degree
-    layout = params.layout
-    if layout == "auto":
-        layout = "dense" if params.dense_max_joints >= J else "scatter"
+    lane = jnp.arange(B, dtype=si.dtype)
+    flat = jnp.concatenate([si * B + lane, sj * B + lane], axis=0).reshape(-1)
+    signed_w = jnp.concatenate([-wi, wj], axis=0)
 
-    if layout == "dense":
-        joint = jnp.arange(J, dtype=si.dtype)[None, :, None]
-        at_i = (si[:, None, :] == joint).astype(body.rest.dtype)  # [S, J, B]
-        at_j = (sj[:, None, :] == joint).astype(body.rest.dtype)
-        diff = at_j - at_i  # d = x[j] - x[i] = sum_J diff * x
-        push = (at_j * wj[:, None, :] - at_i * wi[:, None, :]) * body.spring_mask[:, None, :]
-        push = push * scale[None]
+    def ends(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return _gather(x, sj) - _gather(x, si), _gather(y, sj) - _gather(y, si)
 
-        def ends(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-            return jnp.sum(diff * x[None], axis=1), jnp.sum(diff * y[None], axis=1)
-
-        def apply(px: jax.Array, py: jax.Array) -> tuple[jax.Array, jax.Array]:
-            return jnp.sum(push * px[:, None, :], axis=0), jnp.sum(push * py[:, None, :], axis=0)
-
-    elif layout == "scatter":
-        lane = jnp.arange(B, dtype=si.dtype)
-        flat = jnp.concatenate([si * B + lane, sj * B + lane], axis=0).reshape(-1)
-        signed_w = jnp.concatenate([-wi, wj], axis=0)
-
-        def ends(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-            return _gather(x, sj) - _gather(x, si), _gather(y, sj) - _gather(y, si)
-
-        def apply(px: jax.Array, py: jax.Array) -> tuple[jax.Array, jax.Array]:
-            # Merged scatter-add: both ends of every spring, x and y, into one flat buffer.
-            vals = jnp.stack(
-                [jnp.concatenate([px, px], 0) * signed_w, jnp.concatenate([py, py], 0) * signed_w],
-                axis=-1,
-            ).reshape(-1, 2)
-            corr = jnp.zeros((J * B, 2), px.dtype).at[flat].add(vals).reshape(J, B, 2)
-            return scale * corr[..., 0], scale * corr[..., 1]
-
-    else:
-        raise ValueError(f"unknown layout {params.layout!r}")
+    def apply(px: jax.Array, py: jax.Array) -> tuple[jax.Array, jax.Array]:
+        # Merged scatter-add: both ends of every spring, x and y, into one flat buffer.
+        vals = jnp.stack(
+            [jnp.concatenate([px, px], 0) * signed_w, jnp.concatenate([py, py], 0) * signed_w],
+            axis=-1,
+        ).reshape(-1, 2)
+        corr = jnp.zeros((J * B, 2), px.dtype).at[flat].add(vals).reshape(J, B, 2)
+        return scale * corr[..., 0], scale * corr[..., 1]
 
     def solve(
         x: jax.Array, y: jax.Array, lam: jax.Array, target: jax.Array, alpha_tilde: jax.Array
