@@ -376,35 +376,36 @@ class SandboxPool:
     def _accept(
         self, w: _Worker, payload: bytes, limits: Limits, results: list[ExecResult | None]
     ) -> bool:
-        """Record one message from a worker; False if it is not a well-formed reply."""
+        """Record one message from a worker (the ready signal, or a list of replies in the order
+        of its batch); False if it is not well formed."""
         try:
-            reply = json.loads(payload)
+            message = json.loads(payload)
         except (ValueError, RecursionError):
             return False
-        if not isinstance(reply, dict):
-            return False
-        if reply.get("ready") is True and not w.ready:
+        if isinstance(message, dict) and message.get("ready") is True and not w.ready:
             w.ready = True
             self._failed_starts = 0
             return True
-        if not w.pending or reply.get("index") != w.pending[0]:
+        if not isinstance(message, list) or not message:
             return False
-        index = w.pending.popleft()
-        seconds = reply.get("seconds")
-        seconds = float(seconds) if isinstance(seconds, int | float) else 0.0
-        if reply.get("ok") is True:
-            results[index] = ExecResult(True, reply.get("value"), None, seconds)
-        else:
-            kind = reply.get("kind")
-            message = reply.get("message")
-            if kind not in ERROR_KINDS:
-                kind, message = "crashed", "worker sent an unknown error kind"
-            if not isinstance(message, str):
-                message = str(kind)
-            results[index] = ExecResult.failure(kind, message[: limits.max_message_chars], seconds)
+        for reply in message:
+            if not isinstance(reply, dict) or not w.pending or reply.get("index") != w.pending[0]:
+                return False
+            index = w.pending.popleft()
+            seconds = reply.get("seconds")
+            seconds = float(seconds) if isinstance(seconds, int | float) else 0.0
+            if reply.get("ok") is True:
+                results[index] = ExecResult(True, reply.get("value"), None, seconds)
+            else:
+                kind, text = reply.get("kind"), reply.get("message")
+                if kind not in ERROR_KINDS:
+                    kind, text = "crashed", "worker sent an unknown error kind"
+                if not isinstance(text, str):
+                    text = str(kind)
+                results[index] = ExecResult.failure(kind, text[: limits.max_message_chars], seconds)
+            if reply.get("recycle"):
+                w.retiring = True
         w.started_at = time.monotonic()
-        if reply.get("recycle"):
-            w.retiring = True
         return True
 
     def _enforce_deadlines(

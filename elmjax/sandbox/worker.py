@@ -101,7 +101,9 @@ def serve(conn: Connection, workdir: str, preload: tuple[str, ...]) -> None:
         for index, source, seed in batch["tasks"]:
             reply = _run_one(source, seed, job)
             reply["index"] = index
-            conn.send_bytes(_encode(reply))
+            # one message per program, sent before the next starts: replies held back to be
+            # sent in groups would die with a worker killed by the next program's wall clock
+            conn.send_bytes(b"[" + _encode(reply) + b"]")
             if reply.get("recycle"):
                 return  # after a MemoryError the heap may be fragmented: start afresh
 
