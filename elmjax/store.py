@@ -169,9 +169,12 @@ class ProgramStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed generation survives power loss too, not only a killed process.
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._create_schema()
-        self.recovered = self._recover()
+        try:
+            self._create_schema()
+            self.recovered = self._recover()
+        except BaseException:
+            self._db.close()
+            raise
 
     # ---- setup ---------------------------------------------------------------------------
 
