@@ -47,7 +47,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -494,32 +495,26 @@ class ELM:
         return result
 
     def _loop(self) -> str:
+        """Generations until the budget; stops early (between or during a generation's host
+        half) on the time limit or a signal. Only committed generations count: one abandoned
+        mid-way is recomputed by `--resume`."""
         cfg = self.config
         last = self._last_generation()
-        overlapped = cfg.pipeline == "overlapped" and cfg.lag >= 1
-        executor = ThreadPoolExecutor(1, thread_name_prefix="elm-prepare") if overlapped else None
+        prefetch = cfg.pipeline == "overlapped" and cfg.lag >= 1
         pending: dict[int, Future[Prepared]] = {}
         since_checkpoint = 0
         status = "done"
         try:
             gen = self.next_generation
             while gen <= last:
-                if self._stop_reason:
-                    status = self._stop_reason
+                if gen not in pending:
+                    pending[gen] = self._submit_prepare(gen)
+                prepared, status = self._wait(pending.pop(gen))
+                if prepared is None:
                     break
-                if cfg.time_limit is not None and self._elapsed() >= cfg.time_limit:
-                    status = "time_limit"
-                    break
-                if gen in pending:
-                    prepared = pending.pop(gen).result()
-                else:
-                    prepared = self._prepare_generation(gen)
                 # Generation gen+1 selects from A_{gen-lag}, which exists now (lag >= 1).
-                if executor is not None and gen + 1 <= last and gen >= 1:
-                    parents = self.window[self.parent_generation(gen + 1)]
-                    pending[gen + 1] = executor.submit(
-                        self._prepare, gen + 1, parents, self._texts_for(parents)
-                    )
+                if prefetch and gen + 1 <= last and gen >= 1:
+                    pending[gen + 1] = self._submit_prepare(gen + 1)
                 row = self._with_disk_guard(self._commit, prepared)
                 if gen == 0 and not np.any(np.asarray(self.archive.program_id) >= 0):
                     raise SeedError(
@@ -541,15 +536,47 @@ class ELM:
         finally:
             for future in pending.values():
                 future.cancel()
-            if executor is not None:
-                executor.shutdown(wait=True, cancel_futures=True)
         return status
 
-    def _prepare_generation(self, gen: int) -> Prepared:
+    def _submit_prepare(self, gen: int) -> Future[Prepared]:
+        """Start generation `gen`'s host half (select, mutate, sandbox) in a daemon thread.
+
+        Both pipelines run it off the main thread so that the main thread stays responsive to
+        signals and the time limit; `sequential` simply waits for it before doing anything else.
+        A daemon thread (not an executor) lets the process exit without finishing an abandoned
+        generation (minutes of LM decoding on a CPU).
+        """
         if gen == 0:
-            return self._prepare(0, None, {})
-        parents = self.window[self.parent_generation(gen)]
-        return self._prepare(gen, parents, self._texts_for(parents))
+            args: tuple[Any, ...] = (0, None, {})
+        else:
+            parents = self.window[self.parent_generation(gen)]
+            args = (gen, parents, self._texts_for(parents))
+        future: Future[Prepared] = Future()
+
+        def work() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(self._prepare(*args))
+            except BaseException as err:  # delivered to the main thread by `_wait`
+                future.set_exception(err)
+
+        threading.Thread(target=work, name=f"elm-prepare-{gen}", daemon=True).start()
+        return future
+
+    def _wait(self, future: Future[Prepared]) -> tuple[Prepared | None, str]:
+        """The prepared generation, or (None, reason) when a signal or the time limit comes
+        first (checked 5 times a second while waiting)."""
+        limit = self.config.time_limit
+        while True:
+            if self._stop_reason:
+                return None, self._stop_reason
+            if limit is not None and self._elapsed() >= limit:
+                return None, "time_limit"
+            try:
+                return future.result(timeout=0.2), "done"
+            except FutureTimeout:
+                continue
 
     def _elapsed(self) -> float:
         """Wall-clock seconds of the run, earlier sessions of a resumed run included."""
