@@ -4,8 +4,10 @@ This is the first of several walls (the worker's resource limits, unprivileged u
 plain-data results are the others), so it errs towards refusing: walker programs need arithmetic,
 loops, functions, small classes and a few pure modules, nothing else. The rules:
 
-- imports only of `ALLOWED_MODULES`; each program gets its own copy of them, so a program that
-  assigns `math.pi = 3` cannot change what the next program in the same worker sees;
+- imports only of `ALLOWED_MODULES`; each program gets its own copy of them (their Python
+  classes as fresh subclasses, their Python functions, and injected ones such as
+  `walker_creator`, as fresh wrappers), so a program that assigns `math.pi = 3` or
+  `walker_creator.x = 1` cannot change what the next program in the same worker sees;
 - no attribute whose name starts with `__` (except `__init__`, `__name__`), and none of the
   frame/code attributes (`gi_frame`, `f_globals`, ...) that lead back to real builtins;
 - no names that reach outside (`open`, `exec`, `eval`, `compile`, `getattr`, `type`, ...);
@@ -13,6 +15,9 @@ loops, functions, small classes and a few pure modules, nothing else. The rules:
 - dunder methods may be defined only from an allow-list of ordinary ones (`__init__`, `__str__`,
   comparisons, arithmetic); never `__del__` (it would run later, inside another program) or the
   pickle hooks.
+
+Text that provably cannot break a rule (`needs_tree_check` is False) is compiled without building
+a syntax tree, which is most of the policy's cost.
 """
 
 from __future__ import annotations
