@@ -374,3 +374,21 @@ def test_interrupted_batch_does_not_leak_into_the_next(pool, monkeypatch):
     results = pool.run(["def f():\n    return 'fresh'\n"] * 3, "f", "sandbox_checks:identity")
     assert calls["n"] == 1
     assert [r.value for r in results] == ["fresh"] * 3
+
+
+def test_run_programs_keeps_its_pool_warm():
+    limits = dataclasses.replace(LIMITS, workers=1)
+    first = run_programs([SQUARE], "make_walker", check_walker, limits=limits, inject=INJECT)
+    pool = pool_module._POOLS[(1, ("elmjax.sodarace.walker",))]
+    pids = pool.worker_pids()
+    second = run_programs([SQUARE], "make_walker", check_walker, limits=limits, inject=INJECT)
+    assert first[0].value == second[0].value and pool.worker_pids() == pids
+
+
+def test_limits_are_checked():
+    with pytest.raises(ValueError):
+        Limits(cpu_seconds=0)
+    with pytest.raises(ValueError):
+        Limits(workers=0)
+    with pytest.raises(ValueError):
+        Limits(address_space_bytes=1 << 20)
