@@ -663,7 +663,8 @@ class ELM:
                 raise KeyboardInterrupt
             self._stop_reason = "interrupted"
             print(
-                "\nelmjax: stopping after this generation (checkpoint follows); again to abort",
+                "\nelmjax: stopping (a generation still being prepared is dropped and "
+                "recomputed on resume); a checkpoint follows; press again to abort",
                 file=sys.stderr,
             )
 
