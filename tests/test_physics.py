@@ -212,7 +212,9 @@ def test_results_are_bit_identical_and_independent_of_batch_neighbours():
     batch = [rng.choice(others) for _ in range(13)]
     batch.insert(11, target)  # another chunk, another lane, other neighbours
     moved = env.evaluate(batch)
+    alone = Sodarace(params=params, chunk=128).evaluate([target])  # other chunk width too
     assert first.extras["dx"][0] == again.extras["dx"][0] == moved.extras["dx"][11]
+    assert alone.extras["dx"][0] == first.extras["dx"][0]
     assert first.fitness[0] == moved.fitness[11]
 
 

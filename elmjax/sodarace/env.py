@@ -13,9 +13,9 @@ validity per walker in input order:
 * valid = the walker packed and never left the finite world; an invalid walker has fitness 0 and
   an error string.
 
-Because chunks have a fixed size and every lane of the simulator is independent (no reduction
-runs across the batch axis), a walker's result is bitwise independent of its batch neighbours
-and its position. With several local devices each chunk is split over a `jax.sharding.Mesh` with
+Every lane of the simulator is independent (no operation mixes lanes, no reduction runs across
+the batch axis), so a walker's result is bitwise independent of its batch neighbours, its
+position and the chunk width (tested). With several local devices each chunk is split over a `jax.sharding.Mesh` with
 a `data` axis by `shard_map`: every device simulates its own lanes.
 
 `SodaraceEnv`, the Brax `Env` face, lives in `elmjax.sodarace.brax_env` (importing Brax is slow);
@@ -116,6 +116,17 @@ def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh | None:
     return Mesh(np.asarray(devices), ("data",))
 
 
+def lanes_for(count: int, chunk: int, devices: int = 1) -> int:
+    """Lanes of the compiled call for a bucket holding `count` walkers: the next power of two
+    (at least 8 per device), capped at `chunk`. A few shapes per bucket, little padding.
+
+    Lanes never interact and every operation is elementwise across them, so a walker's result
+    does not depend on the lane count (tested bitwise); only compile count depends on it."""
+    lanes = max(8 * devices, 1 << max(0, (count - 1).bit_length()))
+    lanes = min(lanes, chunk)
+    return -(-lanes // devices) * devices
+
+
 def simulate_walkers(
     walkers: Sequence[Any],
     terrain: str | Terrain = "flat",
@@ -125,8 +136,8 @@ def simulate_walkers(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
     """Simulate walkers (dict form or Walker) of any sizes: (dx, valid, bone_error, errors).
 
-    Walkers are grouped by size bucket, each bucket simulated in chunks of `chunk` lanes
-    (default 128 per device), the last chunk padded with inert lanes.
+    Walkers are grouped by size bucket, each bucket simulated in chunks of at most `chunk`
+    lanes (default 128 per device; see `lanes_for`), the last chunk padded with inert lanes.
     """
     params = params or SimParams()
     terrain = get_terrain(terrain)
@@ -148,11 +159,12 @@ def simulate_walkers(
             errors[k] = f"invalid walker: {e}"[:300]
     ok_walkers = [walkers[k] for k in ok]
     for bucket, idx in body_lib.group_by_bucket(ok_walkers):
-        for lo in range(0, len(idx), chunk):
-            part = idx[lo : lo + chunk]
+        lanes = lanes_for(len(idx), chunk, n_dev)
+        for lo in range(0, len(idx), lanes):
+            part = idx[lo : lo + lanes]
             members = [ok_walkers[k] for k in part]
             try:
-                bodies = body_lib.pack(members, bucket, batch_size=chunk)
+                bodies = body_lib.pack(members, bucket, batch_size=lanes)
             except Exception:
                 bodies = None
             if bodies is None:  # pack one by one to find the culprits
@@ -166,7 +178,7 @@ def simulate_walkers(
                 part = np.asarray(good, np.int64)
                 if len(part) == 0:
                     continue
-                bodies = body_lib.pack([ok_walkers[k] for k in part], bucket, batch_size=chunk)
+                bodies = body_lib.pack([ok_walkers[k] for k in part], bucket, batch_size=lanes)
             if mesh is None:
                 out = evaluate_bodies(params, bodies, terrain)
             else:
