@@ -491,7 +491,16 @@ class ELM:
         if status in ("done", "time_limit") and self.config.report:
             from elmjax.viz.report import write_report
 
-            write_report(self.out)
+            if self.progress.live or not self.progress.quiet:
+                print("elmjax: writing the report (heatmaps, walker GIFs)...", file=sys.stderr)
+            try:
+                write_report(self.out)
+            except Exception as err:  # the run itself is safe on disk; say how to retry
+                print(
+                    f"elmjax: the report failed ({type(err).__name__}: {err}); retry with "
+                    f"`elmjax report {self.out}`",
+                    file=sys.stderr,
+                )
         return result
 
     def _loop(self) -> str:
