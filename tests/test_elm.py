@@ -186,6 +186,11 @@ def test_failed_candidates_are_stored_with_their_error(tmp_path):
     metrics = run_dir.read_metrics(path)
     assert metrics[0]["errors"] == {"syntax": 1}
     assert metrics[0]["valid_rate"] == 0.5
+    with ProgramStore(path / run_dir.STORE) as store:
+        broken = store.get(1)
+        assert broken.text == bad.read_text()
+        assert broken.outcome_kind == "syntax" and broken.outcome_message
+        assert not broken.valid and not broken.entered
 
 
 def test_cli_rejects_bad_config_before_starting(tmp_path):
