@@ -246,6 +246,9 @@ def test_cvt_archive_insert_and_kmeans(lookup):
     assert cents.shape == (50, 2)
     assert (cents >= [0, 0]).all() and (cents <= [1, 2]).all()
     assert len(np.unique(cents.round(5), axis=0)) == 50
+    again = qd.init(spec, centroids=archive.centroids, cvt_index=archive.cvt_index)
+    for x, y in zip(jax.tree.leaves(again), jax.tree.leaves(archive)):
+        np.testing.assert_array_equal(x, y)
     rng = np.random.default_rng(0)
     desc = rng.random((64, 2)).astype(np.float32) * [1.2, 2.4] - 0.1
     fit = rng.random(64).astype(np.float32)
