@@ -60,7 +60,8 @@ def descriptor_space():
     return Sodarace().descriptor_space
 
 
-def measure(op, parents: list[str], n: int, seed: int, space) -> dict:
+def measure(op, by_seed: dict[str, list[str]], n: int, seed: int, space) -> dict[str, dict]:
+    """One batched `mutate` over every parent (as ELM batches), then figures per seed."""
     lo, hi = np.asarray(space.low), np.asarray(space.high)
 
     def scaled(w: dict) -> np.ndarray:
@@ -70,45 +71,52 @@ def measure(op, parents: list[str], n: int, seed: int, space) -> dict:
     def cell(x: np.ndarray) -> tuple:
         return tuple(np.clip(np.floor(x * GRID), 0, GRID - 1).astype(int))
 
+    names = [name for name, texts in by_seed.items() for _ in texts]
+    parents = [t for texts in by_seed.values() for t in texts]
     parent_walkers = walkers(parents)
     t0 = time.perf_counter()
     children = op.mutate(parents, n, seed)
     seconds = time.perf_counter() - t0
     texts = [c.text for c in children if c.ok]
     results = iter(walkers(texts) if texts else [])
-    valid = different = new_cell = 0
-    distances = []
-    errors: dict[str, int] = {}
+    rows: dict[str, dict] = {
+        name: {"children": 0, "applied": 0, "valid": 0, "different": 0, "new_cell": 0,
+               "distances": [], "errors": {}}
+        for name in by_seed
+    }  # fmt: skip
     for k, child in enumerate(children):
+        row = rows[names[k // n]]
+        row["children"] += 1
         if not child.ok:
-            errors[child.error_kind] = errors.get(child.error_kind, 0) + 1
+            row["errors"][child.error_kind] = row["errors"].get(child.error_kind, 0) + 1
             continue
+        row["applied"] += 1
         w = next(results)
         if w is None:
-            errors["invalid"] = errors.get("invalid", 0) + 1
+            row["errors"]["invalid"] = row["errors"].get("invalid", 0) + 1
             continue
-        valid += 1
+        row["valid"] += 1
         pw = parent_walkers[k // n]
         if pw is None:
             continue
         a, b = scaled(w), scaled(pw)
-        different += {kk: w[kk] for kk in ("joints", "muscles")} != {
-            kk: pw[kk] for kk in ("joints", "muscles")
+        body = {kk: w[kk] for kk in ("joints", "muscles")}
+        row["different"] += body != {kk: pw[kk] for kk in ("joints", "muscles")}
+        row["distances"].append(float(np.linalg.norm(a - b)))
+        row["new_cell"] += cell(a) != cell(b)
+    out = {}
+    for name, row in rows.items():
+        total = max(row["children"], 1)
+        out[name] = {
+            "children": row["children"],
+            "apply": row["applied"] / total,
+            "valid": row["valid"] / total,
+            "different": row["different"] / total,
+            "descriptor_distance": float(np.mean(row["distances"])) if row["distances"] else 0.0,
+            "new_cell": row["new_cell"] / max(row["valid"], 1),
+            "errors": row["errors"],
         }
-        distances.append(float(np.linalg.norm(a - b)))
-        new_cell += cell(a) != cell(b)
-    total = len(children)
-    return {
-        "children": total,
-        "apply": len(texts) / total,
-        "valid": valid / total,
-        "different": different / total,
-        "descriptor_distance": float(np.mean(distances)) if distances else 0.0,
-        "new_cell": new_cell / max(valid, 1),
-        "children_per_s": total / seconds,
-        "mutate_seconds": seconds,
-        "errors": errors,
-    }
+    return out, len(children) / seconds, seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,20 +158,30 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             _ = op.sampler  # load the model (not part of children/s)
             load_s = time.perf_counter() - t0
-        per_seed = {}
-        for seed_name, parents in by_seed.items():
-            per_seed[seed_name] = measure(op, parents, args.children, args.seed, space)
+        per_seed, rate, seconds = measure(op, by_seed, args.children, args.seed, space)
         overall = {
             key: float(np.mean([r[key] for r in per_seed.values()]))
             for key in ("apply", "valid", "different", "descriptor_distance", "new_cell")
         }
-        n_children = sum(r["children"] for r in per_seed.values())
-        overall["children_per_s"] = n_children / sum(r["mutate_seconds"] for r in per_seed.values())
-        overall["children"] = n_children
+        overall["children_per_s"] = rate
+        overall["mutate_seconds"] = seconds
+        overall["children"] = sum(r["children"] for r in per_seed.values())
         if model is not None:
             overall["model_load_seconds"] = load_s
         results[label] = {"overall": overall, "per_seed": per_seed}
         print(label, json.dumps(overall), flush=True)
+        if args.json:  # after every operator, so a run stopped early keeps what it measured
+            with open(args.json, "w") as f:
+                json.dump(report(args, results), f, indent=2)
+    out = report(args, results)
+    print(json.dumps(out["ratios"], indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return 0
+
+
+def report(args: argparse.Namespace, results: dict) -> dict:
     gp = results["gp"]["overall"]
     ratios = {}
     for label, r in results.items():
@@ -172,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         key = label.replace(":", "_").replace("-", "_")
         ratios[f"valid_vs_gp_{key}"] = r["overall"]["valid"] / max(gp["valid"], 1e-9)
         ratios[f"new_cell_vs_gp_{key}"] = r["overall"]["new_cell"] / max(gp["new_cell"], 1e-9)
-    out = {
+    return {
         "benchmark": "operators",
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
@@ -183,11 +201,6 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "ratios": ratios,
     }
-    print(json.dumps(ratios, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
-    return 0
 
 
 if __name__ == "__main__":

@@ -68,6 +68,13 @@ def run(args: argparse.Namespace) -> dict:
                 "seconds": time.perf_counter() - t0,
             }
             print(name, bugs, table[name][str(bugs)], flush=True)
+            if args.json:  # after every cell, so a run stopped early keeps what it measured
+                with open(args.json, "w") as f:
+                    json.dump(summary(args, table), f, indent=2)
+    return summary(args, table)
+
+
+def summary(args: argparse.Namespace, table: dict) -> dict:
     return {
         "experiment": "parity",
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
@@ -83,7 +90,10 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for name, row in result["results"].items():
-        cells = [f"{row[b]['fixed']}/{row[b]['trials']}" for b in ("1", "2", "3", "4", "5")]
+        cells = [
+            f"{row[b]['fixed']}/{row[b]['trials']}" if b in row else "not run"
+            for b in ("1", "2", "3", "4", "5")
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -113,9 +123,6 @@ def main(argv: list[str] | None = None) -> int:
         args.lm = [s for s in args.lm if s.endswith("elm-tiny")]
     result = run(args)
     print(markdown(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
     return 0
 
 
