@@ -42,8 +42,9 @@ CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tb"
 REPORT = "report"
-#: files whose presence means "a run lives here".
-_RUN_MARKERS = (CONFIG, STORE, METRICS, CHECKPOINTS)
+#: files whose presence means "a run lives here". `config.yaml` alone is not one: a run that
+#: stopped before its first generation (a missing model, say) can simply be started again.
+_RUN_MARKERS = (STORE, METRICS, CHECKPOINTS)
 
 
 class RunDirError(RuntimeError):
