@@ -204,6 +204,7 @@ def test_cli_rejects_bad_config_before_starting(tmp_path):
 def test_cli_refuses_to_overwrite_another_run(reference, tmp_path):
     path = tmp_path / "run"
     run_dir.prepare_new(path, config(seed=11))
+    (path / run_dir.METRICS).write_text('{"generation": 0}\n')
     proc = _evolve(["--out", str(path), "--set", "seed=12"])
     assert proc.returncode == 1 and "--force" in proc.stderr
     assert run_dir.load_run_config(path).seed == 11
