@@ -73,3 +73,10 @@ def test_fault_plan_parsing(monkeypatch):
     finally:
         monkeypatch.delenv("ELMJAX_FAULT")
         faults.reload()
+
+
+def test_a_run_that_never_began_can_be_started_again(tmp_path):
+    path = run_dir.prepare_new(tmp_path / "run", RunConfig())  # e.g. the model was missing
+    other = load_config(None, ["seed=5"])
+    run_dir.prepare_new(path, other)  # no --force needed: nothing was computed
+    assert run_dir.load_run_config(path) == other
