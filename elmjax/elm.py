@@ -1005,7 +1005,7 @@ class _Progress:
             self._bar = Progress(
                 TextColumn("[bold]ELM[/]"),
                 BarColumn(),
-                TextColumn("{task.completed}/{task.total} evals"),
+                TextColumn("{task.fields[evals]} evals"),
                 TextColumn("{task.fields[stats]}"),
                 TimeElapsedColumn(),
                 TextColumn("ETA {task.fields[eta]}"),
@@ -1013,8 +1013,9 @@ class _Progress:
                 refresh_per_second=2,
             )
             self._bar.__enter__()
+            # The bar shows whichever budget ends the run first: evaluations or wall clock.
             self._task = self._bar.add_task(
-                "elm", total=self.config.budget, stats="starting...", eta="?"
+                "elm", total=1.0, evals="0", stats="starting...", eta="?"
             )
         return self
 
@@ -1043,8 +1044,15 @@ class _Progress:
             f"valid {row['valid_rate']:.0%} | {rate:.1f} evals/s"
         )
         if self._bar is not None:
+            done = evals / self.config.budget
+            if self.config.time_limit is not None:
+                done = max(done, row["elapsed"] / self.config.time_limit)
             self._bar.update(
-                self._task, completed=min(evals, self.config.budget), stats=stats, eta=eta
+                self._task,
+                completed=min(done, 1.0),
+                evals=f"{evals}/{self.config.budget}",
+                stats=stats,
+                eta=eta,
             )
         elif not self.quiet and (now - self._last_print > 10 or evals >= self.config.budget):
             self._last_print = now
