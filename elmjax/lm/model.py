@@ -78,9 +78,17 @@ def init_cache(
 
 
 def _linear(p: Params, x: jax.Array) -> jax.Array:
-    y = jnp.dot(x, p["w"].astype(x.dtype))
+    """x @ w (+ b) with float32 accumulation and output.
+
+    Inputs are cast to the weight dtype: with bfloat16 weights the matmul reads half the bytes
+    (decode is memory bound: measured 2x faster than float32 on this CPU) while the residual
+    stream, norms and softmax stay float32. Casting the weights up instead would be slower
+    than float32 weights (a converted copy per step).
+    """
+    w = p["w"]
+    y = jnp.dot(x.astype(w.dtype), w, preferred_element_type=jnp.float32)
     if "b" in p:
-        y = y + p["b"].astype(y.dtype)
+        y = y + p["b"].astype(jnp.float32)
     return y
 
 
@@ -89,13 +97,11 @@ def _norm(p: Params, x: jax.Array, config: LMConfig) -> jax.Array:
     xf = x.astype(jnp.float32)
     if config.arch == "llama":
         y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + config.norm_eps)
-        # as Hugging Face: cast back to the activation dtype, then scale
-        return p["scale"].astype(x.dtype) * y.astype(x.dtype)
+        return p["scale"].astype(jnp.float32) * y
     mean = jnp.mean(xf, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
     y = (xf - mean) * jax.lax.rsqrt(var + config.norm_eps)
-    y = y * p["scale"].astype(jnp.float32) + p["bias"].astype(jnp.float32)
-    return y.astype(x.dtype)
+    return y * p["scale"].astype(jnp.float32) + p["bias"].astype(jnp.float32)
 
 
 def _activation(name: str, x: jax.Array) -> jax.Array:
@@ -145,6 +151,7 @@ def _attention(
     index: jax.Array | None,
     start: jax.Array | None,
     config: LMConfig,
+    fresh: bool = False,
 ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
     b, t, _ = x.shape
     h, kvh, hd = config.n_heads, config.kv_heads, config.hd
@@ -155,6 +162,14 @@ def _attention(
         keys, values = k, v
         slot = jnp.arange(t)
         mask = (slot[None, :] <= slot[:, None])[None]  # [1, T, S] causal
+    elif fresh:  # prefill into an empty cache: attend to the new keys only, in float32
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
+        v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+        keys, values = k, v
+        slot = jnp.arange(t)
+        mask = (slot[None, None, :] <= slot[None, :, None]) & (
+            slot[None, None, :] >= start[:, None, None]
+        )
     else:
         k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
         v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
@@ -167,13 +182,13 @@ def _attention(
     groups = h // kvh
     qg = q.reshape(b, t, kvh, groups, hd)
     scores = jnp.einsum(
-        "btkgd,bskd->bkgts", qg, keys.astype(q.dtype), preferred_element_type=jnp.float32
+        "btkgd,bskd->bkgts", qg.astype(keys.dtype), keys, preferred_element_type=jnp.float32
     )
     scores = scores * (hd**-0.5)
     scores = jnp.where(mask[:, None, None], scores, _NEG)
     weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", weights, values).reshape(b, t, h * hd)
-    return _linear(p["o"], out.astype(x.dtype)), k_cache, v_cache
+    out = jnp.einsum("bkgts,bskd->btkgd", weights, values, preferred_element_type=jnp.float32)
+    return _linear(p["o"], out.reshape(b, t, h * hd)), k_cache, v_cache
 
 
 def _mlp(p: Params, x: jax.Array, config: LMConfig) -> jax.Array:
@@ -193,10 +208,11 @@ def _block(
     index: jax.Array | None,
     start: jax.Array | None,
     config: LMConfig,
+    fresh: bool = False,
 ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
     h = _norm(lp["ln1"], x, config)
     a, k_cache, v_cache = _attention(
-        lp["attn"], h, positions, k_cache, v_cache, index, start, config
+        lp["attn"], h, positions, k_cache, v_cache, index, start, config, fresh
     )
     if config.arch == "codegen":  # parallel residual: attention and MLP read the same norm
         return x + a + _mlp(lp["mlp"], h, config), k_cache, v_cache
@@ -213,11 +229,12 @@ def hidden_states(
     tokens: jax.Array,
     positions: jax.Array,
     cache: KVCache | None = None,
+    fresh_cache: bool = False,
 ) -> tuple[jax.Array, KVCache | None]:
     """Final-normed hidden states [B, T, D] and the updated cache."""
-    x = params["embed"][tokens]
+    x = params["embed"][tokens].astype(jnp.float32)  # the residual stream is float32
     if config.arch == "gpt2":
-        x = x + params["pos_embed"][positions].astype(x.dtype)
+        x = x + params["pos_embed"][positions].astype(jnp.float32)
     index = None if cache is None else cache.index
     start = None if cache is None else cache.start
     layers = params["layers"]
@@ -226,7 +243,7 @@ def hidden_states(
         for i, lp in enumerate(layers):
             kc = None if cache is None else cache.k[i]
             vc = None if cache is None else cache.v[i]
-            x, kc, vc = _block(lp, x, positions, kc, vc, index, start, config)
+            x, kc, vc = _block(lp, x, positions, kc, vc, index, start, config, fresh_cache)
             ks.append(kc)
             vs.append(vc)
         new_k, new_v = tuple(ks), tuple(vs)
@@ -241,7 +258,7 @@ def hidden_states(
 
         def body_c(x: jax.Array, inp: Any) -> tuple[jax.Array, Any]:
             lp, kc, vc = inp
-            x, kc, vc = _block(lp, x, positions, kc, vc, index, start, config)
+            x, kc, vc = _block(lp, x, positions, kc, vc, index, start, config, fresh_cache)
             return x, (kc, vc)
 
         x, (new_k, new_v) = jax.lax.scan(body_c, x, (layers, cache.k, cache.v))
@@ -256,12 +273,12 @@ def logits_from_hidden(params: Params, config: LMConfig, x: jax.Array) -> jax.Ar
     if config.tie_embeddings:
         w = params["embed"]
         logits = jnp.einsum(
-            "...d,vd->...v", x, w.astype(x.dtype), preferred_element_type=jnp.float32
+            "...d,vd->...v", x.astype(w.dtype), w, preferred_element_type=jnp.float32
         )
     else:
         w = params["lm_head"]["w"]
         logits = jnp.einsum(
-            "...d,dv->...v", x, w.astype(x.dtype), preferred_element_type=jnp.float32
+            "...d,dv->...v", x.astype(w.dtype), w, preferred_element_type=jnp.float32
         )
         if "b" in params["lm_head"]:
             logits = logits + params["lm_head"]["b"].astype(jnp.float32)
@@ -276,17 +293,20 @@ def forward(
     cache: KVCache | None = None,
     *,
     last_only: bool = False,
+    fresh_cache: bool = False,
 ) -> tuple[jax.Array, KVCache | None]:
     """Logits (float32) for `tokens` [B, T] at `positions` [B, T] (default 0..T-1).
 
     Without a cache the attention is causal over the T tokens (training, scoring). With a cache
     the T tokens are written at slots cache.index.. and attend to every earlier valid slot.
     `last_only` returns logits of the last position only ([B, V]), which is all a prefill needs.
+    `fresh_cache` promises the cache holds nothing yet (a prefill): attention then runs over the
+    T new keys in float32 instead of the whole (possibly bfloat16) cache.
     """
     tokens = jnp.asarray(tokens)
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    x, cache = hidden_states(params, config, tokens, positions, cache)
+    x, cache = hidden_states(params, config, tokens, positions, cache, fresh_cache)
     if last_only:
         x = x[:, -1]
     return logits_from_hidden(params, config, x), cache

@@ -98,6 +98,7 @@ def _repeat_rows(x: jax.Array, n: int, axis: int) -> jax.Array:
 
 def generate(
     params: Params,
+    prefill_params: Params,
     config: LMConfig,
     prompt_tokens: jax.Array,
     prompt_start: jax.Array,
@@ -117,6 +118,9 @@ def generate(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Device part of sampling (pure; jit with the keyword arguments static).
 
+    `prefill_params` run the prompt (compute bound: float32 is fastest on CPUs without bf16
+    units), `params` run the decode loop (memory bound: bfloat16 weights halve the bytes).
+
     prompt_tokens [P, L] left-padded, prompt_start [P] first real slot of each row;
     stop_seqs [K, M] int32 right-aligned, left-padded with -1 (rows of all -1 are unused);
     eos_ids [E] (-1 unused). Returns tokens [P*n, max_new] (-1 after a row ended), lengths
@@ -134,7 +138,7 @@ def generate(
         scanned=scanned,
     )
     positions = jnp.maximum(jnp.arange(prompt_len)[None, :] - prompt_start[:, None], 0)
-    logits, cache = forward(params, config, prompt_tokens, positions, cache, last_only=True)
+    logits, cache = forward(prefill_params, config, prompt_tokens, positions, cache, last_only=True)
     batch_axis = 1 if scanned else 0
     rep = functools.partial(_repeat_rows, n=n)
     cache = cache.replace(
@@ -201,8 +205,11 @@ def generate(
 class Sampler:
     """Batched sampling from a `LanguageModel`, compiled once per (bucket, n, max_new, mode).
 
-    dtype: weights and KV cache precision for decode ("bfloat16" is faster on CPU and GPU;
-    "float32" reproduces reference logits; benchmarks/RESULTS.md states the accuracy of each).
+    dtype: weights and KV cache precision for decode ("bfloat16" halves the bytes each decode
+    step reads; "float32" reproduces reference logits; benchmarks/RESULTS.md states the speed
+    and accuracy of each). prefill_dtype: weights for the prompt pass (default float32: the
+    prefill is compute bound, and bfloat16 matmuls measured slower than float32 on an AVX2 CPU);
+    when it differs from `dtype` the sampler holds both copies.
     scan_layers: run the layers with `lax.scan` (compiles in constant time for deep models)
     instead of unrolled (faster decode; see model.py).
     """
@@ -212,6 +219,7 @@ class Sampler:
         model: LanguageModel,
         *,
         dtype: Any = "float32",
+        prefill_dtype: Any = "float32",
         prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
         batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS,
         add_special_tokens: bool = True,
@@ -221,9 +229,15 @@ class Sampler:
         self.config = model.config
         self.tokenizer = model.tokenizer
         self.dtype = jnp.dtype(dtype)
-        params = cast_params(model.params, self.dtype)
-        params = stack_layers(params) if scan_layers else unstack_layers(params)
-        self.params = jax.device_put(params)
+        layout = stack_layers if scan_layers else unstack_layers
+        self.params = jax.device_put(layout(cast_params(model.params, self.dtype)))
+        self.prefill_dtype = jnp.dtype(prefill_dtype)
+        if self.prefill_dtype == self.dtype:
+            self.prefill_params = self.params
+        else:
+            self.prefill_params = jax.device_put(
+                layout(cast_params(model.params, self.prefill_dtype))
+            )
         self.prompt_buckets = tuple(sorted(prompt_buckets))
         self.batch_buckets = tuple(sorted(batch_buckets))
         self.add_special_tokens = add_special_tokens
@@ -258,7 +272,8 @@ class Sampler:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens).ids
 
-    def _stop_array(self, stop: Sequence[str]) -> np.ndarray:
+    def stop_array(self, stop: Sequence[str]) -> np.ndarray:
+        """Stop strings -> the fixed-shape token table the device checks (host trims exactly)."""
         seqs = []
         for s in stop:
             ids = self.tokenizer.encode(s, add_special_tokens=False).ids
@@ -272,32 +287,33 @@ class Sampler:
             arr[i, arr.shape[1] - len(s) :] = s
         return arr
 
-    def sample_detailed(
+    def generate_ids(
         self,
-        prompts: Sequence[str],
+        prompt_ids: Sequence[Sequence[int]],
         n: int,
         key: jax.Array,
         max_new_tokens: int = 128,
         temperature: float = 1.0,
         top_p: float = 1.0,
         top_k: int = 0,
-        stop: Sequence[str] = (),
-    ) -> SampleResult:
-        if not prompts:
-            return SampleResult([], [], [])
+        stop_ids: np.ndarray | None = None,
+        ignore_eos: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Token-level sampling: (tokens [P*n, max_new] with -1 after a row ended, lengths
+        [P*n], stopped [P*n]); row i*n + j is sample j of prompt i. `stop_ids` comes from
+        `stop_array`; `ignore_eos` decodes max_new_tokens for every row (benchmarks)."""
+        if not prompt_ids:
+            raise ValueError("no prompts")
         if n < 1 or max_new_tokens < 1:
             raise ValueError("n and max_new_tokens must be >= 1")
         if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
             raise ValueError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
-        if isinstance(stop, str):
-            stop = [stop]
-        encoded = [self.encode(p) for p in prompts]
         limit = self.config.max_seq_len - max_new_tokens if self.config.arch == "gpt2" else None
         if limit is not None and limit < 1:
             raise ValueError(
                 f"max_new_tokens exceeds the model's {self.config.max_seq_len} positions"
             )
-        encoded = [(ids[-limit:] if limit else ids) or [self._pad_id()] for ids in encoded]
+        encoded = [list(ids[-limit:] if limit else ids) or [self._pad_id()] for ids in prompt_ids]
         longest = max(len(ids) for ids in encoded)
         length = _bucket(longest, self.prompt_buckets)
         if limit is not None:
@@ -310,10 +326,14 @@ class Sampler:
             start[i] = length - len(ids)
         tokens[len(encoded) :, -1] = tokens[0, -1]  # padding rows: one real token, discarded
         eos = np.full((4,), -1, np.int32)
-        eos[: len(self.eos_ids[:4])] = self.eos_ids[:4]
+        if not ignore_eos:
+            eos[: len(self.eos_ids[:4])] = self.eos_ids[:4]
+        if stop_ids is None:
+            stop_ids = self.stop_array(())
         greedy = temperature == 0
         out, lengths, stopped = self._generate(
             self.params,
+            self.prefill_params,
             self.config,
             jnp.asarray(tokens),
             jnp.asarray(start),
@@ -321,7 +341,7 @@ class Sampler:
             jnp.float32(max(temperature, 1e-6)),
             jnp.float32(top_p),
             jnp.int32(top_k),
-            jnp.asarray(self._stop_array(stop)),
+            jnp.asarray(stop_ids),
             jnp.asarray(eos),
             n=n,
             max_new_tokens=max_new_tokens,
@@ -331,6 +351,35 @@ class Sampler:
             cache_dtype=self.dtype,
         )
         out, lengths, stopped = jax.device_get((out, lengths, stopped))
+        rows = len(encoded) * n
+        return np.asarray(out[:rows]), np.asarray(lengths[:rows]), np.asarray(stopped[:rows])
+
+    def sample_detailed(
+        self,
+        prompts: Sequence[str],
+        n: int,
+        key: jax.Array,
+        max_new_tokens: int = 128,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        stop: Sequence[str] = (),
+    ) -> SampleResult:
+        """Texts (trimmed at the first stop string or EOS), raw token ids and stop flags."""
+        if not prompts:
+            return SampleResult([], [], [])
+        if isinstance(stop, str):
+            stop = [stop]
+        out, lengths, stopped = self.generate_ids(
+            [self.encode(p) for p in prompts],
+            n,
+            key,
+            max_new_tokens,
+            temperature,
+            top_p,
+            top_k,
+            self.stop_array(stop),
+        )
         texts, toks, flags = [], [], []
         for i in range(len(prompts)):
             row_t, row_k, row_f = [], [], []
