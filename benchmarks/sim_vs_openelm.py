@@ -189,7 +189,7 @@ def side_by_side_gif(
         p = frames[k]
         cx = float(p[:, 0].mean())
         ax.set_xlim(cx - 1.6 * span, cx + 1.6 * span)
-        ax.set_ylim(-90.5, -90.5 + 1.5 * span)  # OpenELM's ground top is y = -90
+        ax.set_ylim(-90 - 0.1 * span, -90 + 1.4 * span)  # OpenELM ground top: y = -90
         ax.set_aspect("equal")
         ax.axhspan(-200, -90, color="#8d6e63")
         for i, j in pairs:
