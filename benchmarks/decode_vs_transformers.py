@@ -141,10 +141,14 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--layers", default="unrolled", choices=["unrolled", "scanned", "both"])
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument(
+        "--f32-batches", default="8", help="batches where float32 elmjax also runs (accuracy)"
+    )
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args(argv)
     if args.quick:
         args.models, args.batches, args.prompt, args.new = "gpt2-124m", "8", 64, 16
+        args.f32_batches = "8"
         quick_layers = 2
     else:
         quick_layers = 12
@@ -214,7 +218,11 @@ def main(argv=None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "threads": args.threads,
-        "versions": {"jax": jax.__version__, "torch": torch.__version__},
+        "versions": {
+            "jax": jax.__version__,
+            "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
+        },
         "results": rows,
         "ratios": {
             "vs_transformers": math.exp(sum(map(math.log, ratios)) / len(ratios))
