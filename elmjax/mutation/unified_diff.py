@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 NO_NEWLINE = "\\ No newline at end of file"
 _HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+_LOOSE_OLD = re.compile(r"-(\d+)")
+_LOOSE_NEW = re.compile(r"\+(\d+)")
 
 
 class DiffError(ValueError):
@@ -115,8 +117,10 @@ def parse_diff(diff: str) -> list[Hunk]:
         if header:
             old_start, old_len = int(header[1]), int(header[2] if header[2] is not None else 1)
             new_start, new_len = int(header[3]), int(header[4] if header[4] is not None else 1)
-        else:  # "@@ @@" or a mangled header: content alone must locate the hunk
-            old_start = new_start = 0
+        else:  # "@@ -32,7 @@", "@@ @@", a mangled header: line numbers as hints, no counts
+            loose_old, loose_new = _LOOSE_OLD.search(line), _LOOSE_NEW.search(line)
+            old_start = int(loose_old[1]) if loose_old else 0
+            new_start = int(loose_new[1]) if loose_new else old_start
             old_len = new_len = -1
         hunk = Hunk(old_start, new_start)
         k = _read_counted(lines, k + 1, hunk, old_len, new_len)
