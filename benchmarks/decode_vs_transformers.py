@@ -148,7 +148,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.models, args.batches, args.prompt, args.new = "gpt2-124m", "8", 64, 16
-        args.f32_batches = "8"
         quick_layers = 2
     else:
         quick_layers = 12
