@@ -130,6 +130,27 @@ def _accuracy(model, ids, sampler, out, out_f32):
     }
 
 
+def _summary(argv, args, rows, ratios, jax, torch) -> dict:
+    return {
+        "command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "threads": args.threads,
+        "versions": {
+            "jax": jax.__version__,
+            "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
+        },
+        "results": rows,
+        "ratios": {
+            "vs_transformers": math.exp(sum(map(math.log, ratios)) / len(ratios))
+            if ratios
+            else None,
+            "vs_transformers_min": min(ratios) if ratios else None,
+        },
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="SmolLM2 only, batch 8, short decode")
@@ -212,24 +233,10 @@ def main(argv=None) -> int:
                 print(json.dumps(row), flush=True)
                 if dt == args.dtype and mode == "unrolled" and b >= 8:
                     ratios.append(row["ratio"])
-    summary = {
-        "command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-        "threads": args.threads,
-        "versions": {
-            "jax": jax.__version__,
-            "torch": torch.__version__,
-            "transformers": __import__("transformers").__version__,
-        },
-        "results": rows,
-        "ratios": {
-            "vs_transformers": math.exp(sum(map(math.log, ratios)) / len(ratios))
-            if ratios
-            else None,
-            "vs_transformers_min": min(ratios) if ratios else None,
-        },
-    }
+                if args.json:  # partial results survive an interrupted run
+                    with open(args.json, "w") as f:
+                        json.dump(_summary(argv, args, rows, ratios, jax, torch), f, indent=2)
+    summary = _summary(argv, args, rows, ratios, jax, torch)
     print(json.dumps(summary["ratios"]))
     if args.json:
         with open(args.json, "w") as f:

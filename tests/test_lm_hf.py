@@ -97,3 +97,30 @@ def test_unsupported_config_is_a_clear_error(tmp_path, tok):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(HFImportError, match="bloom"):
         load_hf_dir(tmp_path)
+
+
+def test_load_model_caches_conversion_and_cli_converts(tmp_path, tok, monkeypatch, capsys):
+    import argparse
+
+    from elmjax.lm import load_model
+    from elmjax.lm.cli import models_command
+    from elmjax.lm.model import flatten_params
+
+    monkeypatch.setenv("ELMJAX_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "gpt2"
+    _save(src, "gpt2", tok)
+    first = load_model(str(src))
+    assert list((tmp_path / "cache" / "models").iterdir())  # orbax cache written
+    again = load_model(str(src))
+    a, b = flatten_params(first.params), flatten_params(again.params)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+    out = tmp_path / "converted"
+    ns = argparse.Namespace(models_command="convert", name=str(src), out=str(out))
+    assert models_command(ns) == 0
+    converted = load_model(str(out))
+    assert converted.config == first.config
+    ns = argparse.Namespace(models_command="info", name=str(out))
+    assert models_command(ns) == 0 and '"parameters"' in capsys.readouterr().out
+    ns = argparse.Namespace(models_command="info", name=str(tmp_path / "nothing-here"))
+    assert models_command(ns) == 1
