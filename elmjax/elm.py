@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import errno
 import math
+import os
 import signal
 import sqlite3
 import sys
@@ -184,11 +185,26 @@ class ELM:
         self.resuming = resume
         self.on_generation = on_generation
         self._stop_reason: str | None = None
+        self._threads: list[threading.Thread] = []
         # Fail fast on the directory before loading anything heavy.
         if resume:
             run_dir.check_writable(self.out)
         else:
             run_dir.prepare_new(self.out, config, force=force)
+
+    #: On an interrupt, return without waiting for a generation still being prepared (the CLI
+    #: sets this and leaves with `os._exit`); otherwise `run` joins it (at most one generation's
+    #: host work) so no thread outlives the call (JAX aborts if a thread is mid-computation
+    #: while the interpreter shuts down).
+    detach_on_interrupt = False
+
+    def abandoned_alive(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def join_abandoned(self) -> None:
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
 
     @classmethod
     def resume(cls, out: str | Path, overrides: Sequence[str] = (), **kw: Any) -> ELM:
@@ -478,6 +494,8 @@ class ELM:
                 self.metrics_log.close()
             self.store.close()
             self.checkpoints.close()
+        if status != "interrupted" or not self.detach_on_interrupt:
+            self.join_abandoned()
         result = RunResult(
             run_dir=self.out,
             status=status,
@@ -570,7 +588,9 @@ class ELM:
             except BaseException as err:  # delivered to the main thread by `_wait`
                 future.set_exception(err)
 
-        threading.Thread(target=work, name=f"elm-prepare-{gen}", daemon=True).start()
+        thread = threading.Thread(target=work, name=f"elm-prepare-{gen}", daemon=True)
+        thread.start()
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         return future
 
     def _wait(self, future: Future[Prepared]) -> tuple[Prepared | None, str]:
@@ -1113,6 +1133,7 @@ def evolve_command(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     from elmjax.lm.registry import ModelNotFound
 
+    elm.detach_on_interrupt = True
     try:
         result = elm.run()
     except (ConfigError, SeedError, ModelNotFound) as err:
@@ -1134,9 +1155,16 @@ def evolve_command(args: argparse.Namespace) -> int:
         print(f"elmjax: report: {report}", file=sys.stderr)
     if result.status in ("interrupted", "disk_full"):
         print(f"elmjax: continue with: elmjax evolve --resume {result.run_dir}", file=sys.stderr)
-    return {
+    code = {
         "done": EXIT_OK,
         "time_limit": EXIT_OK,
         "interrupted": EXIT_INTERRUPTED,
         "disk_full": EXIT_DISK_FULL,
     }[result.status]
+    if elm.abandoned_alive():
+        # A generation was still decoding when the user interrupted: everything of the run is
+        # on disk and closed; leave now rather than wait for it (or let JAX abort at teardown).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
