@@ -79,6 +79,22 @@ def test_free_fall_matches_analytic_trajectory():
     assert float(bone_length_error(body, final.x, final.y)[0]) < 1e-5
 
 
+def test_recording_does_not_change_the_run():
+    seeds = seed_walkers()
+    body = pack([seeds["galloper"], seeds["wheel"]], (16, 64))
+    params = SimParams()
+    s0 = init_state(body, FLAT)
+    plain, none = run(params, body, FLAT, 60, 0, s0)
+    every, (xs1, _) = run(params, body, FLAT, 60, 1, s0)
+    thinned, (xs7, ys7) = run(params, body, FLAT, 60, 7, s0)
+    assert none is None and xs7.shape == (8, 16, 2) and ys7.shape == (8, 16, 2)
+    for final in (every, thinned):
+        np.testing.assert_array_equal(np.asarray(final.x), np.asarray(plain.x))
+        np.testing.assert_array_equal(np.asarray(final.vy), np.asarray(plain.vy))
+    np.testing.assert_array_equal(np.asarray(xs7), np.asarray(xs1)[6::7][:8])
+    np.testing.assert_array_equal(np.asarray(xs1)[-1], np.asarray(plain.x))
+
+
 def test_undamped_spring_pair_oscillates_at_analytic_period():
     compliance = 4e-3  # stiffness k = 250 per unit length... (units: force / unit)
     params = SimParams(

@@ -201,3 +201,51 @@ def test_simulate_command_prints_json_with_fitness_and_writes_a_gif(tmp_path, ca
     args.terrain = "lava"
     assert simulate_command(args) == 1
     assert "unknown terrain" in capsys.readouterr().out
+
+
+# A GP child found by an ELM run (issue 3 follow-up): 5 joints, travels ~500 units in 10 s. Its
+# GIF's last title once said dx = +525.5 while evaluation scored 497.1 (the title used the plain
+# joint mean, and the recording ran a different loop nest from scoring).
+EXPLOIT = textwrap.dedent(
+    """
+    def make_square(wc, x0, y0, x1, y1):
+        j0 = wc.add_joint(x0, y0)
+        j1 = wc.add_joint(y1, y1)
+        j2 = wc.add_joint(x1, y1)
+        j3 = wc.add_joint(x1, y0)
+        return j0, j1, j2, j3
+
+    def make_walker():
+        wc = walker_creator()
+        sides = make_square(wc, 1, 0, 10, 72)
+        center = wc.add_joint(6, 5)
+        for k in range(len(sides) - 1 - 1):
+            wc.add_muscle(sides[k], sides[k - 1])
+        wc.add_muscle(sides[3], sides[0])
+        wc.add_muscle(sides[0], center, False, 6.044, 0.0)
+        wc.add_muscle(sides[1], center, False, 10.0, 0.0)
+        wc.add_muscle(sides[2], center, False, 2.0, 0.0)
+        return wc.get_walker()
+    """
+)
+
+
+def test_gif_trajectory_ends_on_the_scored_state_bitwise():
+    from elmjax.viz.walker_gif import trajectory
+
+    g = {"walker_creator": walker_creator}
+    exec(EXPLOIT, g)
+    names = sorted(SEEDS) + ["exploit"]
+    walkers = [SEEDS[n] for n in sorted(SEEDS)] + [check_walker(g["make_walker"]())]
+    scored = Sodarace().evaluate(walkers)  # batched: walkers share chunks with neighbours
+    assert scored.valid.all()
+    for name, w, dx in zip(names, walkers, scored.extras["dx"]):
+        run = trajectory(w)  # 10 s at 15 fps: a frame every 4 of 600
+        assert run.valid and run.times[-1] == pytest.approx(10.0)
+        assert run.dx[-1] == dx, f"{name}: GIF ends at dx {run.dx[-1]}, scored {dx}"
+        mass = np.asarray(run.body.mass)[: run.x.shape[1], 0]
+        com = run.x[-1] @ mass / mass.sum() - run.x[0] @ mass / mass.sum()
+        assert com == pytest.approx(dx, rel=1e-5, abs=1e-4)  # the title's dx is the weighted COM
+    assert abs(scored.extras["dx"][-1]) > 100.0  # the exploit is a fast, chaotic gait
+    odd = trajectory(walkers[-1], fps=7)  # a frame every 9: 600 % 9 = 6 frames past the last
+    assert odd.times[-1] == pytest.approx(10.0) and odd.dx[-1] == scored.extras["dx"][-1]

@@ -15,7 +15,9 @@ validity per walker in input order:
 
 Every lane of the simulator is independent (no operation mixes lanes, no reduction runs across
 the batch axis), so a walker's result is bitwise independent of its batch neighbours, its
-position and the chunk width (tested). With several local devices each chunk is split over a `jax.sharding.Mesh` with
+position and the chunk width (tested). `record_bodies` / `record_walker` run the same traced
+simulation and also keep the joints' path, so a GIF shows the run that was scored (bitwise, tested).
+With several local devices each chunk is split over a `jax.sharding.Mesh` with
 a `data` axis by `shard_map`: every device simulates its own lanes.
 
 `SodaraceEnv`, the Brax `Env` face, lives in `elmjax.sodarace.brax_env` (importing Brax is slow);
@@ -39,6 +41,7 @@ from elmjax.sodarace import body as body_lib
 from elmjax.sodarace.body import Body
 from elmjax.sodarace.physics import (
     SimParams,
+    SimState,
     bone_length_error,
     centre_of_mass_x,
     init_state,
@@ -69,22 +72,69 @@ class BodyResult:
     bone_error: jax.Array  # largest relative bone-length error at the end
 
 
-def _simulate(params: SimParams, body: Body, terrain: Terrain) -> BodyResult:
+@struct.dataclass
+class Recording:
+    """A recorded batch simulation: the scored outcome and the joints' path (`record_bodies`)."""
+
+    result: BodyResult  # bitwise what `evaluate_bodies` returns for the same batch
+    x: jax.Array  # [F, J, B] joint x: the start, every `record_every` frames, and the end
+    y: jax.Array  # [F, J, B] joint y
+    frame: jax.Array  # [F] int32 frame number of each row (0 = start, last = params.frames)
+
+
+def _run(
+    params: SimParams, body: Body, terrain: Terrain, record_every: int = 0
+) -> tuple[BodyResult, SimState, SimState, tuple[jax.Array, jax.Array] | None]:
+    """The one simulation behind both scoring and recording: (result, start, final, path)."""
     start = init_state(body, terrain)
-    final, _ = rollout(params, body, terrain, state=start)
+    final, path = rollout(params, body, terrain, record_every=record_every, state=start)
     dx = centre_of_mass_x(body, final.x) - centre_of_mass_x(body, start.x)
     valid = final.alive & jnp.isfinite(dx)
-    return BodyResult(
+    result = BodyResult(
         dx=jnp.where(valid, dx, 0.0),
         valid=valid,
         bone_error=jnp.where(valid, bone_length_error(body, final.x, final.y), 0.0),
     )
+    return result, start, final, path
+
+
+def _simulate(params: SimParams, body: Body, terrain: Terrain) -> BodyResult:
+    return _run(params, body, terrain)[0]
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def evaluate_bodies(params: SimParams, bodies: Body, terrain: Terrain) -> BodyResult:
     """Simulate a packed batch for `params.seconds` on `terrain` (jit; one device)."""
     return _simulate(params, bodies, terrain)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def record_bodies(
+    params: SimParams, bodies: Body, terrain: Terrain, record_every: int
+) -> Recording:
+    """`evaluate_bodies` that also keeps the joints every `record_every` frames (jit).
+
+    The same traced code as scoring (`_run`, one scan over frames in `rollout`), so for the same
+    packed batch `result` equals `evaluate_bodies`' bitwise (tested), and the path's last row is
+    the final state the score was measured on, even when `record_every` does not divide the
+    number of frames.
+    """
+    if record_every < 1:
+        raise ValueError(f"record_every must be >= 1, got {record_every}")
+    result, start, final, (xs, ys) = _run(params, bodies, terrain, record_every)
+    frames = params.frames
+    number = list(range(record_every, frames - frames % record_every + 1, record_every))
+    rows_x, rows_y = [start.x[None], xs], [start.y[None], ys]
+    if frames % record_every:
+        rows_x.append(final.x[None])
+        rows_y.append(final.y[None])
+        number.append(frames)
+    return Recording(
+        result=result,
+        x=jnp.concatenate(rows_x),
+        y=jnp.concatenate(rows_y),
+        frame=jnp.asarray([0] + number, jnp.int32),
+    )
 
 
 @functools.cache
@@ -191,6 +241,28 @@ def simulate_walkers(
             for r in rows[~np.asarray(out.valid)[:m]]:
                 errors[r] = "exploded: the body left the finite world (non-finite or |x|,|y| > 1e4)"
     return dx, valid, bone, errors
+
+
+def record_walker(
+    walker: Any,
+    terrain: str | Terrain = "flat",
+    params: SimParams | None = None,
+    record_every: int = 1,
+    chunk: int | None = None,
+) -> tuple[Body, Recording]:
+    """Simulate one walker as `simulate_walkers` scores it alone, and record its path.
+
+    Same size bucket, same lane count (`lanes_for(1, chunk)`), lane 0, and the same traced
+    simulation (`record_bodies`), so `recording.result` lane 0 is the scored dx bitwise (tested).
+    Lanes never interact, so it is also what the walker scored inside any other batch.
+    Returns the packed body (lane 0 is the walker) and the recording. Raises ValueError for a
+    walker that does not pack."""
+    params = params or SimParams()
+    terrain = get_terrain(terrain)
+    chunk = chunk or DEFAULT_CHUNK_PER_DEVICE
+    bucket = body_lib.bucket_for(*body_lib.sizes(walker))
+    body = body_lib.pack([walker], bucket, batch_size=lanes_for(1, chunk))
+    return body, record_bodies(params, body, terrain, record_every)
 
 
 def _walker_of(result: Any) -> Any:

@@ -3,22 +3,36 @@
 `render_gif(walker, path)` simulates one walker with the real simulator (the same `SimParams` and
 terrain an evaluation uses) and writes an animated GIF with matplotlib + imageio. Bones are grey;
 a muscle is red while it is longer than its rest length and blue while shorter, its saturation the
-size of the stroke, so the gait's wave of contractions is visible. `render_frames` returns the RGB
-frames for callers that compose their own pictures (side-by-side comparisons, reports).
+size of the stroke, so the gait's wave of contractions is visible. Each frame's title shows the
+mass-weighted centre of mass's travel; the last frame's is the scored dx (see `trajectory`).
+`render_frames` returns the RGB frames for callers that compose their own pictures (side-by-side
+comparisons, reports).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from elmjax.sodarace.body import Body, pack
-from elmjax.sodarace.physics import SimParams, init_state, rollout
+from elmjax.sodarace.body import Body
+from elmjax.sodarace.env import record_walker
+from elmjax.sodarace.physics import SimParams
 from elmjax.sodarace.terrain import Terrain, ceiling_height, floor_height, get_terrain
+
+
+class Trajectory(NamedTuple):
+    """One walker's recorded run (its real joints only); row 0 is the start, the last row the
+    state the score was measured on."""
+
+    body: Body  # the packed batch; lane 0 is the walker
+    times: np.ndarray  # [F] seconds
+    x: np.ndarray  # [F, J] joint x
+    y: np.ndarray  # [F, J] joint y
+    dx: np.ndarray  # [F] centre-of-mass travel along x; dx[-1] is the scored dx itself
+    valid: bool  # what the evaluation says: False when the body left the finite world
 
 
 def trajectory(
@@ -27,23 +41,29 @@ def trajectory(
     seconds: float = 10.0,
     params: SimParams | None = None,
     fps: int = 15,
-) -> tuple[Body, np.ndarray, np.ndarray, np.ndarray]:
-    """Simulate one walker; returns (body, times [F], x [F, J], y [F, J]) of its real joints,
-    frame 0 being the start.
+) -> Trajectory:
+    """Simulate one walker and keep about `fps` frames per simulated second.
 
-    Lanes are independent, so this is the run `Sodarace.evaluate` scores, frame for frame."""
+    This is the run `Sodarace.evaluate` scores, not a re-enactment of it: `record_walker` packs
+    the walker as the evaluation does and runs the same traced simulation, so the last row is
+    the scored final state and `dx[-1]` the scored dx, bitwise (tests/test_sodarace_env.py).
+    `dx` is the mass-weighted centre of mass's travel, as scored (the plain mean of the joints
+    is not: a heavy bar and a light joint weigh differently)."""
     params = (params or SimParams()).replace(seconds=seconds)
     terrain = get_terrain(terrain)
-    body = pack([walker], batch_size=8)
     every = max(1, int(round(1.0 / (fps * params.dt))))
-    start = init_state(body, terrain)
-    run = jax.jit(rollout, static_argnums=(0, 3, 4))
-    _, (xs, ys) = run(params, body, terrain, params.frames, every, start)
+    body, rec = record_walker(walker, terrain, params, record_every=every)
     n = int(np.asarray(body.joint_mask)[:, 0].sum())
-    x = np.concatenate([np.asarray(start.x)[None, :n, 0], np.asarray(xs)[:, :n, 0]])
-    y = np.concatenate([np.asarray(start.y)[None, :n, 0], np.asarray(ys)[:, :n, 0]])
-    times = np.arange(x.shape[0]) * every * params.dt
-    return body, times, x, y
+    x = np.asarray(rec.x)[:, :n, 0]
+    y = np.asarray(rec.y)[:, :n, 0]
+    mass = np.asarray(body.mass, np.float64)[:n, 0]
+    com = x.astype(np.float64) @ mass / mass.sum()
+    dx = com - com[0]
+    valid = bool(np.asarray(rec.result.valid)[0])
+    if valid:
+        dx[-1] = float(np.asarray(rec.result.dx)[0])
+    times = np.asarray(rec.frame) * params.dt
+    return Trajectory(body, times, x, y, dx, valid)
 
 
 def render_frames(
@@ -64,7 +84,8 @@ def render_frames(
     from matplotlib.collections import LineCollection
 
     terrain = get_terrain(terrain)
-    body, times, xs, ys = trajectory(walker, terrain, seconds, params, fps)
+    run = trajectory(walker, terrain, seconds, params, fps)
+    body, times, xs, ys = run.body, run.times, run.x, run.y
     m = int(np.asarray(body.spring_mask)[:, 0].sum())
     si = np.asarray(body.spring_i)[:m, 0]
     sj = np.asarray(body.spring_j)[:m, 0]
@@ -107,8 +128,9 @@ def render_frames(
         )
         ax.add_collection(LineCollection(seg, colors=np.clip(colors, 0, 1), linewidths=2))
         ax.plot(xs[k], ys[k], "o", color="k", ms=3)
-        dx = float(xs[k].mean() - xs[0].mean())
-        label = f"t={times[k]:4.1f}s  dx={dx:+6.1f}"
+        label = f"t={times[k]:4.1f}s  dx={run.dx[k]:+6.1f}"
+        if k == xs.shape[0] - 1 and not run.valid:
+            label += "  exploded: scored 0"
         ax.set_title(f"{title}  {label}" if title else label, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
