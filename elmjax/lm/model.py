@@ -142,6 +142,16 @@ def _rope(x: jax.Array, positions: jax.Array, config: LMConfig) -> jax.Array:
     return jnp.concatenate([out, x[..., rd:]], axis=-1)
 
 
+def _write_cache(
+    k_cache: jax.Array, v_cache: jax.Array, k: jax.Array, v: jax.Array, index: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """The new keys and values written into the caches at slot `index` (cache dtype)."""
+    return (
+        jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0)),
+        jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0)),
+    )
+
+
 def _attention(
     p: Params,
     x: jax.Array,
@@ -163,16 +173,14 @@ def _attention(
         slot = jnp.arange(t)
         mask = (slot[None, :] <= slot[:, None])[None]  # [1, T, S] causal
     elif fresh:  # prefill into an empty cache: attend to the new keys only, in float32
-        k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
-        v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+        k_cache, v_cache = _write_cache(k_cache, v_cache, k, v, index)
         keys, values = k, v
         slot = jnp.arange(t)
         mask = (slot[None, None, :] <= slot[None, :, None]) & (
             slot[None, None, :] >= start[:, None, None]
         )
     else:
-        k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
-        v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+        k_cache, v_cache = _write_cache(k_cache, v_cache, k, v, index)
         keys, values = k_cache, v_cache
         q_slot = index + jnp.arange(t)
         k_slot = jnp.arange(k_cache.shape[1])

@@ -205,6 +205,18 @@ class LMOperator(Operator):
             **kw,
         )
 
+    def _failed(
+        self, pids: tuple[int, ...], prompt: str, raw: str, kind: str, message: str, **kw: Any
+    ) -> Child:
+        """A child that could not be made from the model's output, with the reason bounded."""
+        return self._child(
+            pids, prompt, raw, text=None, error_kind=kind, error_message=message[:300], **kw
+        )
+
+
+def _describe(err: Exception) -> str:
+    return f"{type(err).__name__}: {err}"
+
 
 class DiffOperator(LMOperator):
     """ELM's diff mutation: the model writes a unified diff of the parent."""
@@ -244,16 +256,9 @@ class DiffOperator(LMOperator):
                         self._child((pid,), prompt, completion, text=applied.text, detail=message)
                     )
                 else:
+                    reason = f"{applied.reason}: {applied.message}"
                     out.append(
-                        self._child(
-                            (pid,),
-                            prompt,
-                            completion,
-                            text=None,
-                            error_kind="apply",
-                            error_message=f"{applied.reason}: {applied.message}"[:300],
-                            detail=message,
-                        )
+                        self._failed((pid,), prompt, completion, "apply", reason, detail=message)
                     )
         return out
 
@@ -308,16 +313,7 @@ class PromptOperator(LMOperator):
                     text = replace_function(parent, self.entry, new_def)
                     ast.parse(text)
                 except (SyntaxError, ValueError) as err:
-                    out.append(
-                        self._child(
-                            (pid,),
-                            prompt,
-                            completion,
-                            text=None,
-                            error_kind="parse",
-                            error_message=f"{type(err).__name__}: {err}"[:300],
-                        )
-                    )
+                    out.append(self._failed((pid,), prompt, completion, "parse", _describe(err)))
                     continue
                 out.append(self._child((pid,), prompt, completion, text=text))
         return out
@@ -349,30 +345,13 @@ class CrossoverOperator(LMOperator):
                 try:
                     tree = ast.parse(text)
                 except (SyntaxError, ValueError) as err:
-                    out.append(
-                        self._child(
-                            pids,
-                            prompt,
-                            completion,
-                            text=None,
-                            error_kind="parse",
-                            error_message=f"{type(err).__name__}: {err}"[:300],
-                        )
-                    )
+                    out.append(self._failed(pids, prompt, completion, "parse", _describe(err)))
                     continue
                 if not any(
                     isinstance(s, ast.FunctionDef) and s.name == self.entry for s in tree.body
                 ):
-                    out.append(
-                        self._child(
-                            pids,
-                            prompt,
-                            completion,
-                            text=None,
-                            error_kind="parse",
-                            error_message=f"the program defines no {self.entry}()",
-                        )
-                    )
+                    missing = f"the program defines no {self.entry}()"
+                    out.append(self._failed(pids, prompt, completion, "parse", missing))
                     continue
                 out.append(self._child(pids, prompt, completion, text=text))
         return out
