@@ -34,47 +34,57 @@ def exec_command(args: argparse.Namespace) -> int:
         )
     limits = dataclasses.replace(limits, workers=max(1, min(limits.workers, len(args.programs))))
 
-    outputs: list[dict[str, Any] | None] = [None] * len(args.programs)
+    outputs, _ = run_walker_files(args.programs, limits)
+    for out in outputs:
+        sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+    return 0 if all(out["ok"] for out in outputs) else 1
+
+
+def run_walker_files(
+    paths: list[str], limits: Limits
+) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
+    """Run the walker programs in `paths` in the sandbox.
+
+    Returns exec's JSON object for every path, in order, and the checked walker (the paper's
+    dict form plus its descriptor) of each program that ran, by position. `elmjax simulate`
+    builds on both, so the two commands read, sandbox and report programs the same way.
+    """
+    outputs: list[dict[str, Any]] = [{} for _ in paths]
+    walkers: dict[int, dict[str, Any]] = {}
     sources: list[str] = []
     slots: list[int] = []
-    for k, path in enumerate(args.programs):
+    for k, path in enumerate(paths):
         text, problem = _read(path, limits.max_source_bytes)
         if problem is not None:
             outputs[k] = {"program": path, "ok": False, "error": _error("invalid", problem)}
         else:
             sources.append(text)
             slots.append(k)
-
-    if sources:
-        try:
-            results = run_programs(
-                sources, "make_walker", WALKER_CHECK, limits=limits, inject=WALKER_INJECT
-            )
-        except Exception as exc:  # the sandbox itself failed (environment), not a program
-            message = f"sandbox failed: {type(exc).__name__}: {exc}"[:400]
-            results = None
-        for n, k in enumerate(slots):
-            path = args.programs[k]
-            if results is None:
-                outputs[k] = {"program": path, "ok": False, "error": _error("crashed", message)}
-                continue
-            result = results[n]
-            if result.ok:
-                value = result.value
-                outputs[k] = {
-                    "program": path,
-                    "ok": True,
-                    "joints": len(value["joints"]),
-                    "muscles": len(value["muscles"]),
-                    "descriptor": value["descriptor"],
-                }
-            else:
-                outputs[k] = {"program": path, "ok": False, "error": result.error.to_dict()}
-
-    for out in outputs:
-        sys.stdout.write(json.dumps(out) + "\n")
-    sys.stdout.flush()
-    return 0 if all(out["ok"] for out in outputs) else 1
+    if not sources:
+        return outputs, walkers
+    try:
+        results = run_programs(
+            sources, "make_walker", WALKER_CHECK, limits=limits, inject=WALKER_INJECT
+        )
+    except Exception as exc:  # the sandbox itself failed (environment), not a program
+        message = f"sandbox failed: {type(exc).__name__}: {exc}"[:400]
+        for k in slots:
+            outputs[k] = {"program": paths[k], "ok": False, "error": _error("crashed", message)}
+        return outputs, walkers
+    for result, k in zip(results, slots):
+        if result.ok:
+            value = walkers[k] = result.value
+            outputs[k] = {
+                "program": paths[k],
+                "ok": True,
+                "joints": len(value["joints"]),
+                "muscles": len(value["muscles"]),
+                "descriptor": value["descriptor"],
+            }
+        else:
+            outputs[k] = {"program": paths[k], "ok": False, "error": result.error.to_dict()}
+    return outputs, walkers
 
 
 def _read(path: str, max_bytes: int) -> tuple[str, str | None]:

@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
-from elmjax.sandbox import Limits, run_programs
-from elmjax.sandbox.cli import WALKER_CHECK, WALKER_INJECT, _read
+from elmjax.sandbox import Limits
+from elmjax.sandbox.cli import run_walker_files
 
 
 def simulate_command(args: argparse.Namespace) -> int:
@@ -34,41 +33,7 @@ def simulate_command(args: argparse.Namespace) -> int:
         print(json.dumps({"ok": False, "error": {"kind": "invalid", "message": problem}}))
         return 1
 
-    limits = Limits()
-    outputs: list[dict[str, Any] | None] = [None] * len(args.programs)
-    sources, slots = [], []
-    for k, path in enumerate(args.programs):
-        text, why = _read(path, limits.max_source_bytes)
-        if why is not None:
-            outputs[k] = {
-                "program": path,
-                "ok": False,
-                "error": {"kind": "invalid", "message": why},
-            }
-        else:
-            sources.append(text)
-            slots.append(k)
-    walkers: dict[int, dict[str, Any]] = {}
-    if sources:
-        try:
-            results = run_programs(
-                sources, "make_walker", WALKER_CHECK, limits=limits, inject=WALKER_INJECT
-            )
-        except Exception as exc:  # the sandbox itself failed, not a program
-            results = None
-            message = f"sandbox failed: {type(exc).__name__}: {exc}"[:400]
-        for n, k in enumerate(slots):
-            path = args.programs[k]
-            if results is None:
-                outputs[k] = {
-                    "program": path,
-                    "ok": False,
-                    "error": {"kind": "crashed", "message": message},
-                }
-            elif results[n].ok:
-                walkers[k] = results[n].value
-            else:
-                outputs[k] = {"program": path, "ok": False, "error": results[n].error.to_dict()}
+    outputs, walkers = run_walker_files(args.programs, Limits())
 
     if walkers:
         from elmjax.sodarace.env import Sodarace
@@ -79,14 +44,10 @@ def simulate_command(args: argparse.Namespace) -> int:
         order = sorted(walkers)
         ev = env.evaluate([walkers[k] for k in order])
         for n, k in enumerate(order):
-            value, path = walkers[k], args.programs[k]
+            path = args.programs[k]
             if ev.valid[n]:
                 outputs[k] = {
-                    "program": path,
-                    "ok": True,
-                    "joints": len(value["joints"]),
-                    "muscles": len(value["muscles"]),
-                    "descriptor": value["descriptor"],
+                    **outputs[k],
                     "fitness": float(ev.fitness[n]),
                     "dx": float(ev.extras["dx"][n]),
                     "bone_error": float(ev.extras["bone_error"][n]),
