@@ -17,6 +17,7 @@ then coerced to the field's declared type; durations accept `"90"`, `"30s"`, `"1
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -30,11 +31,63 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """A config key that is unknown, mistyped or impossible; the message names the key."""
+    """A config key that is unknown, mistyped or impossible; the message names the key.
 
-    def __init__(self, key: str, message: str):
+    `option` names the command-line option the problem came from when it is not a config key
+    (`--config FILE` that cannot be read, a `--set` without `=`): the message then names the
+    option and what the user gave, never a made-up key."""
+
+    def __init__(self, key: str, message: str, *, option: str | None = None):
         self.key = key
-        super().__init__(f"config key '{key}': {message}")
+        self.option = option
+        if option:
+            super().__init__(f"{option} {key}: {message}")
+        else:
+            super().__init__(f"config key '{key}': {message}")
+
+
+def config_keys(config: Any = None, prefix: str = "") -> dict[str, Any]:
+    """Every dotted config key with its value in `config` (default: the defaults)."""
+    config = RunConfig() if config is None else config
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(config_keys(value, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out
+
+
+def unknown_key(key: str, section_keys: Sequence[str] = ()) -> ConfigError:
+    """ "unknown key" with the closest known key(s) (difflib) as a suggestion.
+
+    Looks among the whole tree's dotted keys and the keys of the section the typo sits in, and
+    catches a known key given without its section (`temperature` -> `mutation.temperature`)."""
+    keys = list(config_keys())
+    sections = sorted({k.rsplit(".", 1)[0] for k in keys if "." in k})
+    known = keys + sections
+    guesses = [k for k in known if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]
+    guesses += difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    leaf = key.rsplit(".", 1)[-1]
+    guesses += [prefix + g for g in difflib.get_close_matches(leaf, list(section_keys), n=2)]
+    guesses = [g for g in dict.fromkeys(guesses) if g != key and g in known]
+    hint = f"; did you mean {guesses[0]!r}?" if guesses else ""
+    return ConfigError(key, f"unknown key{hint} (every key: `elmjax evolve --help`)")
+
+
+def keys_help(width: int = 100) -> str:
+    """The config keys and their defaults, for `elmjax evolve --help`."""
+    import textwrap
+
+    items = [
+        f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+        for k, v in config_keys().items()
+    ]
+    return textwrap.fill(
+        "  ".join(items), width=width, break_long_words=False, break_on_hyphens=False
+    )
 
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(s|sec|m|min|h|hr|d)?\s*$")
@@ -274,19 +327,23 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
         if not isinstance(child, dict):
-            raise ConfigError(".".join(parts[: i + 1]), "unknown section")
+            if part in node:
+                raise ConfigError(".".join(parts[: i + 1]), "is a value, not a section")
+            raise unknown_key(".".join(parts[: i + 1]), list(node))
         node = child
+    if parts[-1] not in node:
+        raise unknown_key(key, list(node))
     node[parts[-1]] = value
 
 
 def parse_override(text: str) -> tuple[str, Any]:
     """`key=value` -> (key, YAML-parsed value). `time_limit=10m` keeps "10m" for the field parser."""
     if "=" not in text:
-        raise ConfigError(text, "an override must look like key=value")
+        raise ConfigError(text, "must look like KEY=VALUE (e.g. time_limit=5m)", option="--set")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(text, "empty key")
+        raise ConfigError(text, "the key before '=' is empty", option="--set")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -304,13 +361,15 @@ def load_config(
         try:
             loaded = yaml.safe_load(path.read_text())
         except OSError as err:
-            raise ConfigError("--config", f"cannot read {path}: {err.strerror}") from None
+            raise ConfigError(
+                str(path), f"cannot read it: {err.strerror or err}", option="--config"
+            ) from None
         except yaml.YAMLError as err:
-            raise ConfigError("--config", f"{path} is not valid YAML: {err}") from None
+            raise ConfigError(str(path), f"is not valid YAML: {err}", option="--config") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError("--config", f"{path} must hold a mapping of keys")
+            raise ConfigError(str(path), "must hold a mapping of keys", option="--config")
         _merge(data, loaded, prefix="")
     items = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
     for key, value in items:
@@ -322,7 +381,7 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any], prefix: str) -> None
     for key, value in update.items():
         dotted = f"{prefix}{key}"
         if key not in base:
-            raise ConfigError(dotted, "unknown key")
+            raise unknown_key(dotted, list(base))
         if isinstance(base[key], dict):
             if not isinstance(value, Mapping):
                 raise ConfigError(dotted, "must be a mapping (a section)")
@@ -346,7 +405,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
-            raise ConfigError(f"{prefix}{key}", "unknown key")
+            raise unknown_key(f"{prefix}{key}", list(fields))
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}{name}"

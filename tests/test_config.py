@@ -89,3 +89,43 @@ def test_bad_yaml_file_names_the_key(tmp_path):
     path.write_text("[1, 2]\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "override, suggestion",
+    [
+        ("time_limt=1m", "time_limit"),
+        ("temperature=0.3", "mutation.temperature"),  # a known key without its section
+        ("mutation.temprature=0.3", "mutation.temperature"),
+        ("mutaton.temperature=0.3", "mutation"),
+        ("archive.shap=[8, 8, 8]", "archive.shape"),
+    ],
+)
+def test_unknown_key_suggests_the_closest(override, suggestion):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert f"did you mean '{suggestion}'?" in str(err.value)
+
+
+def test_unknown_key_in_a_yaml_file_suggests_too(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("budgte: 10\n")
+    with pytest.raises(ConfigError, match="did you mean 'budget'"):
+        load_config(path)
+
+
+def test_far_fetched_key_gets_no_suggestion():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["zzzzqqq=1"])
+    assert "did you mean" not in str(err.value)
+
+
+def test_errors_name_the_option_the_user_gave(tmp_path):
+    missing = tmp_path / "nosuch.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_config(missing)
+    assert str(err.value).startswith(f"--config {missing}: cannot read it")
+    assert "config key" not in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["budget"])
+    assert str(err.value).startswith("--set budget: must look like KEY=VALUE")

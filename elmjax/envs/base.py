@@ -21,15 +21,20 @@ import numpy as np
 
 @dataclass(frozen=True)
 class DescriptorSpace:
-    """Names and bounds of the behaviour descriptor; the archive grid spans `low`..`high`."""
+    """Names, bounds and units of the behaviour descriptor; the archive grid spans `low`..`high`.
+
+    `units` (one per dimension, or empty) labels axes in pictures and reports."""
 
     names: tuple[str, ...]
     low: tuple[float, ...]
     high: tuple[float, ...]
+    units: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not (len(self.names) == len(self.low) == len(self.high)):
             raise ValueError("descriptor names, low and high must have the same length")
+        if self.units and len(self.units) != len(self.names):
+            raise ValueError("descriptor units must be empty or one per dimension")
         if any(lo >= hi for lo, hi in zip(self.low, self.high)):
             raise ValueError(f"descriptor low must be below high: {self.low} vs {self.high}")
 

@@ -5,19 +5,34 @@ spec (0 by default: Sodarace's fitness |dx| is never negative). The offset makes
 monotone in coverage for domains whose fitness can be negative: set it to a lower bound of the
 fitness. Validity is the fraction of real (non-padding) candidates that were valid, both for the
 last inserted batch and over the whole run.
+
+Clipped elites: the archive keeps each elite's own descriptor, and a descriptor beyond the grid's
+`low`..`high` was filed in an edge cell (`archive.insert` clips). `num_clipped` counts those
+elites and `clipped_cells` finds them, so that a run's metrics and report say how many of its
+edge cells hold bodies the range does not describe (the 60-unit cell holding a 71-unit body).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from elmjax.qd.archive import Archive
 
 
+def _outside(archive: Archive) -> jax.Array:
+    """[C] bool: filled cells whose elite's descriptor lies outside the spec's box."""
+    low = jnp.asarray(archive.spec.low, jnp.float32)
+    high = jnp.asarray(archive.spec.high, jnp.float32)
+    out = (archive.descriptor < low) | (archive.descriptor > high)
+    return (archive.program_id >= 0) & out.any(axis=-1)
+
+
 @jax.jit
 def metrics(archive: Archive) -> dict[str, jax.Array]:
-    """Scalars: coverage, num_filled, qd_score, max/mean fitness, validity (last batch, total)."""
+    """Scalars: coverage, num_filled, qd_score, max/mean fitness, validity (last batch, total),
+    num_clipped (elites filed in an edge cell because their descriptor is out of range)."""
     filled = archive.program_id >= 0
     num_filled = filled.sum(dtype=jnp.int32)
     fit = jnp.where(filled, archive.fitness, 0.0)
@@ -38,6 +53,7 @@ def metrics(archive: Archive) -> dict[str, jax.Array]:
         "validity": rate(archive.last_n_valid, archive.last_n_evaluated),
         "validity_total": rate(archive.n_valid, archive.n_evaluated),
         "evaluated": archive.n_evaluated,
+        "num_clipped": _outside(archive).sum(dtype=jnp.int32),
     }
 
 
@@ -45,3 +61,8 @@ def metrics_host(archive: Archive) -> dict[str, float | int]:
     """`metrics` as plain Python numbers (for metrics.jsonl / TensorBoard)."""
     out = jax.device_get(metrics(archive))
     return {k: (int(v) if v.dtype.kind in "iu" else float(v)) for k, v in out.items()}
+
+
+def clipped_cells(archive: Archive) -> np.ndarray:
+    """[C] bool, host: cells whose elite was clipped into them (descriptor out of range)."""
+    return np.asarray(jax.device_get(_outside(archive)))

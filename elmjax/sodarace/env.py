@@ -53,9 +53,14 @@ from elmjax.sodarace.walker import check_walker
 #: Descriptor ranges. Seeds span height 7-16, width 10-20 and mass 39-140; walkers may reach
 #: 200 x 200 units (coordinates within +-100), but the grid's resolution goes where evolution
 #: actually explores: up to 60 x 60 units and mass 600, i.e. the seeds sit in the lowest third
-#: of each axis with room to grow. Values beyond a bound fall in the edge cell.
+#: of each axis with room to grow. Values beyond a bound fall in the edge cell (the report lists
+#: those elites and the metrics count them: `num_clipped`). Lengths are walker units (0.1 m);
+#: mass is JOINT_MASS per joint plus RHO per unit of connection rest length (`walker.py`).
 DESCRIPTOR_SPACE = DescriptorSpace(
-    names=("height", "width", "mass"), low=(0.0, 0.0, 0.0), high=(60.0, 60.0, 600.0)
+    names=("height", "width", "mass"),
+    low=(0.0, 0.0, 0.0),
+    high=(60.0, 60.0, 600.0),
+    units=("units", "units", "mass units"),
 )
 #: Lanes per device per compiled call: small enough that a chunk's state stays in L2 cache on a
 #: CPU (measured: ~128 was fastest, larger batches got slower per walker), large enough to fill

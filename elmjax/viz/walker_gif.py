@@ -3,14 +3,18 @@
 `render_gif(walker, path)` simulates one walker with the real simulator (the same `SimParams` and
 terrain an evaluation uses) and writes an animated GIF with matplotlib + imageio. Bones are grey;
 a muscle is red while it is longer than its rest length and blue while shorter, its saturation the
-size of the stroke, so the gait's wave of contractions is visible. Each frame's title shows the
-mass-weighted centre of mass's travel; the last frame's is the scored dx (see `trajectory`).
+size of the stroke, so the gait's wave of contractions is visible; a legend says so in every
+frame, and a scale bar gives lengths in units and metres (10 units = 1 m). The camera follows the
+walker at one zoom chosen from the whole run, so no pose leaves the frame (`camera`). Each
+frame's title shows the mass-weighted centre of mass's travel; the last frame's is the scored dx
+(see `trajectory`). The GIF plays in real time (`gif_frame_ms`).
 `render_frames` returns the RGB frames for callers that compose their own pictures (side-by-side
 comparisons, reports).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, NamedTuple
 
@@ -21,6 +25,15 @@ from elmjax.sodarace.body import Body
 from elmjax.sodarace.env import record_walker
 from elmjax.sodarace.physics import SimParams
 from elmjax.sodarace.terrain import Terrain, ceiling_height, floor_height, get_terrain
+
+#: Walker coordinates are in "units"; one unit reads as 0.1 m (`elmjax.sodarace.physics`).
+UNITS_PER_METRE = 10.0
+#: Frames per simulated second. 10 fps is a 100 ms delay, which GIF (10 ms resolution) stores
+#: exactly, and `trajectory` records exactly (every 6th 60 Hz step).
+DEFAULT_FPS = 10
+#: GIF frame delays are whole centiseconds.
+GIF_RESOLUTION_MS = 10
+BONE, LONG, SHORT = "#595959", "#d62728", "#1f4fd6"
 
 
 class Trajectory(NamedTuple):
@@ -71,73 +84,168 @@ def render_frames(
     terrain: str | Terrain = "flat",
     seconds: float = 10.0,
     params: SimParams | None = None,
-    fps: int = 15,
-    size: tuple[float, float] = (6.0, 3.0),
-    dpi: int = 60,
+    fps: int = DEFAULT_FPS,
+    size: tuple[float, float] = (6.4, 3.2),
+    dpi: int = 70,
     title: str | None = None,
+    run: Trajectory | None = None,
 ) -> list[np.ndarray]:
-    """RGB frames [H, W, 3] uint8 of one walker's run (see module docstring)."""
+    """RGB frames [H, W, 3] uint8 of one walker's run (see module docstring).
+
+    The camera follows the walker's bounding box at one zoom for the whole run, chosen so that
+    the widest and tallest pose of the run fits (a walker that stretches or climbs makes the
+    camera zoom out, never leave it out of frame); the scale bar is therefore the same in every
+    frame. Pass `run` to draw a trajectory already simulated."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
+    from matplotlib.lines import Line2D
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
     terrain = get_terrain(terrain)
-    run = trajectory(walker, terrain, seconds, params, fps)
+    if run is None:
+        run = trajectory(walker, terrain, seconds, params, fps)
     body, times, xs, ys = run.body, run.times, run.x, run.y
     m = int(np.asarray(body.spring_mask)[:, 0].sum())
     si = np.asarray(body.spring_i)[:m, 0]
     sj = np.asarray(body.spring_j)[:m, 0]
     rest = np.asarray(body.rest)[:m, 0]
     muscle = np.asarray(body.is_muscle)[:m, 0] > 0
-    span = max(float(np.ptp(xs[0])), float(np.ptp(ys[0])), 5.0)
-    ground_x = np.linspace(xs.min() - span, xs.max() + span, 400)
+    mass = np.asarray(body.mass, np.float64)[: xs.shape[1], 0]
+
+    fig = plt.figure(figsize=size, dpi=dpi)
+    ax = fig.add_axes((0.01, 0.01, 0.98, 0.88))
+    view = camera(xs, ys, terrain, aspect=(size[1] * 0.88) / (size[0] * 0.98))
+    ground_x = np.linspace(xs.min() - view.width, xs.max() + view.width, 800)
     ground_y = np.asarray(floor_height(terrain, jnp.asarray(ground_x)))
-    top = np.asarray(ceiling_height(terrain, jnp.asarray(ground_x)))
-    lo_y = min(float(ground_y.min()), float(ys.min())) - 0.1 * span
-    hi_y = max(float(ys.max()), lo_y + span) + 0.3 * span
+    ax.set_ylim(view.low_y, view.low_y + view.height)
+    ax.set_aspect("equal")
+    ax.fill_between(ground_x, view.low_y - view.height, ground_y, color="#8d6e63", zorder=0)
+    if "ceiling" in terrain.features:
+        top = np.asarray(ceiling_height(terrain, jnp.asarray(ground_x)))
+        ax.fill_between(ground_x, top, view.low_y + 2 * view.height, color="#8d6e63", zorder=0)
+    for wall in (float(terrain.wall_left), float(terrain.wall_right)):
+        if abs(wall) < 1e5:
+            ax.axvline(wall, color="#5d4037", lw=4)
+    ax.axvline(float(xs[0] @ mass / mass.sum()), color="k", lw=0.6, ls=":")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    bar = scale_bar_units(view.width)
+    ax.add_artist(
+        AnchoredSizeBar(
+            ax.transData,
+            bar,
+            f"{bar:g} units = {bar / UNITS_PER_METRE:g} m",
+            "upper left",
+            pad=0.3,
+            borderpad=0.4,
+            sep=3,
+            size_vertical=view.height / 80,
+            fontproperties={"size": 7},
+            frameon=True,
+        )
+    )
+    ax.legend(
+        handles=[
+            Line2D([], [], color=BONE, lw=2, label="bone"),
+            Line2D([], [], color=LONG, lw=2, label="muscle longer than rest"),
+            Line2D([], [], color=SHORT, lw=2, label="muscle shorter than rest"),
+            Line2D([], [], color="k", lw=0.6, ls=":", label="start"),
+        ],
+        loc="upper right",
+        fontsize=6,
+        framealpha=0.85,
+        handlelength=1.5,
+    )
+    springs = LineCollection([], linewidths=2, zorder=2)
+    ax.add_collection(springs)
+    (joints,) = ax.plot([], [], "o", color="k", ms=3, zorder=3)
+    heading = fig.suptitle("", fontsize=8, y=0.985)
+
     frames = []
-    fig, ax = plt.subplots(figsize=size, dpi=dpi)
     for k in range(xs.shape[0]):
-        ax.clear()
-        cx = float(xs[k].mean())
-        ax.set_xlim(cx - 1.6 * span, cx + 1.6 * span)
-        ax.set_ylim(lo_y, hi_y)
-        ax.set_aspect("equal")
-        ax.fill_between(ground_x, lo_y - span, ground_y, color="#8d6e63", zorder=0)
-        if "ceiling" in terrain.features:
-            ax.fill_between(ground_x, top, hi_y + span, color="#8d6e63", zorder=0)
-        for wall in (float(terrain.wall_left), float(terrain.wall_right)):
-            if abs(wall) < 1e5:
-                ax.axvline(wall, color="#5d4037", lw=4)
-        ax.axvline(float(xs[0].mean()), color="k", lw=0.5, ls=":")
+        cx = 0.5 * (float(xs[k].min()) + float(xs[k].max()))
+        ax.set_xlim(cx - view.width / 2, cx + view.width / 2)
         seg = np.stack(
             [np.stack([xs[k, si], ys[k, si]], -1), np.stack([xs[k, sj], ys[k, sj]], -1)], 1
         )
         length = np.hypot(xs[k, sj] - xs[k, si], ys[k, sj] - ys[k, si])
-        strain = np.clip((length - rest) / (0.4 * rest), -1.0, 1.0)
-        colors = np.where(
-            muscle[:, None],
-            np.where(
-                strain[:, None] > 0,
-                np.stack([np.ones(m), 1 - strain, 1 - strain], -1) * [1.0, 0.8, 0.8],
-                np.stack([1 + strain, 1 + strain, np.ones(m)], -1) * [0.8, 0.8, 1.0],
-            ),
-            np.array([0.35, 0.35, 0.35]),
+        springs.set_segments(seg)
+        springs.set_color(spring_colours(length, rest, muscle))
+        joints.set_data(xs[k], ys[k])
+        label = (
+            f"t = {times[k]:4.1f} s   dx = {run.dx[k]:+6.1f} units "
+            f"({run.dx[k] / UNITS_PER_METRE:+.2f} m)"
         )
-        ax.add_collection(LineCollection(seg, colors=np.clip(colors, 0, 1), linewidths=2))
-        ax.plot(xs[k], ys[k], "o", color="k", ms=3)
-        label = f"t={times[k]:4.1f}s  dx={run.dx[k]:+6.1f}"
         if k == xs.shape[0] - 1 and not run.valid:
-            label += "  exploded: scored 0"
-        ax.set_title(f"{title}  {label}" if title else label, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
+            label += "   exploded: scored 0"
+        heading.set_text(f"{title}   {label}" if title else label)
         fig.canvas.draw()
         frames.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
     plt.close(fig)
     return frames
+
+
+class View(NamedTuple):
+    """The camera of a whole run: a fixed-size window that follows the walker along x."""
+
+    width: float  # units of x shown
+    height: float  # units of y shown (width * the axes' aspect)
+    low_y: float  # bottom edge
+
+
+def camera(xs: np.ndarray, ys: np.ndarray, terrain: Terrain, aspect: float) -> View:
+    """The smallest steady window that holds every pose of the run with a margin.
+
+    Width: at least 3.2 body sizes (some ground to see the walker move over), and 1.3 times the
+    widest pose. Height (width * `aspect`, so that one unit is as long across as up) must hold
+    the ground below the lowest joint up to the highest joint of the run plus room for the scale
+    bar and legend; when it cannot, the window widens. Centring each frame on the walker's
+    bounding box then keeps every joint in view."""
+    size = max(float(np.ptp(xs[0])), float(np.ptp(ys[0])), 5.0)
+    widest = float(np.max(np.ptp(xs, axis=1)))
+    centres = 0.5 * (xs.min(axis=1) + xs.max(axis=1))
+    near = np.linspace(centres.min() - size, centres.max() + size, 400)
+    ground = float(np.min(np.asarray(floor_height(terrain, jnp.asarray(near)))))
+    low_y = min(ground, float(ys.min())) - 0.15 * size
+    tall = float(ys.max()) - low_y + 0.6 * size  # room above for the legend and scale bar
+    width = max(3.2 * size, 1.3 * widest, tall / aspect)
+    return View(width, width * aspect, low_y)
+
+
+def scale_bar_units(view_width: float) -> float:
+    """A round length (1, 2 or 5 x 10^k units) about a fifth of the view."""
+    target = view_width / 5.0
+    power = 10.0 ** math.floor(math.log10(target))
+    return max(s * power for s in (1.0, 2.0, 5.0) if s * power <= target)
+
+
+def spring_colours(length: np.ndarray, rest: np.ndarray, muscle: np.ndarray) -> np.ndarray:
+    """RGB per spring: grey bones; muscles red while longer than rest, blue while shorter, the
+    saturation the stroke (full at 40% of the rest length)."""
+    strain = np.clip((length - rest) / (0.4 * rest), -1.0, 1.0)[:, None]
+    white = np.ones((len(length), 3))
+    red = white + np.clip(strain, 0, 1) * (np.asarray(colors_rgb(LONG)) - 1.0)
+    blue = white + np.clip(-strain, 0, 1) * (np.asarray(colors_rgb(SHORT)) - 1.0)
+    shade = np.where(strain > 0, red, blue)
+    # A muscle at rest length would be white on white: keep a light grey floor.
+    shade = np.minimum(shade, 0.85)
+    return np.where(muscle[:, None], shade, np.asarray(colors_rgb(BONE)))
+
+
+def colors_rgb(name: str) -> tuple[float, float, float]:
+    from matplotlib import colors
+
+    return colors.to_rgb(name)
+
+
+def gif_frame_ms(times: np.ndarray) -> int:
+    """The GIF delay of one frame in milliseconds: the simulated time between frames, rounded
+    to the GIF format's resolution (10 ms), so the animation plays in real time."""
+    step = float(np.median(np.diff(times))) if len(times) > 1 else 0.1
+    return max(GIF_RESOLUTION_MS, int(round(step * 1000 / GIF_RESOLUTION_MS)) * GIF_RESOLUTION_MS)
 
 
 def render_gif(
@@ -146,12 +254,19 @@ def render_gif(
     terrain: str | Terrain = "flat",
     seconds: float = 10.0,
     params: SimParams | None = None,
-    fps: int = 15,
+    fps: int = DEFAULT_FPS,
     title: str | None = None,
 ) -> str:
-    """Simulate `walker_dict` (dict form or Walker) and write an animated GIF to `path`."""
+    """Simulate `walker_dict` (dict form or Walker) and write an animated GIF to `path` that
+    plays in real time.
+
+    imageio's pillow plugin (imageio >= 2.28) takes `duration` in milliseconds per frame (older
+    versions took seconds, which is why a `1 / fps` here once wrote 0 ms delays that browsers
+    replace by their own guess); GIF stores centiseconds, hence `gif_frame_ms`."""
     import imageio.v2 as imageio
 
-    frames = render_frames(walker_dict, terrain, seconds, params, fps, title=title)
-    imageio.mimsave(os.fspath(path), frames, duration=1.0 / fps, loop=0)
+    terrain = get_terrain(terrain)
+    run = trajectory(walker_dict, terrain, seconds, params, fps)
+    frames = render_frames(walker_dict, terrain, seconds, params, fps, title=title, run=run)
+    imageio.mimsave(os.fspath(path), frames, duration=gif_frame_ms(run.times), loop=0)
     return os.fspath(path)
