@@ -15,7 +15,7 @@ from collections.abc import Sequence
 HANDLERS = {
     "exec": "elmjax.sandbox.cli:exec_command",
     "simulate": "elmjax.sodarace.cli:simulate_command",
-    "evolve": "elmjax.elm:evolve_command",
+    "evolve": "elmjax.loop.cli:evolve_command",
     "report": "elmjax.viz.report:report_command",
     "models": "elmjax.lm.cli:models_command",
 }

@@ -1,4 +1,4 @@
-"""The run directory (DESIGN section 3): what a run leaves behind, and the checks before it starts.
+"""The run module: what a run directory holds, the checks before a run starts, and how to open it.
 
 ```
 RUN_DIR/
@@ -15,6 +15,13 @@ RUN_DIR/
 Checks that happen before any work: the directory is writable (a probe file is created and
 removed, so a read-only mount or a path under a file fails in milliseconds, not after model
 loading), and a directory that already holds a run is never overwritten without `force`.
+
+Opening a run (`open_run`, or the pieces one by one): the environment its config names
+(`make_environment`), the archive grid (`grid_spec`), the program store (`open_store`), the
+checkpoints of the archive window (`open_checkpoints`), and the archives rebuilt from both
+(`rebuild_window`). The loop (`elmjax.loop`), resume and the report (`elmjax.viz.report`) all
+open runs through here, so a run directory is read one way only. This module sits below the
+loop, the stages and `viz`, and imports none of them (docs/architecture.md, "Run directory").
 """
 
 from __future__ import annotations
@@ -30,10 +37,11 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from elmjax.config import RunConfig, dump_config, load_config
+from elmjax.config import ConfigError, RunConfig, dump_config, load_config
 
 CONFIG = "config.yaml"
 PROVENANCE = "provenance.json"
@@ -277,3 +285,190 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
             with contextlib.suppress(json.JSONDecodeError):
                 rows.append(json.loads(line))
     return rows
+
+
+# -- opening a run: the pieces its config names ---------------------------------------------------
+
+
+def make_environment(config: RunConfig) -> Any:
+    """The `Environment` a config names (`env.name`), built the same way for a run and its report."""
+    if config.env.name == "sodarace":
+        from elmjax.sodarace.env import Sodarace
+        from elmjax.sodarace.physics import SimParams
+
+        return Sodarace(
+            terrain=config.env.terrain,
+            params=SimParams(seconds=config.env.seconds),
+            chunk=config.env.chunk or None,
+        )
+    from elmjax.envs.parity import Parity
+
+    return Parity()
+
+
+def grid_spec(config: RunConfig, env: Any) -> Any:
+    """The archive grid: config shape over the environment's descriptor space (or config bounds)."""
+    from elmjax import qd
+
+    space = env.descriptor_space
+    if len(config.archive.shape) != space.dim:
+        raise ConfigError(
+            "archive.shape", f"needs {space.dim} axes for {space.names}, got {config.archive.shape}"
+        )
+    low = config.archive.low if config.archive.low is not None else space.low
+    high = config.archive.high if config.archive.high is not None else space.high
+    return qd.GridSpec(shape=config.archive.shape, low=low, high=high)
+
+
+def program_seed(run_seed: int, program_id: int) -> int:
+    """The seed of `random` inside the sandbox for one program: (run seed, program id).
+
+    Part of the run directory's contract: a program of the store re-run with this seed (the
+    report's GIFs, a stage re-evaluating it) builds exactly the walker the run scored.
+    """
+    import numpy as np
+
+    return int(np.random.SeedSequence([run_seed, program_id]).generate_state(1)[0] >> 1)
+
+
+def store_schema_version() -> int:
+    from elmjax.store import SCHEMA_VERSION
+
+    return SCHEMA_VERSION
+
+
+def open_store(path: Path) -> Any:
+    from elmjax.store import ProgramStore
+
+    return ProgramStore(path)
+
+
+class WindowCheckpoints:
+    """Checkpoints of the archive window (`elmjax.qd.checkpoint.Checkpointer`, orbax).
+
+    Generation k's checkpoint holds A_k as the archive and A_{k-lag}..A_{k-1} as the extra tree:
+    exactly what the next `lag + 1` generations select parents from.
+    """
+
+    def __init__(self, path: Path, keep: int, seed: int = 0):
+        import jax
+
+        from elmjax.qd.checkpoint import Checkpointer
+
+        self._checkpointer = Checkpointer(path, max_to_keep=keep)
+        self._key = jax.random.PRNGKey(seed)
+
+    def save(self, generation: int, archives: list[Any]) -> None:
+        self._checkpointer.save(
+            generation,
+            archives[-1],
+            self._key,
+            meta={"window": len(archives)},
+            tree=archives[:-1] or None,
+        )
+
+    def restore_latest(self, templates: list[Any]) -> tuple[int, list[Any]] | None:
+        if self._checkpointer.latest_generation() is None:
+            return None
+        ckpt = self._checkpointer.restore(templates[-1], tree_template=templates[:-1] or None)
+        return ckpt.generation, [*(ckpt.tree or []), ckpt.archive]
+
+    def close(self) -> None:
+        self._checkpointer.close()
+
+
+def open_checkpoints(path: Path, keep: int) -> WindowCheckpoints:
+    return WindowCheckpoints(path, keep)
+
+
+def rebuild_window(store: Any, checkpoints: Any, spec: Any, lag: int) -> tuple[dict[int, Any], int]:
+    """Archives after the last `lag + 1` committed generations, and the next generation to run.
+
+    The last checkpoint gives the archives up to its generation; every generation the store
+    committed after it is replayed (one insert per generation, in order, bit-exact).
+    """
+    from elmjax import qd
+
+    window: dict[int, Any] = {}
+    restored = checkpoints.restore_latest([qd.init(spec) for _ in range(lag + 1)])
+    start = 0
+    archive = qd.init(spec)
+    if restored is not None:
+        last, archives = restored
+        for i, saved in enumerate(archives):
+            g = last - len(archives) + 1 + i
+            if g >= 0:
+                window[g] = saved
+        archive = window[last]
+        start = last + 1
+    for g in [g for g in store.committed_generations() if g >= start]:
+        archive = store.replay(archive, from_generation=g, to_generation=g)
+        window[g] = archive
+        for old in [k for k in window if k < g - lag]:
+            del window[old]
+        start = g + 1
+    return window, start
+
+
+@dataclass
+class OpenRun:
+    """A run directory opened for reading (and, by the loop, for writing): its config, its
+    environment and archive grid, its program store and its checkpoints. Close it (or use it as
+    a context manager) to release the store and the checkpointer."""
+
+    path: Path
+    config: RunConfig
+    env: Any
+    spec: Any
+    store: Any
+    checkpoints: WindowCheckpoints
+
+    def rebuild_window(self) -> tuple[dict[int, Any], int]:
+        """See `rebuild_window`: the last `lag + 1` archives and the next generation to run."""
+        return rebuild_window(self.store, self.checkpoints, self.spec, self.config.lag)
+
+    def close(self) -> None:
+        try:
+            self.checkpoints.close()
+        finally:
+            self.store.close()
+
+    def __enter__(self) -> OpenRun:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_run(path: str | Path, config: RunConfig | None = None, env: Any = None) -> OpenRun:
+    """Open the run in `path` (its own config.yaml unless `config` is given; an environment
+    already built from that config may be passed to avoid building a second one)."""
+    path = Path(path)
+    config = config if config is not None else load_run_config(path)
+    env = env if env is not None else make_environment(config)
+    spec = grid_spec(config, env)
+    store = open_store(path / STORE)
+    try:
+        checkpoints = open_checkpoints(path / CHECKPOINTS, config.keep_checkpoints)
+    except BaseException:
+        store.close()
+        raise
+    return OpenRun(path, config, env, spec, store, checkpoints)
+
+
+def model_provenance(config: RunConfig) -> dict[str, Any] | None:
+    """Model name and sha256 of its weights (None for the GP operator, which uses no model)."""
+    if config.mutation.operator == "gp":
+        return None
+    info: dict[str, Any] = {"name": config.mutation.model}
+    try:
+        from elmjax.lm.registry import resolve
+
+        kind, path = resolve(config.mutation.model)
+        info["kind"] = kind
+        info["path"] = str(path)
+        info["sha256"] = sha256_of(path) if Path(path).exists() else None
+    except Exception as err:  # provenance must never stop a run
+        info["sha256"] = None
+        info["note"] = f"could not hash the weights: {err}"
+    return info

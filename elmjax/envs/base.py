@@ -1,6 +1,6 @@
 """What a domain provides to the ELM loop.
 
-The loop (`elmjax/elm.py`) knows nothing about walkers or parity functions. It asks a domain for
+The loop (`elmjax/loop/`) knows nothing about walkers or parity functions. It asks a domain for
 seed programs, for the name of the function every program defines (`entry`), for a `check` that
 turns whatever that function returned into plain data *inside the sandbox worker* (so nothing a
 program built is ever unpickled by the caller), for the descriptor space of the archive, and for

@@ -85,18 +85,9 @@ def load_run_data(run_path: Path, config: Any) -> dict[str, Any]:
     statistics and the lineage of the best elite, all from the run directory."""
     import numpy as np
 
-    from elmjax.elm import grid_spec, make_environment, open_checkpoints, rebuild_window
-    from elmjax.store import ProgramStore
-
-    env = make_environment(config)
-    spec = grid_spec(config, env)
-    store = ProgramStore(run_path / rd.STORE)
-    try:
-        checkpoints = open_checkpoints(run_path / rd.CHECKPOINTS, config.keep_checkpoints)
-        try:
-            window, _ = rebuild_window(store, checkpoints, spec, config.lag)
-        finally:
-            checkpoints.close()
+    with rd.open_run(run_path, config) as run:
+        window, _ = run.rebuild_window()
+        env, store = run.env, run.store
         archive = window[max(window)] if window else None
         elites: list[dict[str, Any]] = []
         if archive is not None:
@@ -133,8 +124,6 @@ def load_run_data(run_path: Path, config: Any) -> dict[str, Any]:
             ],
             "evaluations": len(store),
         }
-    finally:
-        store.close()
 
 
 def operator_stats(store_path: Path) -> dict[str, dict[str, Any]]:
@@ -276,18 +265,13 @@ def _elites_section(data: dict[str, Any], config: Any, out: Path) -> str:
 
 def render_elite_gifs(elites: Sequence[dict[str, Any]], config: Any, out: Path) -> dict[int, str]:
     """GIF per elite (program id -> relative path): rerun the program in the sandbox, animate."""
-    from elmjax.elm import make_environment, program_seed
-    from elmjax.sandbox import run_programs
+    from elmjax.evaluation import sandbox_programs
     from elmjax.viz.walker_gif import render_gif
 
-    env = make_environment(config)
-    results = run_programs(
+    results = sandbox_programs(
         [e["text"] for e in elites],
-        env.entry,
-        env.check,
-        seeds=[program_seed(config.seed, e["program_id"]) for e in elites],
-        inject=getattr(env, "inject", None),
-        call=getattr(env, "call", True),
+        rd.make_environment(config),
+        [rd.program_seed(config.seed, e["program_id"]) for e in elites],
     )
     (out / "walkers").mkdir(exist_ok=True)
     paths = {}

@@ -1,0 +1,101 @@
+"""`elmjax evolve`: a thin layer over `ELM(config, out).run()` and `ELM.resume(run_dir)`.
+
+Parses the config (YAML file, `--set key=value`, shortcuts), runs, prints a one-line summary and
+where the report is, and maps how the run ended to the exit code: 0 done (budget or time
+limit), 1 a bad config or run directory, 130 interrupted, 3 disk full.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from elmjax import run_dir
+from elmjax.config import ConfigError, RunConfig, load_config
+from elmjax.loop.records import SeedError
+from elmjax.loop.resume import RESUMABLE_KEYS
+from elmjax.loop.run import ELM
+
+#: exit codes of `elmjax evolve`.
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_DISK_FULL = 0, 1, 130, 3
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The run's config: YAML file (default config if none), then --set, then the shortcuts."""
+    overrides = list(args.set or [])
+    if args.model:
+        overrides.append(f"mutation.model={args.model}")
+    if args.operator:
+        overrides.append(f"mutation.operator={args.operator}")
+    config_path = args.config
+    if config_path is None:
+        default = default_config_path()
+        config_path = default if default.exists() else None
+    config = load_config(config_path, overrides)
+    if args.seed_program:
+        config = config.replace({"seed_programs": list(args.seed_program)})
+    return config
+
+
+def default_config_path() -> Path:
+    return Path(__file__).resolve().parents[2] / "experiments" / "configs" / "default.yaml"
+
+
+def evolve_command(args: argparse.Namespace) -> int:
+    """`elmjax evolve`: parse the config, run, print where the report is."""
+    try:
+        if args.resume:
+            if args.config or args.model or args.operator or args.seed_program or args.out:
+                print(
+                    "elmjax evolve: --resume continues a run with its own config.yaml; "
+                    "drop --config/--out/--model/--operator/--seed-program (--set may change "
+                    f"only {', '.join(RESUMABLE_KEYS)})",
+                    file=sys.stderr,
+                )
+                return EXIT_ERROR
+            elm = ELM.resume(args.resume, args.set or ())
+        else:
+            config = config_from_args(args)
+            elm = ELM(config, args.out, force=args.force)
+    except (ConfigError, run_dir.RunDirError) as err:
+        print(f"elmjax evolve: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    from elmjax.lm.registry import ModelNotFound
+
+    elm.detach_on_interrupt = True
+    try:
+        result = elm.run()
+    except (ConfigError, SeedError, ModelNotFound) as err:
+        print(f"elmjax evolve: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    m = result.metrics
+    summary = (
+        f"elmjax: {result.status} after {result.evaluations} evaluations "
+        f"({result.generations} generations)"
+    )
+    if m:
+        summary += (
+            f": coverage {m['coverage']:.1%}, QD score {m['qd_score']:.2f}, "
+            f"max fitness {m['max_fitness']:.3f}"
+        )
+    print(summary, file=sys.stderr)
+    report = result.run_dir / run_dir.REPORT / "index.html"
+    if report.exists():
+        print(f"elmjax: report: {report}", file=sys.stderr)
+    if result.status in ("interrupted", "disk_full"):
+        print(f"elmjax: continue with: elmjax evolve --resume {result.run_dir}", file=sys.stderr)
+    code = {
+        "done": EXIT_OK,
+        "time_limit": EXIT_OK,
+        "interrupted": EXIT_INTERRUPTED,
+        "disk_full": EXIT_DISK_FULL,
+    }[result.status]
+    if elm.abandoned_alive():
+        # A generation was still decoding when the user interrupted: everything of the run is
+        # on disk and closed; leave now rather than wait for it (or let JAX abort at teardown).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -1,0 +1,224 @@
+"""`ELM(config, out).run()`: an ELM run over an `Environment`, writing a run directory.
+
+This module wires the pieces and owns the run's lifetime: it opens the run directory
+(`elmjax.run_dir`), builds the operator and the generation step, restores the window on
+`--resume`, starts the sandbox pool and the progress display, hands the generations to the
+pipeline schedule, and turns signals and a full disk into a clean stop with a checkpoint. The
+generation itself is in `generation.py`, the schedule in `schedule.py`, resume in `resume.py`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from elmjax import faults, run_dir
+from elmjax.config import RunConfig
+from elmjax.evaluation import sandbox_limits, sandbox_preload
+from elmjax.loop.generation import GenerationStep, resolve_seed_programs
+from elmjax.loop.guards import DiskFull, StopSignals, with_disk_guard
+from elmjax.loop.operator import make_mutation_operator
+from elmjax.loop.progress import make_progress
+from elmjax.loop.records import RunResult
+from elmjax.loop.resume import ArchiveWindow, restore_metrics, resume_config
+from elmjax.loop.schedule import Pipeline
+
+
+class ELM:
+    """An ELM run over an `Environment`, writing a run directory. See the module docstring."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        out: str | Path | None = None,
+        *,
+        force: bool = False,
+        resume: bool = False,
+        on_generation: Callable[[dict[str, Any]], None] | None = None,
+    ):
+        config.check()
+        self.config = config
+        if out is None:
+            out = Path("runs") / time.strftime("elm-%Y%m%d-%H%M%S")
+        self.out = Path(out)
+        self.force = force
+        self.resuming = resume
+        self.on_generation = on_generation
+        self.signals = StopSignals()
+        self.pipeline: Pipeline | None = None
+        # Fail fast on the directory before loading anything heavy.
+        if resume:
+            run_dir.check_writable(self.out)
+        else:
+            run_dir.prepare_new(self.out, config, force=force)
+
+    #: On an interrupt, return without waiting for a generation still being prepared (the CLI
+    #: sets this and leaves with `os._exit`); otherwise `run` joins it (at most one generation's
+    #: host work) so no thread outlives the call (JAX aborts if a thread is mid-computation
+    #: while the interpreter shuts down).
+    detach_on_interrupt = False
+
+    def abandoned_alive(self) -> bool:
+        return self.pipeline is not None and any(t.is_alive() for t in self.pipeline.threads)
+
+    def join_abandoned(self) -> None:
+        if self.pipeline is not None:
+            for thread in self.pipeline.threads:
+                thread.join()
+            self.pipeline.threads = []
+
+    @classmethod
+    def resume(cls, out: str | Path, overrides: Sequence[str] = (), **kw: Any) -> ELM:
+        """Continue the run in `out` exactly where it stopped (its own config.yaml).
+
+        `overrides` (`key=value`) may only change when the run stops and how it is shown
+        (`RESUMABLE_KEYS`: e.g. a larger budget to extend a finished run), never what a
+        generation computes; the run's config.yaml is updated with them.
+        """
+        return cls(resume_config(out, overrides), out, resume=True, **kw)
+
+    @property
+    def archive(self) -> Any:
+        """The archive after the last committed generation."""
+        return self.window.archive
+
+    @property
+    def next_generation(self) -> int:
+        return self.pipeline.next_generation if self.pipeline is not None else 0
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        cfg = self.config
+        self.env = run_dir.make_environment(cfg)
+        seed_texts = resolve_seed_programs(self.env, cfg.seed_programs)
+        self.spec = run_dir.grid_spec(cfg, self.env)
+        self.operator = make_mutation_operator(cfg, self.env)
+        self.operator.load()  # a missing model fails now, not after the seeds are evaluated
+        self.store = run_dir.open_store(self.out / run_dir.STORE)
+        self.checkpoints = run_dir.open_checkpoints(
+            self.out / run_dir.CHECKPOINTS, cfg.keep_checkpoints
+        )
+        self.step = GenerationStep(cfg, self.env, seed_texts, self.spec, self.operator, self.store)
+        self.timings_total: dict[str, float] = {}
+
+    def _initial_state(self) -> None:
+        """Fresh state, or the state of a killed run rebuilt from checkpoint + store journal."""
+        self.elapsed_before = 0.0
+        next_generation = 0
+        if not self.resuming:
+            self.window = ArchiveWindow.fresh(self.store, self.spec, self.config.lag)
+        else:
+            self.window, next_generation = ArchiveWindow.restore(
+                self.store, self.checkpoints, self.spec, self.config.lag
+            )
+            last = restore_metrics(self.out)
+            if last is not None:
+                self.last_metrics = last
+                self.elapsed_before = float(last.get("elapsed", 0.0))
+        self.pipeline = Pipeline(
+            self.config,
+            self.step,
+            self.window,
+            next_generation=next_generation,
+            stop_reason=lambda: self.signals.reason,
+            elapsed=self._elapsed,
+            guard=self._with_disk_guard,
+            log=self._log,
+            checkpoint=self._checkpoint,
+        )
+
+    # -- driver -------------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        """Run (or continue) until the budget, the time limit, a signal or a full disk."""
+        self.started = time.perf_counter()
+        self.elapsed_before = 0.0
+        self._setup()
+        from elmjax.sandbox import SandboxPool
+
+        status = "done"
+        self.signals.install()
+        self.metrics_log: run_dir.MetricsLog | None = None
+        try:
+            self._initial_state()
+            self._write_provenance()
+            self.metrics_log = run_dir.MetricsLog(self.out)
+            with SandboxPool(
+                sandbox_limits(self.config), preload=sandbox_preload(self.env)
+            ) as pool:
+                self.step.pool = pool
+                self.step.limits = sandbox_limits(self.config)
+                with make_progress(self.config, self) as progress:
+                    self.progress = progress
+                    status = self.pipeline.run()
+        except DiskFull:
+            status = "disk_full"
+        finally:
+            self.signals.restore()
+            if self.metrics_log is not None:
+                self.metrics_log.close()
+            self.store.close()
+            self.checkpoints.close()
+        if status != "interrupted" or not self.detach_on_interrupt:
+            self.join_abandoned()
+        result = RunResult(
+            run_dir=self.out,
+            status=status,
+            generations=self.next_generation,
+            evaluations=self.step.evaluations_after(self.next_generation - 1)
+            if self.next_generation
+            else 0,
+            metrics=self.last_metrics if hasattr(self, "last_metrics") else {},
+            archive=self.archive,
+        )
+        if status in ("done", "time_limit") and self.config.report:
+            self._write_report()
+        return result
+
+    def _write_report(self) -> None:
+        from elmjax.viz.report import write_report
+
+        if self.progress.live or not self.progress.quiet:
+            print("elmjax: writing the report (heatmaps, walker GIFs)...", file=sys.stderr)
+        try:
+            write_report(self.out)
+        except Exception as err:  # the run itself is safe on disk; say how to retry
+            print(
+                f"elmjax: the report failed ({type(err).__name__}: {err}); retry with "
+                f"`elmjax report {self.out}`",
+                file=sys.stderr,
+            )
+
+    def _elapsed(self) -> float:
+        """Wall-clock seconds of the run, earlier sessions of a resumed run included."""
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def _with_disk_guard(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return with_disk_guard(self.out, fn, *args)
+
+    def _checkpoint(self) -> None:
+        gen = self.next_generation - 1
+        faults.fault_point(gen, "checkpoint")
+        self.window.checkpoint(self.checkpoints, gen)
+
+    def _log(self, row: dict[str, Any]) -> None:
+        faults.fault_point(row["generation"], "metrics")
+        for stage, seconds in row["time"].items():
+            self.timings_total[stage] = self.timings_total.get(stage, 0.0) + seconds
+        self.last_metrics = row
+        self.metrics_log.write(row)
+        self.progress.update(row)
+        if self.on_generation is not None:
+            self.on_generation(row)
+
+    def _write_provenance(self) -> None:
+        info = run_dir.provenance(
+            self.config,
+            run_dir.model_provenance(self.config),
+            run_dir.store_schema_version(),
+        )
+        run_dir.write_provenance(self.out, info, resumed=self.resuming)
