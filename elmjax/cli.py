@@ -1,4 +1,5 @@
-"""The `elmjax` command: a thin layer over the Python API (DESIGN section 4).
+"""The `elmjax` command: a thin layer over the Python API (docs/architecture.md,
+"Command line").
 
 Each subcommand imports its implementation only when it runs, so `elmjax exec` (sandbox only)
 never pays for importing JAX.

@@ -122,7 +122,7 @@ class EnvConfig:
 
     name: str = "sodarace"
     terrain: str = "flat"
-    #: simulated seconds per walker; DESIGN's T (10 s; at least 3 muscle periods).
+    #: simulated seconds per walker; T (10 s; at least 3 muscle periods).
     seconds: float = 10.0
     #: Sodarace: walkers simulated per compiled call (each size bucket is padded to a multiple
     #: of it); 0 = the simulator's default (128 per device). For small batches (32) 16 measured
@@ -140,7 +140,7 @@ class EnvConfig:
 
 @dataclass(frozen=True)
 class ArchiveConfig:
-    """MAP-Elites grid over the environment's descriptor space (DESIGN: 12 x 12 x 12)."""
+    """MAP-Elites grid over the environment's descriptor space (the paper's 12 x 12 x 12)."""
 
     shape: tuple[int, ...] = (12, 12, 12)
     #: descriptor bounds; None takes the environment's documented `descriptor_space`.
@@ -202,7 +202,7 @@ class MutationConfig:
 
 @dataclass(frozen=True)
 class SandboxConfig:
-    """Limits for running untrusted programs (DESIGN section 3, Sandbox)."""
+    """Limits for running untrusted programs (docs/architecture.md, "Contracts")."""
 
     #: worker processes; 0 = one per CPU core.
     workers: int = 0

@@ -9,8 +9,9 @@ the store or not at all. On open, rows of any generation without a marker (a sto
 tool that split the transaction, or edited by hand) are deleted: that generation is recomputed
 by the resumed run, so nothing is lost and nothing is duplicated.
 
-Exact resume (DESIGN section 3): load the last checkpoint (archive after generation k), then
-`replay(archive, from_generation=k + 1)` re-inserts every later committed generation in order.
+Exact resume (docs/architecture.md, "Store journal"): load the last checkpoint (archive after
+generation k), then `replay(archive, from_generation=k + 1)` re-inserts every later committed
+generation in order.
 `insert` is deterministic and its result does not depend on batch padding, so replay rebuilds the
 live archive bit for bit, provided the loop inserted each generation as one batch in the order of
 `batch_index`, with the `parent_cell` values it recorded here.

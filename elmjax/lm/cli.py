@@ -1,4 +1,7 @@
-"""`elmjax models list | info NAME | convert NAME [--out DIR]` (DESIGN section 4)."""
+"""`elmjax models list | info NAME | convert NAME [--out DIR]`.
+
+See docs/architecture.md, "Command line".
+"""
 
 from __future__ import annotations
 

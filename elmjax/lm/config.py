@@ -1,4 +1,4 @@
-"""Configuration of the decoder family (DESIGN section 3, Language model).
+"""Configuration of the decoder family (docs/architecture.md, "Language model").
 
 One frozen dataclass describes every architecture elmjax runs: Llama-style (RMSNorm, RoPE,
 grouped-query attention, SwiGLU; SmolLM2, Qwen2.5-Coder, CodeLlama), GPT-2 (LayerNorm, learned

@@ -1,4 +1,4 @@
-"""The decoder: a pure function of a parameter pytree (DESIGN section 3, Language model).
+"""The decoder: a pure function of a parameter pytree (docs/architecture.md, "Language model").
 
 Why pure functions over a dict rather than `flax.nnx` modules: the sampler jits one prefill and
 one `lax.while_loop` decode over these functions, the trainer differentiates them, and weight

@@ -1,4 +1,4 @@
-"""Jit-compiled batched sampling with a KV cache (DESIGN section 3, Language model).
+"""Jit-compiled batched sampling with a KV cache (docs/architecture.md, "Language model").
 
 One call samples `n` completions for each of a batch of prompts:
 

@@ -1,4 +1,6 @@
-"""Run untrusted program text and get back plain data or a typed error (DESIGN section 3).
+"""Run untrusted program text and get back plain data or a typed error.
+
+The contract is in docs/architecture.md, "Contracts" (sandbox results).
 
     from elmjax.sandbox import run_programs
     from elmjax.sodarace.walker import check_walker

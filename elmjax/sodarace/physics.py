@@ -52,7 +52,7 @@ class SimParams:
     #: Over-relaxation of the averaged Jacobi update (1 = plain averaging). Averaging alone
     #: under-corrects joints shared by several springs; 1.5 recovers most of Gauss-Seidel's rate.
     relaxation: float = struct.field(pytree_node=False, default=1.5)
-    #: Simulated time T (s) of an evaluation: DESIGN's 10 s, i.e. 10 muscle periods.
+    #: Simulated time T (s) of an evaluation: 10 s by default, i.e. 10 muscle periods.
     seconds: float = struct.field(pytree_node=False, default=10.0)
     #: Gravity (units/s^2): 9.81 m/s^2 with one unit = 0.1 m. Walkers are 1-3 m tall.
     gravity: float = struct.field(pytree_node=False, default=98.1)
