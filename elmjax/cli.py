@@ -12,6 +12,14 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from elmjax.config import TERRAIN_NAMES, normal_terrain
+
+#: seed programs by name (`elmjax.sodarace.seeds`; a test keeps these equal).
+SEED_NAMES = ("square", "radial", "cppn_fixed", "cppn_mutable", "wheel", "galloper", "runner")
+#: built-in model names (`elmjax.lm.registry.BUILTIN`; a test keeps these equal). Both are
+#: listed here because the parser must not import JAX (`elmjax exec` stays light).
+BUILTIN_MODELS = ("elm-tiny", "smollm2-135m")
+
 #: subcommand -> "module:function" taking the parsed args and returning an exit code.
 HANDLERS = {
     "exec": "elmjax.sandbox.cli:exec_command",
@@ -28,17 +36,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("exec", help="run programs in the sandbox; one JSON object per program")
-    p.add_argument("programs", nargs="+", help="program files defining make_walker()")
+    seeds = ", ".join(SEED_NAMES)
+    p = sub.add_parser(
+        "exec",
+        help="run walker programs in the sandbox; one JSON object per program",
+        description="Run walker programs in the sandbox (no simulation) and print one JSON "
+        "object per program: joints, muscles and descriptor, or a typed error. Exit status 1 "
+        "when any program is rejected.",
+    )
+    p.add_argument(
+        "programs",
+        nargs="+",
+        metavar="PROGRAM",
+        help=f"a .py file defining make_walker(), or a seed's name ({seeds})",
+    )
     p.add_argument("--json", action="store_true", help="print JSON (the default output)")
-    p.add_argument("--timeout", type=float, default=None, help="wall-clock seconds per program")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="wall-clock seconds per program (default 5)",
+    )
 
-    p = sub.add_parser("simulate", help="sandbox + simulate walkers; JSON per program")
-    p.add_argument("programs", nargs="+")
-    p.add_argument("--terrain", default="flat")
-    p.add_argument("--seconds", type=float, default=None, help="simulated seconds (default 10)")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--gif", default=None, help="write an animation of the run (one program)")
+    p = sub.add_parser(
+        "simulate",
+        help="sandbox and simulate walkers: how far each goes",
+        description="Run walker programs in the sandbox, then simulate each walker as an ELM "
+        "run scores it. Prints readable lines per program (JSON with --json).",
+        epilog="examples: elmjax simulate square galloper; "
+        "elmjax simulate my_walker.py --terrain hills --gif walk.gif",
+    )
+    p.add_argument(
+        "programs",
+        nargs="+",
+        metavar="PROGRAM",
+        help=f"a .py file defining make_walker(), or a seed's name ({seeds})",
+    )
+    p.add_argument(
+        "--terrain",
+        default="flat",
+        type=normal_terrain,
+        choices=TERRAIN_NAMES,
+        help="ground to walk on (default: flat)",
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="simulated seconds, in (0, 600] (default 10, as in an ELM run)",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per program on stdout")
+    p.add_argument(
+        "--gif",
+        default=None,
+        metavar="FILE",
+        help="write an animated GIF of the first program's run (real time, scale bar, legend)",
+    )
 
     p = sub.add_parser("evolve", help="run ELM (MAP-Elites with an LM mutation operator)")
     p.add_argument(
@@ -58,17 +113,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="overwrite a run directory holding another run"
     )
 
-    p = sub.add_parser("report", help="write RUN_DIR/report/index.html")
-    p.add_argument("run_dir")
+    p = sub.add_parser(
+        "report",
+        help="write RUN_DIR/report/index.html",
+        description="(Re)write a run's HTML report: heatmaps, curves, walker GIFs, elites with "
+        "their diff against the parent, lineage and operator statistics. Works on a finished, "
+        "stopped or killed run.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (`elmjax evolve --out`)")
 
     p = sub.add_parser("models", help="list, inspect and convert language models")
-    msub = p.add_subparsers(dest="models_command", required=True)
-    msub.add_parser("list")
-    q = msub.add_parser("info")
-    q.add_argument("name")
-    q = msub.add_parser("convert")
-    q.add_argument("name")
-    q.add_argument("--out", default=None)
+    msub = p.add_subparsers(dest="models_command", required=True, metavar="{list,info,convert}")
+    msub.add_parser("list", help="built-in models and whether they are available here")
+    model_help = f"a built-in name ({', '.join(BUILTIN_MODELS)}), a model directory, a .gguf "
+    model_help += "file or a hub id org/name"
+    q = msub.add_parser("info", help="parameters, vocabulary and config of a model")
+    q.add_argument("name", metavar="MODEL", help=model_help)
+    q = msub.add_parser("convert", help="save a model as an elmjax model directory")
+    q.add_argument("name", metavar="MODEL", help=model_help)
+    q.add_argument("--out", default=None, metavar="DIR", help="where to write it")
     return parser
 
 

@@ -90,6 +90,12 @@ def keys_help(width: int = 100) -> str:
     )
 
 
+#: mutation operators (`elmjax.mutation.operators.make_operator`); the LM ones use `mutation.model`.
+OPERATORS = ("diff", "prompt", "gp", "crossover")
+#: terrain names (`elmjax.sodarace.terrain.TERRAINS`; a test keeps the two equal). Listed here
+#: because this module, like the command line's parser, imports no JAX.
+TERRAIN_NAMES = ("flat", "hills", "bumpy", "stairs", "left_wall", "right_wall", "tunnel")
+
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(s|sec|m|min|h|hr|d)?\s*$")
 _UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
 
@@ -112,6 +118,11 @@ def parse_duration(value: Any) -> float | None:
     return seconds
 
 
+def normal_terrain(name: str) -> str:
+    """A terrain name as `get_terrain` reads it: case-insensitive, '-' or '_'."""
+    return name.lower().replace("-", "_")
+
+
 def _duration_field(default: float | None) -> Any:
     return field(default=default, metadata={"parse": parse_duration})
 
@@ -132,6 +143,11 @@ class EnvConfig:
     def check(self) -> None:
         if self.name not in ("sodarace", "parity"):
             raise ConfigError("env.name", f"unknown environment {self.name!r} (sodarace, parity)")
+        if self.name == "sodarace" and normal_terrain(self.terrain) not in TERRAIN_NAMES:
+            raise ConfigError(
+                "env.terrain",
+                f"unknown terrain {self.terrain!r} (choose one of: {', '.join(TERRAIN_NAMES)})",
+            )
         if not (0 < self.seconds <= 600):
             raise ConfigError("env.seconds", f"must be in (0, 600], got {self.seconds}")
         if not (0 <= self.chunk <= 65_536):
@@ -181,10 +197,10 @@ class MutationConfig:
     children_per_prompt: int = 4
 
     def check(self) -> None:
-        if self.operator not in ("diff", "prompt", "gp", "crossover"):
+        if self.operator not in OPERATORS:
             raise ConfigError(
                 "mutation.operator",
-                f"unknown operator {self.operator!r} (diff, prompt, gp, crossover)",
+                f"unknown operator {self.operator!r} (choose one of: {', '.join(OPERATORS)})",
             )
         if not self.model:
             raise ConfigError("mutation.model", "must name a model")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from typing import Any
 
@@ -87,15 +88,29 @@ def run_walker_files(
     return outputs, walkers
 
 
+def seed_names() -> tuple[str, ...]:
+    """The seed programs a command accepts by name (`elmjax simulate square`)."""
+    from elmjax.sodarace.seeds import ELM_SEEDS, HAND_DESIGNED
+
+    return ELM_SEEDS + HAND_DESIGNED
+
+
 def _read(path: str, max_bytes: int) -> tuple[str, str | None]:
     """(text, None), or ("", why the file cannot be used). Reads at most max_bytes + 1 bytes, so
-    a huge file is rejected by the sandbox's size rule without being read whole."""
+    a huge file is rejected by the sandbox's size rule without being read whole. A seed's name
+    that is not also a file here reads that seed."""
+    if path in seed_names() and not os.path.exists(path):
+        from elmjax.sodarace.seeds import load_seed
+
+        return load_seed(path), None
     try:
         with open(path, "rb") as f:
             data = f.read(max_bytes + 1)
         return data.decode("utf-8"), None
     except UnicodeDecodeError as exc:
         return "", f"cannot read {path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+    except FileNotFoundError:
+        return "", f"cannot read {path}: no such file (nor a seed: {', '.join(seed_names())})"
     except OSError as exc:
         return "", f"cannot read {path}: {exc.strerror or type(exc).__name__}"
 

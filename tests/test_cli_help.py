@@ -1,0 +1,75 @@
+"""The command line explains itself: help text, choices, names, readable output."""
+
+from __future__ import annotations
+
+import pytest
+
+from elmjax import cli
+from elmjax.config import OPERATORS, TERRAIN_NAMES
+
+
+def _help(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as done:
+        cli.main([*argv, "--help"])
+    assert done.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_name_lists_match_their_sources():
+    """The parser lists names without importing JAX; these lists must not drift."""
+    from elmjax.lm.registry import BUILTIN
+    from elmjax.sodarace.seeds import ELM_SEEDS, HAND_DESIGNED
+    from elmjax.sodarace.terrain import TERRAINS
+
+    assert tuple(TERRAINS) == TERRAIN_NAMES
+    assert cli.SEED_NAMES == ELM_SEEDS + HAND_DESIGNED
+    assert cli.BUILTIN_MODELS == tuple(BUILTIN)
+    from elmjax.mutation.operators import make_operator
+
+    for name in OPERATORS:  # every operator the config accepts exists
+        assert make_operator(name, model=None) if name == "gp" else callable(make_operator)
+
+
+def test_simulate_help_lists_terrains_and_seeds(capsys):
+    text = " ".join(_help(capsys, "simulate").split())
+    for name in TERRAIN_NAMES + cli.SEED_NAMES:
+        assert name in text
+    assert "--gif FILE" in text and "simulated seconds" in text
+
+
+def test_exec_report_models_help(capsys):
+    assert "seed's name" in _help(capsys, "exec")
+    assert "RUN_DIR" in _help(capsys, "report")
+    text = _help(capsys, "models", "info")
+    assert all(name in text for name in cli.BUILTIN_MODELS)
+
+
+def test_every_option_has_help_text():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            if action.dest == "help" or action.dest.endswith("_command"):
+                continue
+            assert action.help, f"elmjax {name}: {action.option_strings or action.dest} has no help"
+
+
+def test_terrain_is_checked_and_normalised(capsys):
+    parser = cli.build_parser()
+    assert parser.parse_args(["simulate", "square", "--terrain", "Left-Wall"]).terrain == "left_wall"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["simulate", "square", "--terrain", "lava"])
+    assert "invalid choice: 'lava'" in capsys.readouterr().err
+
+
+def test_simulate_by_seed_name_prints_readable_lines(tmp_path, capsys):
+    gif = tmp_path / "square.gif"
+    rc = cli.main(["simulate", "square", "nosuch", "--seconds", "0.5", "--gif", str(gif)])
+    assert rc == 1  # `nosuch` is neither a file nor a seed
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
+    assert out[0].startswith("square: 5 joints")
+    assert "units (" in out[1] and " m) in 0.5 s on flat terrain" in out[1]
+    assert any(line.startswith("nosuch: rejected (invalid)") for line in out)
+    assert "{" not in captured.out  # not JSON
+    assert f"wrote {gif}" in captured.err and gif.stat().st_size > 1000
