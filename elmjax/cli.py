@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import textwrap
 from collections.abc import Sequence
 
-from elmjax.config import TERRAIN_NAMES, normal_terrain
+from elmjax.config import OPERATORS, TERRAIN_NAMES, keys_help, normal_terrain
 
 #: seed programs by name (`elmjax.sodarace.seeds`; a test keeps these equal).
 SEED_NAMES = ("square", "radial", "cppn_fixed", "cppn_mutable", "wheel", "galloper", "runner")
@@ -28,6 +30,15 @@ HANDLERS = {
     "report": "elmjax.viz.report:report_command",
     "models": "elmjax.lm.cli:models_command",
 }
+
+
+def seed_program(value: str) -> str:
+    """argparse type of --seed-program: a seed's name or an existing .py file."""
+    if value in SEED_NAMES or (value.endswith(".py") and os.path.isfile(value)):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is neither a seed ({', '.join(SEED_NAMES)}) nor an existing .py file"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,20 +106,70 @@ def build_parser() -> argparse.ArgumentParser:
         help="write an animated GIF of the first program's run (real time, scale bar, legend)",
     )
 
-    p = sub.add_parser("evolve", help="run ELM (MAP-Elites with an LM mutation operator)")
-    p.add_argument(
-        "--config", default=None, help="YAML config (default: experiments/configs/default.yaml)"
+    models = ", ".join(BUILTIN_MODELS)
+    p = sub.add_parser(
+        "evolve",
+        help="run ELM (MAP-Elites with an LM mutation operator)",
+        description=textwrap.fill(
+            "Run ELM: MAP-Elites over walker programs, a code language model as the mutation "
+            "operator. Writes a run directory (config.yaml, programs.sqlite, checkpoints, "
+            "metrics.jsonl, report/index.html). Ctrl-C stops cleanly; --resume continues "
+            "exactly.",
+            78,
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys for --set KEY=VALUE, with their defaults (a YAML --config file\n"
+        "uses the same keys, sections nested; durations: 90s, 10m, 1h):\n\n"
+        + keys_help(78)
+        + "\n\nexamples:\n  elmjax evolve --out runs/default\n"
+        "  elmjax evolve --out runs/gp --operator gp --set time_limit=2m\n"
+        "  elmjax evolve --resume runs/gp --set time_limit=20m  (a total, not extra time)",
     )
-    p.add_argument("--out", default=None, help="run directory")
     p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="YAML config (default: experiments/configs/default.yaml, the README's main job)",
     )
     p.add_argument(
-        "--resume", default=None, metavar="RUN_DIR", help="continue a killed run exactly"
+        "--out", default=None, metavar="DIR", help="run directory (default: runs/elm-DATE-TIME)"
     )
-    p.add_argument("--model", default=None)
-    p.add_argument("--operator", default=None)
-    p.add_argument("--seed-program", action="append", default=None)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable; keys below)",
+    )
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue a stopped or killed run exactly (--set may then change only budget, "
+        "time_limit and display keys)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="MODEL",
+        help=f"the LM: {models} (built in; see `elmjax models list`), a model directory, a "
+        ".gguf file or a hub id org/name (= --set mutation.model=MODEL)",
+    )
+    p.add_argument(
+        "--operator",
+        default=None,
+        choices=OPERATORS,
+        help="mutation operator: diff (the paper's diff model), prompt, gp (the no-LM "
+        "baseline) or crossover (= --set mutation.operator=...)",
+    )
+    p.add_argument(
+        "--seed-program",
+        action="append",
+        default=None,
+        type=seed_program,
+        metavar="SEED",
+        help=f"a seed program (repeatable): {seeds}, or a .py file (default: square)",
+    )
     p.add_argument(
         "--force", action="store_true", help="overwrite a run directory holding another run"
     )

@@ -56,7 +56,9 @@ def test_every_option_has_help_text():
 
 def test_terrain_is_checked_and_normalised(capsys):
     parser = cli.build_parser()
-    assert parser.parse_args(["simulate", "square", "--terrain", "Left-Wall"]).terrain == "left_wall"
+    assert (
+        parser.parse_args(["simulate", "square", "--terrain", "Left-Wall"]).terrain == "left_wall"
+    )
     with pytest.raises(SystemExit):
         parser.parse_args(["simulate", "square", "--terrain", "lava"])
     assert "invalid choice: 'lava'" in capsys.readouterr().err

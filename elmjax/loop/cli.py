@@ -14,7 +14,7 @@ from pathlib import Path
 
 from elmjax import run_dir
 from elmjax.config import ConfigError, RunConfig, load_config
-from elmjax.loop.records import SeedError
+from elmjax.loop.records import RunResult, SeedError
 from elmjax.loop.resume import RESUMABLE_KEYS
 from elmjax.loop.run import ELM
 
@@ -37,6 +37,41 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.seed_program:
         config = config.replace({"seed_programs": list(args.seed_program)})
     return config
+
+
+#: how a run ended, as the last line says it.
+STATUS_TEXT = {
+    "done": "finished: budget spent",
+    "time_limit": "stopped at the time limit",
+    "interrupted": "interrupted",
+    "disk_full": "stopped: disk full",
+}
+
+
+def end_of_run_line(result: RunResult) -> str:
+    """ "elmjax: stopped at the time limit after 865 evaluations (28 generations, 10:00):
+    7 of 1,728 cells (0.4%), QD score 312.4, best fitness 91.2"."""
+    from elmjax.loop.progress import clock
+    from elmjax.qd.metrics import coverage_text
+
+    m = result.metrics
+    line = (
+        f"elmjax: {STATUS_TEXT.get(result.status, result.status)} after "
+        f"{result.evaluations:,} evaluations ({result.generations} generations"
+    )
+    line += f", {clock(m['elapsed'])})" if m.get("elapsed") is not None else ")"
+    if m:
+        total = m.get("num_cells") or int(round(m["num_filled"] / max(m["coverage"], 1e-12)))
+        line += (
+            f": {coverage_text(int(m['num_filled']), int(total))}, "
+            f"QD score {m['qd_score']:,.1f}, best fitness {m['max_fitness']:.1f}"
+        )
+        if m.get("num_clipped"):
+            line += (
+                f"; {m['num_clipped']} elite(s) beyond the grid's range, filed in its edge "
+                "cells (listed in the report)"
+            )
+    return line
 
 
 def default_config_path() -> Path:
@@ -70,17 +105,7 @@ def evolve_command(args: argparse.Namespace) -> int:
     except (ConfigError, SeedError, ModelNotFound) as err:
         print(f"elmjax evolve: {err}", file=sys.stderr)
         return EXIT_ERROR
-    m = result.metrics
-    summary = (
-        f"elmjax: {result.status} after {result.evaluations} evaluations "
-        f"({result.generations} generations)"
-    )
-    if m:
-        summary += (
-            f": coverage {m['coverage']:.1%}, QD score {m['qd_score']:.2f}, "
-            f"max fitness {m['max_fitness']:.3f}"
-        )
-    print(summary, file=sys.stderr)
+    print(end_of_run_line(result), file=sys.stderr)
     report = result.run_dir / run_dir.REPORT / "index.html"
     if report.exists():
         print(f"elmjax: report: {report}", file=sys.stderr)

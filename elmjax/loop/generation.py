@@ -265,6 +265,9 @@ class GenerationStep:
             "evaluations": self.evaluations_after(prepared.generation),
             "coverage": m["coverage"],
             "num_filled": m["num_filled"],
+            "num_cells": int(archive.num_cells),
+            # elites filed in an edge cell because their descriptor is beyond the grid's range
+            "num_clipped": m["num_clipped"],
             "qd_score": m["qd_score"],
             "max_fitness": m["max_fitness"],
             "mean_fitness": m["mean_fitness"],

@@ -15,6 +15,7 @@ nothing lost, nothing duplicated (docs/architecture.md, "Store journal").
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,8 +54,45 @@ def resume_config(out: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
                     f"resumable keys: {', '.join(RESUMABLE_KEYS)}",
                 )
         config = config.replace(parsed)
+    problem = spent_limit(out, config)
+    if problem is not None:
+        raise problem
+    if overrides:
         dump_config(config, Path(out) / run_dir.CONFIG)
     return config
+
+
+def spent_limit(out: str | Path, config: RunConfig) -> ConfigError | None:
+    """A ConfigError saying how much of the budget or time limit the run in `out` has already
+    used, when resuming it with `config` would stop before doing anything; else None.
+
+    Both limits count the whole run, earlier sessions included: `--set time_limit=1m` on a run
+    that has run 2 minutes means "stop at 1 minute", which has passed. The message says what
+    was used and which value would continue the run."""
+    from elmjax.loop.progress import clock
+
+    rows = run_dir.read_metrics(out)
+    if not rows:
+        return None
+    last = rows[-1]
+    used = int(last.get("evaluations", 0))
+    elapsed = float(last.get("elapsed", 0.0))
+    if used >= config.budget:
+        return ConfigError(
+            "budget",
+            f"already spent: {out} has evaluated {used:,} candidates and its budget is "
+            f"{config.budget:,} evaluations (the budget counts the whole run). To continue, "
+            f"give a larger total, e.g. --set budget={used + max(config.budget, 1000)}",
+        )
+    if config.time_limit is not None and elapsed >= config.time_limit:
+        more = max(config.time_limit, 60.0)
+        return ConfigError(
+            "time_limit",
+            f"already spent: {out} has run for {clock(elapsed)} and its time limit is "
+            f"{clock(config.time_limit)} (the limit counts the whole run, earlier sessions "
+            f"included). To run {clock(more)} more: --set time_limit={math.ceil(elapsed + more)}s",
+        )
+    return None
 
 
 class ArchiveWindow:

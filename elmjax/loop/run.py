@@ -9,6 +9,8 @@ generation itself is in `generation.py`, the schedule in `schedule.py`, resume i
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +24,7 @@ from elmjax.loop.generation import GenerationStep, resolve_seed_programs
 from elmjax.loop.guards import DiskFull, StopSignals, with_disk_guard
 from elmjax.loop.operator import make_mutation_operator
 from elmjax.loop.progress import make_progress
-from elmjax.loop.records import RunResult
+from elmjax.loop.records import RunResult, SeedError
 from elmjax.loop.resume import ArchiveWindow, restore_metrics, resume_config
 from elmjax.loop.schedule import Pipeline
 
@@ -49,10 +51,16 @@ class ELM:
         self.on_generation = on_generation
         self.signals = StopSignals()
         self.pipeline: Pipeline | None = None
-        # Fail fast on the directory before loading anything heavy.
+        # Fail fast on the directory before loading anything heavy. What this creates is
+        # remembered, so that a run refused before its first generation (a missing model, a
+        # seed program that does not run) leaves nothing behind (`_discard_refused`).
+        self._new_dir: Path | None = None
+        self._new_config = False
         if resume:
             run_dir.check_writable(self.out)
         else:
+            self._new_dir = first_missing(self.out)
+            self._new_config = not (self.out / run_dir.CONFIG).exists()
             run_dir.prepare_new(self.out, config, force=force)
 
     #: On an interrupt, return without waiting for a generation still being prepared (the CLI
@@ -137,10 +145,16 @@ class ELM:
         """Run (or continue) until the budget, the time limit, a signal or a full disk."""
         self.started = time.perf_counter()
         self.elapsed_before = 0.0
-        self._setup()
+        try:
+            self._setup()
+        except BaseException:
+            self._close_partial()
+            self._discard_refused()
+            raise
         from elmjax.sandbox import SandboxPool
 
         status = "done"
+        refused = False
         self.signals.install()
         self.metrics_log: run_dir.MetricsLog | None = None
         try:
@@ -157,12 +171,18 @@ class ELM:
                     status = self.pipeline.run()
         except DiskFull:
             status = "disk_full"
+        except SeedError:
+            refused = True
+            raise
         finally:
             self.signals.restore()
             if self.metrics_log is not None:
                 self.metrics_log.close()
             self.store.close()
             self.checkpoints.close()
+            if refused:
+                self.join_abandoned()
+                self._discard_refused()
         if status != "interrupted" or not self.detach_on_interrupt:
             self.join_abandoned()
         result = RunResult(
@@ -178,6 +198,25 @@ class ELM:
         if status in ("done", "time_limit") and self.config.report:
             self._write_report()
         return result
+
+    def _close_partial(self) -> None:
+        """Close what a failed `_setup` had opened."""
+        for name in ("store", "checkpoints"):
+            handle = getattr(self, name, None)
+            if handle is not None:
+                with contextlib.suppress(Exception):
+                    handle.close()
+
+    def _discard_refused(self) -> None:
+        """Remove what this run created when it was refused before it had a run to keep: the
+        directory if it made it, else only its config.yaml (never a resumed run's files, and
+        never files that were there before)."""
+        if self.resuming:
+            return
+        if self._new_dir is not None:
+            shutil.rmtree(self._new_dir, ignore_errors=True)
+        elif self._new_config and not run_dir.holds_run(self.out):
+            (self.out / run_dir.CONFIG).unlink(missing_ok=True)
 
     def _write_report(self) -> None:
         from elmjax.viz.report import write_report
@@ -222,3 +261,14 @@ class ELM:
             run_dir.store_schema_version(),
         )
         run_dir.write_provenance(self.out, info, resumed=self.resuming)
+
+
+def first_missing(path: Path) -> Path | None:
+    """The outermost of `path` and its parents that does not exist yet (what creating `path`
+    creates); None if `path` exists."""
+    missing = None
+    for candidate in (path.absolute(), *path.absolute().parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing

@@ -21,7 +21,7 @@ from elmjax.qd.cvt import (
     nearest_centroid,
     to_unit,
 )
-from elmjax.qd.metrics import clipped_cells, metrics, metrics_host
+from elmjax.qd.metrics import clipped_cells, coverage_text, metrics, metrics_host
 from elmjax.qd.selection import cell_weights, sample_cells, sample_parents
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "cell_weights",
     "cells_of",
     "clipped_cells",
+    "coverage_text",
     "cvt_centroids",
     "grid_cells",
     "indexed_nearest_centroid",

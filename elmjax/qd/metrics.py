@@ -66,3 +66,8 @@ def metrics_host(archive: Archive) -> dict[str, float | int]:
 def clipped_cells(archive: Archive) -> np.ndarray:
     """[C] bool, host: cells whose elite was clipped into them (descriptor out of range)."""
     return np.asarray(jax.device_get(_outside(archive)))
+
+
+def coverage_text(filled: int, total: int) -> str:
+    """ "7 of 1,728 cells (0.4%)": the count a person can check, and the share."""
+    return f"{filled:,} of {total:,} cells ({filled / max(1, total):.1%})"

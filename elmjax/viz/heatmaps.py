@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from matplotlib import colors  # noqa: E402
 
 from elmjax.qd.archive import Archive, GridSpec  # noqa: E402
-from elmjax.qd.metrics import clipped_cells  # noqa: E402
+from elmjax.qd.metrics import clipped_cells, coverage_text  # noqa: E402
 
 EMPTY_COLOUR = "#e6e6e6"
 CLIPPED_MARK = "+"
@@ -37,11 +37,6 @@ def archive_grid(archive: Archive) -> np.ndarray:
     fit = np.asarray(archive.fitness, np.float64).copy()
     fit[np.asarray(archive.program_id) < 0] = np.nan
     return fit.reshape(archive.spec.shape)
-
-
-def coverage_text(filled: int, total: int) -> str:
-    """ "7 of 1,728 cells (0.4%)": the count a person can check, and the share."""
-    return f"{filled:,} of {total:,} cells ({filled / max(1, total):.1%})"
 
 
 def bin_label(low: float, high: float, n: int, k: int) -> str:
