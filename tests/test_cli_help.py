@@ -23,11 +23,10 @@ def test_name_lists_match_their_sources():
 
     assert tuple(TERRAINS) == TERRAIN_NAMES
     assert cli.SEED_NAMES == ELM_SEEDS + HAND_DESIGNED
-    assert cli.BUILTIN_MODELS == tuple(BUILTIN)
-    from elmjax.mutation.operators import make_operator
+    assert tuple(BUILTIN) == cli.BUILTIN_MODELS
+    from elmjax.mutation import operators
 
-    for name in OPERATORS:  # every operator the config accepts exists
-        assert make_operator(name, model=None) if name == "gp" else callable(make_operator)
+    assert set(operators.OPERATORS) == set(OPERATORS)
 
 
 def test_simulate_help_lists_terrains_and_seeds(capsys):
@@ -75,3 +74,24 @@ def test_simulate_by_seed_name_prints_readable_lines(tmp_path, capsys):
     assert any(line.startswith("nosuch: rejected (invalid)") for line in out)
     assert "{" not in captured.out  # not JSON
     assert f"wrote {gif}" in captured.err and gif.stat().st_size > 1000
+
+
+def test_evolve_help_lists_choices_and_config_keys(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    text = _help(capsys, "evolve")
+    flat = " ".join(text.split())
+    assert "{diff,prompt,gp,crossover}" in flat
+    assert all(name in flat for name in cli.SEED_NAMES + cli.BUILTIN_MODELS)
+    assert "config keys for --set KEY=VALUE" in flat
+    for key in ("time_limit=600.0", "budget=1000000", "mutation.temperature=0.8"):
+        assert key in flat
+    assert max(len(line) for line in text.splitlines()) <= 80  # readable in an 80-column terminal
+
+
+def test_evolve_refuses_an_unknown_seed_or_operator(capsys):
+    parser = cli.build_parser()
+    for argv in (["evolve", "--seed-program", "nosuch"], ["evolve", "--operator", "magic"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+    err = capsys.readouterr().err
+    assert "neither a seed (square" in err and "invalid choice: 'magic'" in err

@@ -228,7 +228,14 @@ def test_report_page_and_every_asset_exist(reference):
     for ref in refs:
         assert not ref.startswith(("http:", "https:", "/")), ref
         assert (index.parent / ref).is_file(), ref
-    assert "not available" not in index.read_text()
+    page = index.read_text()
+    assert "not available" not in page
+    assert " of 216 cells (" in page  # cells filled of the grid's total, and the share
+    assert "units (|dx| over 1 s; 10 units = 1 m)" in page
+    # every elite card shows what changed from its parent (or says it is a seed)
+    cards = page.count("<div class=card>")
+    assert cards and page.count("diff against parent") + page.count("a seed program") == cards
+    assert "<span class=add>" in page or "a seed program" in page
 
 
 def test_archive_matches_store_elites(reference):
@@ -236,3 +243,70 @@ def test_archive_matches_store_elites(reference):
     elites = {e["program_id"] for e in snapshot(path)["elites"]}
     ids = np.asarray(result.archive.program_id)
     assert elites == {int(i) for i in ids[ids >= 0]}
+
+
+def test_resume_with_a_spent_limit_says_how_much_was_used(reference, tmp_path):
+    from elmjax.config import ConfigError
+    from elmjax.loop.resume import resume_config
+
+    path, result = reference
+    before = (path / run_dir.CONFIG).read_text()
+    with pytest.raises(ConfigError) as err:
+        resume_config(path)  # finished: its budget is spent
+    assert err.value.key == "budget"
+    assert f"has evaluated {result.evaluations:,} candidates" in str(err.value)
+    assert f"--set budget={result.evaluations + 1000}" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        resume_config(path, ["budget=100000", "time_limit=0.001s"])
+    assert err.value.key == "time_limit" and "has run for" in str(err.value)
+    assert "counts the whole run" in str(err.value)
+    assert (path / run_dir.CONFIG).read_text() == before  # a refused resume changes nothing
+
+
+def test_refused_runs_leave_no_directory(tmp_path):
+    bad = tmp_path / "bad_seed.py"
+    bad.write_text("def make_walker():\n    return 3\n")
+    path = tmp_path / "new" / "run"
+    with pytest.raises(Exception, match="no seed program gave a valid candidate"):
+        ELM(config(seed_programs=[str(bad)]), path).run()
+    assert not (tmp_path / "new").exists()
+    proc = _evolve(["--out", str(path), "--model", "nosuch-model", "--set", "time_limit=1m"])
+    assert proc.returncode == 1 and "nosuch-model" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "new").exists()
+    proc = _evolve(["--out", str(path), "--config", str(tmp_path / "nosuch.yaml")])
+    assert proc.returncode == 1
+    assert f"--config {tmp_path / 'nosuch.yaml'}: cannot read it" in proc.stderr
+    assert "config key" not in proc.stderr and not (tmp_path / "new").exists()
+
+
+def test_clipped_elites_are_counted_flagged_and_listed(tmp_path):
+    """A grid too small for the seeds: every elite lies beyond its range, lands in an edge
+    cell, and the metrics, the heatmap heading and the report all say so."""
+    from html.parser import HTMLParser
+
+    path = tmp_path / "run"
+    cfg = config(
+        budget=2 + BATCH,
+        **{"archive.low": [0, 0, 0], "archive.high": [5, 5, 30]},
+        report=True,
+        report_top=1,
+    )
+    result = ELM(cfg, path).run()
+    assert result.status == "done"
+    rows = run_dir.read_metrics(path)
+    assert rows[-1]["num_clipped"] == rows[-1]["num_filled"] > 0
+    assert rows[-1]["num_cells"] == 6 * 6 * 6
+    page = (path / run_dir.REPORT / "index.html").read_text()
+    assert "Elites beyond the grid&#x27;s range" in page or "Elites beyond the grid's range" in page
+    assert page.count("class=clipped") >= 1 + rows[-1]["num_clipped"]  # card + each listed row
+    assert "is above the grid&#x27;s 0-5" in page
+    assert "(in the 4.17-5+ bin)" in page
+    refs = []
+
+    class Refs(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            refs.extend(v for k, v in attrs if k in ("src", "href"))
+
+    Refs().feed(page)
+    assert refs and all((path / run_dir.REPORT / r).is_file() for r in refs)

@@ -3,11 +3,18 @@
 `RUN_DIR/report/index.html` opens from disk with no server: every asset is a relative path to a
 file next to it (PNG, GIF) and nothing loads from the network. It shows
 
-- the run's headline figures (evaluations, coverage, QD score, max fitness, validity, status);
-- archive heatmaps (`elmjax.viz.heatmaps`: height x width per mass slice, max over mass);
-- coverage, QD score and max fitness against evaluations (from `metrics.jsonl`);
+- the run's headline figures (evaluations, cells filled of the grid's total, QD score, best
+  fitness with its unit, validity, status);
+- archive heatmaps (`elmjax.viz.heatmaps`: height x width per mass slice, max over mass, with
+  units, open-ended edge bins and clipped elites marked);
+- cells filled, QD score, best fitness and the valid rate against evaluations (`metrics.jsonl`);
 - the best walker of each of the top niches as a GIF (`elmjax.viz.walker_gif.render_gif`);
-- the program text of those elites, and the lineage of the best one back to its seed;
+- for each of those elites: what changed from its parent (a unified diff, which is what a reader
+  of an ELM run wants to see), the operator's own note, the physical diagnostics
+  (`DIAGNOSTICS`, when the run's store has them) and the program text;
+- the elites whose descriptor lies beyond the grid's range (`archive.insert` files them in the
+  edge cell: a 71-unit body in the 55-60+ bin), flagged on their card and listed;
+- the lineage of the best elite back to its seed;
 - operator statistics: candidates, validity, archive entries and error kinds per operator.
 
 Everything is read from the run directory (store, metrics, config), so a report can be rebuilt
@@ -31,6 +38,16 @@ from typing import Any
 from elmjax import run_dir as rd
 
 HEATMAPS_DIR = "heatmaps"
+#: physical diagnostics of an evaluation (the physics' own result keys / store columns), with
+#: how to show them; shown for an elite when its store row has them, skipped when not.
+DIAGNOSTICS = (
+    ("airborne_fraction", "airborne", "{:.0%} of frames"),
+    ("peak_speed", "peak speed", "{:.1f} units/s"),
+    ("bone_error", "bone error", "{:.2%} (largest relative length error)"),
+    ("muscle_work", "muscle work", "{:.3g} per unit mass"),
+)
+#: clipped elites listed in the report at most (the count is always complete).
+CLIPPED_ROWS = 50
 
 
 def report_command(args: argparse.Namespace) -> int:
@@ -62,8 +79,9 @@ def write_report(run_path: str | Path) -> Path:
     sections = [
         _summary_section(config, metrics, data, run_path),
         _guarded("Archive", notes, _heatmap_section, data, config, out),
-        _guarded("Progress", notes, _curves_section, metrics, out),
+        _guarded("Progress", notes, _curves_section, metrics, config, out),
         _guarded("Best walkers", notes, _elites_section, data, config, out),
+        _guarded("Beyond the grid", notes, _clipped_section, data),
         _guarded("Lineage", notes, _lineage_section, data),
         _guarded("Operators", notes, _operator_section, data),
     ]
@@ -92,24 +110,42 @@ def load_run_data(run_path: Path, config: Any) -> dict[str, Any]:
         elites: list[dict[str, Any]] = []
         if archive is not None:
             ids = np.asarray(archive.program_id)
+            spec = archive.spec
             for cell in np.flatnonzero(ids >= 0):
                 rec = store.get(int(ids[cell]))
+                descriptor = [float(x) for x in np.asarray(archive.descriptor)[cell]]
                 elites.append(
                     {
                         "program_id": rec.program_id,
                         "fitness": float(np.asarray(archive.fitness)[cell]),
-                        "descriptor": [float(x) for x in np.asarray(archive.descriptor)[cell]],
+                        "descriptor": descriptor,
                         "cell": int(cell),
                         "generation": rec.generation,
                         "operator": rec.operator,
                         "text": rec.text,
+                        "parents": list(rec.parents or []),
+                        "detail": (rec.extras or {}).get("detail"),
+                        "diagnostics": diagnostics_of(rec),
+                        "clipped": clipped_axes(descriptor, spec.low, spec.high),
                     }
                 )
         elites.sort(key=lambda e: (-e["fitness"], e["program_id"]))
+        parent_ids = {p for e in elites[: report_top(config)] for p in e["parents"][:1]}
+        parents = {pid: store.get(pid) for pid in sorted(parent_ids)}
+        for elite in elites[: report_top(config)]:
+            parent = parents.get(elite["parents"][0]) if elite["parents"] else None
+            if parent is not None:
+                elite["parent"] = {
+                    "program_id": parent.program_id,
+                    "fitness": parent.fitness,
+                    "text": parent.text,
+                }
         lineage = store.lineage(elites[0]["program_id"]) if elites else []
+        space = env.descriptor_space
         return {
             "archive": archive,
-            "descriptor_names": tuple(env.descriptor_space.names),
+            "descriptor_names": tuple(space.names),
+            "descriptor_units": tuple(getattr(space, "units", ()) or ()),
             "elites": elites,
             "operators": operator_stats(run_path / rd.STORE),
             "lineage": [
@@ -124,6 +160,46 @@ def load_run_data(run_path: Path, config: Any) -> dict[str, Any]:
             ],
             "evaluations": len(store),
         }
+
+
+def report_top(config: Any) -> int:
+    return int(getattr(config, "report_top", 4))
+
+
+def diagnostics_of(record: Any) -> dict[str, float]:
+    """The physical diagnostics a store row has (a column or a key of its extras); {} when the
+    run predates them or its environment has none."""
+    out: dict[str, float] = {}
+    extras = getattr(record, "extras", None) or {}
+    for key, _, _ in DIAGNOSTICS:
+        value = getattr(record, key, None)
+        if value is None:
+            value = extras.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = float(value)
+    return out
+
+
+def clipped_axes(
+    descriptor: Sequence[float], low: Sequence[float], high: Sequence[float]
+) -> list[int]:
+    """Axes on which a descriptor lies outside low..high (it was filed in the edge cell)."""
+    return [d for d, (x, lo, hi) in enumerate(zip(descriptor, low, high)) if x < lo or x > hi]
+
+
+def parent_diff(parent_text: str, text: str, parent_label: str, label: str) -> str:
+    """Unified diff from the parent's program to the child's (empty when identical)."""
+    import difflib
+
+    return "".join(
+        difflib.unified_diff(
+            parent_text.splitlines(keepends=True),
+            text.splitlines(keepends=True),
+            fromfile=parent_label,
+            tofile=label,
+            n=2,
+        )
+    )
 
 
 def operator_stats(store_path: Path) -> dict[str, dict[str, Any]]:
@@ -175,15 +251,24 @@ def _summary_section(
     provenance = {}
     if (run_path / rd.PROVENANCE).exists():
         provenance = json.loads((run_path / rd.PROVENANCE).read_text())
+    from elmjax.qd.metrics import coverage_text
+
+    archive = data["archive"]
+    total = archive.num_cells if archive is not None else int(last.get("num_cells", 0))
+    clipped = [e for e in data["elites"] if e["clipped"]]
     rows = [
         ("environment", _env_label(config)),
         ("operator", _operator_label(config)),
         ("seed programs", ", ".join(config.seed_programs)),
-        ("evaluations", f"{data['evaluations']}"),
+        ("evaluations", f"{data['evaluations']:,}"),
         ("generations", f"{last.get('generation', -1) + 1}"),
-        ("coverage", f"{last.get('coverage', 0):.1%} ({last.get('num_filled', 0)} cells)"),
-        ("QD score", f"{last.get('qd_score', 0):.3f}"),
-        ("max fitness", f"{last.get('max_fitness', float('nan')):.3f}"),
+        ("cells filled", coverage_text(len(data["elites"]), total)),
+        (
+            "elites beyond the grid's range",
+            f"{len(clipped)} (filed in an edge cell; listed below)" if clipped else "none",
+        ),
+        ("QD score", f"{last.get('qd_score', 0):,.1f} (sum of elite fitness)"),
+        ("best fitness", f"{last.get('max_fitness', float('nan')):.2f} {_fitness_unit(config)}"),
         ("valid (all candidates)", f"{last.get('valid_rate_total', float('nan')):.1%}"),
         ("wall clock", f"{last.get('elapsed', 0):.0f} s"),
         ("elmjax commit", str(provenance.get("elmjax", {}).get("commit"))),
@@ -191,6 +276,19 @@ def _summary_section(
     ]
     table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     return f"<section><h2>Run</h2><table class=kv>{table}</table></section>"
+
+
+def _fitness_unit(config: Any) -> str:
+    """What a fitness number means, in words and units."""
+    if config.env.name == "sodarace":
+        return f"units (|dx| over {config.env.seconds:g} s; 10 units = 1 m)"
+    return ""
+
+
+def _fitness_label(config: Any) -> str:
+    if config.env.name == "sodarace":
+        return f"fitness: |dx| over {config.env.seconds:g} s (units)"
+    return "fitness"
 
 
 def _env_label(config: Any) -> str:
@@ -215,52 +313,179 @@ def _heatmap_section(data: dict[str, Any], config: Any, out: Path) -> str:
         data["archive"],
         path=out / HEATMAPS_DIR / "archive.png",
         names=data["descriptor_names"],
-        title=f"elites by cell (fitness colour; {data['archive'].spec.shape} grid)",
+        units=data["descriptor_units"] or None,
+        fitness_label=_fitness_label(config),
+        title="elites by cell",
     )
     imgs = f'<img src="{HEATMAPS_DIR}/{html.escape(image.name)}" alt="archive heatmap">'
     return f"<section><h2>Archive</h2>{imgs}</section>"
 
 
-def _curves_section(metrics: list[dict[str, Any]], out: Path) -> str:
+def _curves_section(metrics: list[dict[str, Any]], config: Any, out: Path) -> str:
     import matplotlib.pyplot as plt
 
     if not metrics:
         return "<section><h2>Progress</h2><p class=note>no generation logged yet</p></section>"
     evals = [m["evaluations"] for m in metrics]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    for ax, key, label in zip(
-        axes,
-        ("coverage", "qd_score", "max_fitness"),
-        ("coverage (share of cells filled)", "QD score", "max fitness"),
-    ):
-        ax.plot(evals, [m[key] for m in metrics], color="#1f77b4")
+    total = metrics[-1].get("num_cells") or round(
+        metrics[-1]["num_filled"] / max(metrics[-1]["coverage"], 1e-12)
+    )
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
+    cells = axes[0]
+    cells.plot(evals, [m["num_filled"] for m in metrics], color="#1f77b4")
+    cells.set_title(f"cells filled (of {total:,})")
+    cells.set_ylabel("cells")
+    share = cells.secondary_yaxis(
+        "right", functions=(lambda c: 100 * c / total, lambda p: p * total / 100)
+    )
+    share.set_ylabel("% of the grid")
+    axes[1].plot(evals, [m["qd_score"] for m in metrics], color="#1f77b4")
+    axes[1].set_title("QD score")
+    axes[1].set_ylabel("sum of elite fitness" + (" (units)" if _fitness_unit(config) else ""))
+    axes[2].plot(evals, [m["max_fitness"] for m in metrics], color="#1f77b4")
+    axes[2].set_title("best fitness")
+    axes[2].set_ylabel(_fitness_label(config).removeprefix("fitness: "))
+    axes[3].plot(
+        evals,
+        [100 * m["valid_rate"] for m in metrics],
+        color="#bbbbbb",
+        lw=0.8,
+        label="each generation",
+    )
+    axes[3].plot(
+        evals,
+        [100 * m["valid_rate_total"] for m in metrics],
+        color="#1f77b4",
+        label="all candidates so far",
+    )
+    axes[3].set_title("valid candidates")
+    axes[3].set_ylabel("% of candidates")
+    axes[3].set_ylim(0, 100)
+    axes[3].legend(fontsize=8)
+    for ax in axes:
         ax.set_xlabel("evaluations")
-        ax.set_title(label)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=90)
+    fig.savefig(out / "curves.png", dpi=80)
     plt.close(fig)
     return '<section><h2>Progress</h2><img src="curves.png" alt="progress curves"></section>'
 
 
 def _elites_section(data: dict[str, Any], config: Any, out: Path) -> str:
-    top = data["elites"][: config.report_top]
+    top = data["elites"][: report_top(config)]
     if not top:
         return "<section><h2>Best walkers</h2><p class=note>no elite yet</p></section>"
     gifs = render_elite_gifs(top, config, out) if config.env.name == "sodarace" else {}
+    names = data["descriptor_names"]
+    units = data["descriptor_units"] or ("",) * len(names)
+    spec = data["archive"].spec
     cards = []
     for rank, elite in enumerate(top):
         gif = gifs.get(elite["program_id"])
         media = f'<img src="{gif}" alt="walker {elite["program_id"]}">' if gif else ""
-        desc = ", ".join(f"{x:.2f}" for x in elite["descriptor"])
+        desc = ", ".join(
+            f"{n} {x:.1f}{' ' + u if u and u != 'mass units' else ''}"
+            for n, x, u in zip(names, elite["descriptor"], units)
+        )
+        flag = ""
+        if elite["clipped"]:
+            flag = f"<p class=clipped>{html.escape(clipped_text(elite, names, spec))}</p>"
+        diag = ""
+        if elite["diagnostics"]:
+            items = "".join(
+                f"<li>{label}: {fmt.format(elite['diagnostics'][key])}</li>"
+                for key, label, fmt in DIAGNOSTICS
+                if key in elite["diagnostics"]
+            )
+            diag = f"<ul class=diag>{items}</ul>"
         cards.append(
             f"<div class=card><h3>#{rank + 1}: program {elite['program_id']}</h3>{media}"
-            f"<p>fitness {elite['fitness']:.3f} | cell {elite['cell']} | descriptor ({desc})"
-            f" | generation {elite['generation']} | {html.escape(str(elite['operator']))}</p>"
+            f"<p>fitness {elite['fitness']:.2f} {html.escape(_fitness_unit(config))}<br>"
+            f"{html.escape(desc)} (cell {elite['cell']})<br>generation {elite['generation']}, "
+            f"{html.escape(str(elite['operator']))}"
+            f"{': ' + html.escape(str(elite['detail'])) if elite.get('detail') else ''}</p>"
+            f"{flag}{diag}{_diff_block(elite)}"
             f"<details><summary>program text</summary><pre>{html.escape(elite['text'] or '')}"
             f"</pre></details></div>"
         )
     return f"<section><h2>Best walkers (top niches)</h2>{''.join(cards)}</section>"
+
+
+def clipped_text(elite: dict[str, Any], names: Sequence[str], spec: Any) -> str:
+    """ "clipped: height 71.0 is above the grid's 0-60, filed in the 55-60+ bin"."""
+    from elmjax.viz.heatmaps import bin_label
+
+    parts = []
+    for d in elite["clipped"]:
+        x, lo, hi = elite["descriptor"][d], spec.low[d], spec.high[d]
+        n = spec.shape[d] if hasattr(spec, "shape") else 1
+        where = "above" if x > hi else "below"
+        edge = bin_label(lo, hi, n, n - 1 if x > hi else 0)
+        parts.append(f"{names[d]} {x:.1f} is {where} the grid's {lo:g}-{hi:g} (in the {edge} bin)")
+    return "clipped: " + "; ".join(parts)
+
+
+def _diff_block(elite: dict[str, Any]) -> str:
+    parent = elite.get("parent")
+    if not elite["parents"]:
+        return "<p class=note>a seed program: no parent</p>"
+    if parent is None:
+        return f"<p class=note>parent {elite['parents'][0]} is not in the store</p>"
+    diff = parent_diff(
+        parent["text"] or "",
+        elite["text"] or "",
+        f"program {parent['program_id']} (parent, fitness {_fmt(parent['fitness'])})",
+        f"program {elite['program_id']}",
+    )
+    others = elite["parents"][1:]
+    more = f" (also parent: {', '.join(map(str, others))})" if others else ""
+    if not diff:
+        return f"<p>same text as its parent {parent['program_id']}{more}</p>"
+    lines = []
+    for line in diff.splitlines():
+        cls = ""
+        if line.startswith("+") and not line.startswith("+++"):
+            cls = "add"
+        elif line.startswith("-") and not line.startswith("---"):
+            cls = "del"
+        elif line.startswith("@@"):
+            cls = "hunk"
+        text = html.escape(line)
+        lines.append(f"<span class={cls}>{text}</span>" if cls else text)
+    return (
+        f"<details open><summary>diff against parent {parent['program_id']}{more}</summary>"
+        f"<pre class=diff>{chr(10).join(lines)}</pre></details>"
+    )
+
+
+def _clipped_section(data: dict[str, Any]) -> str:
+    clipped = [e for e in data["elites"] if e["clipped"]]
+    if data["archive"] is None:
+        return ""
+    spec = data["archive"].spec
+    names = data["descriptor_names"]
+    ranges = ", ".join(f"{n} {lo:g}-{hi:g}" for n, lo, hi in zip(names, spec.low, spec.high))
+    head = (
+        "<section><h2>Elites beyond the grid's range</h2><p>The grid spans "
+        f"{html.escape(ranges)}; a descriptor beyond a bound is filed in the edge cell (the "
+        "open-ended bins, marked + on the heatmaps).</p>"
+    )
+    if not clipped:
+        return head + "<p>None: every elite lies inside the grid's range.</p></section>"
+    rows = "".join(
+        f"<tr><td>{e['program_id']}</td><td>{e['cell']}</td><td>{e['fitness']:.2f}</td>"
+        f"<td>{html.escape(', '.join(f'{x:.1f}' for x in e['descriptor']))}</td>"
+        f"<td class=clipped>{html.escape(clipped_text(e, names, spec))}</td></tr>"
+        for e in clipped[:CLIPPED_ROWS]
+    )
+    more = ""
+    if len(clipped) > CLIPPED_ROWS:
+        more = f"<p>... and {len(clipped) - CLIPPED_ROWS} more (best {CLIPPED_ROWS} shown)</p>"
+    return (
+        f"{head}<p>{len(clipped)} elite(s):</p><table><tr><th>program</th><th>cell</th>"
+        f"<th>fitness</th><th>{html.escape(', '.join(names))}</th><th>clipped</th></tr>"
+        f"{rows}</table>{more}</section>"
+    )
 
 
 def render_elite_gifs(elites: Sequence[dict[str, Any]], config: Any, out: Path) -> dict[int, str]:
@@ -341,6 +566,10 @@ table.kv th {{ text-align: left; background: #f6f6f6; }}
 .card img {{ width: 390px; }} pre {{ font-size: 11px; max-height: 400px; overflow: auto;
   background: #f8f8f8; padding: 6px; }}
 .note {{ color: #a60; }}
+.clipped {{ color: #b00; font-weight: bold; }}
+pre.diff {{ font-size: 11px; }} .add {{ color: #070; background: #eaffea; }}
+.del {{ color: #a00; background: #ffecec; }} .hunk {{ color: #558; }}
+ul.diag {{ margin: 0; padding-left: 1.2em; font-size: 13px; }}
 </style></head>
 <body><h1>{title}</h1>
 {body}
