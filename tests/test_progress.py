@@ -102,5 +102,7 @@ def test_end_of_run_line_counts_cells():
     line = end_of_run_line(result)
     assert "stopped at the time limit after 865 evaluations (28 generations, 4:00)" in line
     assert "7 of 1,728 cells (0.4%)" in line and "best fitness 91.2" in line
+    stopped = end_of_run_line(dataclasses.replace(result, elapsed=600.4))
+    assert "(28 generations, 10:00)" in stopped  # when the run stopped, not its last generation
     clipped = end_of_run_line(dataclasses.replace(result, metrics={**ROW, "num_clipped": 2}))
     assert "2 elite(s) beyond the grid's range" in clipped

@@ -59,7 +59,8 @@ def end_of_run_line(result: RunResult) -> str:
         f"elmjax: {STATUS_TEXT.get(result.status, result.status)} after "
         f"{result.evaluations:,} evaluations ({result.generations} generations"
     )
-    line += f", {clock(m['elapsed'])})" if m.get("elapsed") is not None else ")"
+    elapsed = result.elapsed if result.elapsed is not None else m.get("elapsed")
+    line += f", {clock(elapsed)})" if elapsed is not None else ")"
     if m:
         total = m.get("num_cells") or int(round(m["num_filled"] / max(m["coverage"], 1e-12)))
         line += (

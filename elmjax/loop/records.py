@@ -69,6 +69,9 @@ class RunResult:
     evaluations: int
     metrics: dict[str, Any]
     archive: Any
+    #: wall-clock seconds of the run when it stopped (earlier sessions included; the report
+    #: written afterwards not)
+    elapsed: float | None = None
 
 
 def candidate_from_child(

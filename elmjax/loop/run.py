@@ -194,6 +194,7 @@ class ELM:
             else 0,
             metrics=self.last_metrics if hasattr(self, "last_metrics") else {},
             archive=self.archive,
+            elapsed=self._elapsed(),
         )
         if status in ("done", "time_limit") and self.config.report:
             self._write_report()
