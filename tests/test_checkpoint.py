@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 
+import chex
 import jax
 import numpy as np
 
@@ -35,13 +36,15 @@ def archive_at(generation: int) -> qd.Archive:
     return archive
 
 
+def _bits(x) -> np.ndarray:
+    x = np.asarray(x)
+    return x.view(np.dtype(f"u{x.dtype.itemsize}"))
+
+
 def assert_bit_identical(a, b) -> None:
-    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert len(leaves_a) == len(leaves_b)
-    for x, y in zip(leaves_a, leaves_b):
-        x, y = np.asarray(x), np.asarray(y)
-        assert x.dtype == y.dtype and x.shape == y.shape
-        assert x.tobytes() == y.tobytes()
+    """Same structure, shapes and dtypes, and the same bits (NaN payloads and -0.0 included)."""
+    chex.assert_trees_all_equal_shapes_and_dtypes(a, b)
+    chex.assert_trees_all_equal(jax.tree.map(_bits, a), jax.tree.map(_bits, b))
 
 
 def test_restore_is_bit_identical_and_keeps_last_n(tmp_path):
@@ -60,10 +63,10 @@ def test_restore_is_bit_identical_and_keeps_last_n(tmp_path):
         assert_bit_identical(restored.archive, archive_at(3))
         assert restored.archive.spec == SPEC
         want_key = jax.random.fold_in(jax.random.key(7), 3)
-        np.testing.assert_array_equal(
+        chex.assert_trees_all_equal(
             jax.random.key_data(restored.key), jax.random.key_data(want_key)
         )
-        np.testing.assert_array_equal(restored.tree["lora"], np.full((3, 2), 3, np.float32))
+        chex.assert_trees_all_equal(restored.tree["lora"], np.full((3, 2), 3, np.float32))
         older = ck.restore(template, generation=2)
         assert_bit_identical(older.archive, archive_at(2)) and older.tree is None
     # Raw (legacy uint32) keys round-trip as raw keys.
@@ -122,4 +125,4 @@ def test_writer_killed_during_saves_leaves_a_good_checkpoint(tmp_path):
         )
         g = restored.generation
         assert_bit_identical(restored.archive, archive_at(g))
-        np.testing.assert_array_equal(restored.tree["params"], np.full(1 << 20, g, np.float32))
+        chex.assert_trees_all_equal(restored.tree["params"], np.full(1 << 20, g, np.float32))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -43,16 +44,13 @@ def test_written_gguf_loads_back_exactly(tmp_path):
     write_gguf(model, tmp_path / "m.gguf")
     back = load_gguf(tmp_path / "m.gguf")
     assert back.config == cfg.replace(bos_token_id=None)
-    want, got = flatten_params(model.params), flatten_params(back.params)
-    assert want.keys() == got.keys()
-    for k in want:
-        assert np.array_equal(want[k], got[k]), k
+    chex.assert_trees_all_equal(flatten_params(back.params), flatten_params(model.params))
     ids = tok.encode(TEXTS[3]).ids
     assert back.tokenizer.encode(TEXTS[3]).ids == ids
     assert back.tokenizer.decode(ids) == TEXTS[3]
     a, _ = forward(model.params, cfg, np.array([ids]))
     b, _ = forward(back.params, back.config, np.array([ids]))
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal(a, b)
 
 
 def test_quantized_tensor_dequantizes_within_step(tmp_path):

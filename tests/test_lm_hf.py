@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -112,8 +113,7 @@ def test_load_model_caches_conversion_and_cli_converts(tmp_path, tok, monkeypatc
     first = load_model(str(src))
     assert list((tmp_path / "cache" / "models").iterdir())  # orbax cache written
     again = load_model(str(src))
-    a, b = flatten_params(first.params), flatten_params(again.params)
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    chex.assert_trees_all_equal(flatten_params(again.params), flatten_params(first.params))
 
     out = tmp_path / "converted"
     ns = argparse.Namespace(models_command="convert", name=str(src), out=str(out))

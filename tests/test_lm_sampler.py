@@ -4,13 +4,15 @@ samples, and new prompts of the same buckets never recompile."""
 
 from __future__ import annotations
 
+import chex
 import jax
 import numpy as np
 import pytest
 
+from elmjax import tracing
 from elmjax.lm import LanguageModel, LMConfig, init_params
 from elmjax.lm.model import forward
-from elmjax.lm.sampler import Sampler
+from elmjax.lm.sampler import Sampler, generate
 from elmjax.lm.tokenizer import train_bpe
 
 TEXTS = [f"def f{i}(x):\n    return x * {i % 10} + {i % 7}\n" for i in range(100)]
@@ -65,17 +67,23 @@ def test_greedy_matches_full_forward_with_left_padding(model, sampler):
 def test_deterministic_per_key_and_no_recompilation(sampler):
     kw = dict(max_new_tokens=12, temperature=1.0, top_p=0.95, top_k=40, stop=["\n"])
     a = sampler.sample_detailed(["def f2(x):", "def"], 3, jax.random.key(7), **kw)
-    count = sampler.compile_count()
-    b = sampler.sample_detailed(["def f2(x):", "def"], 3, jax.random.key(7), **kw)
-    assert a.tokens == b.tokens and a.texts == b.texts
-    c = sampler.sample_detailed(["def f2(x):", "def"], 3, jax.random.key(8), **kw)
-    assert c.tokens != a.tokens
-    assert len({tuple(t) for t in a.tokens[0]}) > 1  # the n samples of a prompt differ
-    # new prompts, new stop strings, one prompt (batch bucket 2 too): same programs
-    sampler.sample_detailed(
-        ["return x * 2 + 1"], 3, jax.random.key(9), **{**kw, "stop": ["\n", "return", ":"]}
-    )
-    assert sampler.compile_count() == count
+    # generation 2 and later, same buckets: neither prefill nor decode may trace again
+    with tracing.max_traces(0):
+        b = sampler.sample_detailed(["def f2(x):", "def"], 3, jax.random.key(7), **kw)
+        assert a.tokens == b.tokens and a.texts == b.texts
+        c = sampler.sample_detailed(["def f2(x):", "def"], 3, jax.random.key(8), **kw)
+        assert c.tokens != a.tokens
+        assert len({tuple(t) for t in a.tokens[0]}) > 1  # the n samples of a prompt differ
+        # new prompts, new stop strings, one prompt (batch bucket 2 too), a new temperature
+        sampler.sample_detailed(
+            ["return x * 2 + 1"],
+            3,
+            jax.random.key(9),
+            **{**kw, "stop": ["\n", "return", ":"], "temperature": 0.7},
+        )
+        # the positive control: a new n is a new program, and the bound sees it
+        with pytest.raises(AssertionError, match="'prefill' is traced > 0 times"):
+            sampler.sample_detailed(["def"], 2, jax.random.key(9), **kw)
 
 
 def test_top_k_one_and_tiny_top_p_are_greedy(model, sampler):
@@ -121,3 +129,76 @@ def test_scanned_layers_and_bfloat16_agree_with_default(model):
     bf16 = Sampler(model, dtype="bfloat16", prompt_buckets=(16,), batch_buckets=(2,))
     out = bf16.sample_detailed(prompts, 1, jax.random.key(0), **kw)
     assert all(len(r[0]) > 0 for r in out.tokens)
+
+
+def _generate_args(sampler):
+    """Well-formed arguments of the device function `generate` for two prompts."""
+    tokens = np.zeros((2, 8), np.int32)
+    tokens[:, -3:] = [5, 6, 7]
+    return dict(
+        params=sampler.params,
+        prefill_params=sampler.prefill_params,
+        config=sampler.config,
+        prompt_tokens=tokens,
+        prompt_start=np.full((2,), 5, np.int32),
+        key=jax.random.key(0),
+        temperature=np.float32(1.0),
+        top_p=np.float32(1.0),
+        top_k=np.int32(0),
+        stop_seqs=sampler.stop_array(["\n"]),
+        eos_ids=np.full((4,), -1, np.int32),
+    )
+
+
+STATIC = dict(n=2, max_new_tokens=3, greedy=True, use_top_k=False, use_top_p=False)
+
+
+@pytest.mark.parametrize(
+    "argument, bad",
+    [
+        ("prompt_tokens", lambda a: a["prompt_tokens"][0]),
+        ("prompt_tokens", lambda a: a["prompt_tokens"].astype(np.float32)),
+        ("prompt_start", lambda a: a["prompt_start"][:1]),
+        ("temperature", lambda a: np.float32([1.0, 1.0])),
+        ("top_k", lambda a: np.float32(3)),
+        ("stop_seqs", lambda a: a["stop_seqs"][0]),
+        ("eos_ids", lambda a: a["eos_ids"][None]),
+        ("params", lambda a: {**a["params"], "embed": a["params"]["embed"][:, :5]}),
+    ],
+)
+def test_generate_names_a_wrong_argument(sampler, argument, bad):
+    args = _generate_args(sampler)
+    with pytest.raises(AssertionError, match=rf"sampler\.generate: {argument}\b"):
+        generate(**{**args, argument: bad(args)}, **STATIC)
+
+
+class GenerateVariantsTest(chex.TestCase):
+    """Eager and jitted generate agree bitwise, so nothing in prefill or decode depends on
+    concrete values that tracing would hide (or the reverse)."""
+
+    STATIC = {**STATIC, "greedy": False, "use_top_k": True, "max_new_tokens": 2}
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        tok = train_bpe(TEXTS, 300)
+        cfg = LMConfig(
+            arch="gpt2",
+            vocab_size=tok.get_vocab_size(),
+            d_model=16,
+            n_layers=1,
+            n_heads=2,
+            d_mlp=32,
+            max_seq_len=32,
+            tie_embeddings=True,
+        )
+        model = LanguageModel(cfg, init_params(cfg, jax.random.key(2), std=0.5), tok)
+        sampler = Sampler(model, prompt_buckets=(8,), batch_buckets=(2,))
+        cls.args = {**_generate_args(sampler), "top_k": np.int32(5)}
+        cls.config = cls.args.pop("config")
+        cls.expected = sampler._generate(config=cls.config, **cls.args, **cls.STATIC)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_jit_and_eager_agree(self):
+        run = self.variant(lambda a: generate(config=self.config, **a, **self.STATIC))
+        chex.assert_trees_all_equal(run(self.args), self.expected)

@@ -9,10 +9,12 @@ import subprocess
 import sys
 import textwrap
 
+import chex
 import jax
 import numpy as np
 import pytest
 
+from elmjax import tracing
 from elmjax.lm.config import LMConfig
 from elmjax.lm.model import init_params
 from elmjax.lm.tokenizer import train_bpe
@@ -47,10 +49,7 @@ def setup():
 
 
 def _max_diff(a, b) -> float:
-    return max(
-        float(np.abs(np.asarray(x) - np.asarray(y)).max())
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
-    )
+    return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a, b)))
 
 
 def test_loss_decreases_and_resume_is_exact(setup, tmp_path):
@@ -62,7 +61,7 @@ def test_loss_decreases_and_resume_is_exact(setup, tmp_path):
     train(cfg, params, data, TCFG, checkpoint_dir=ckpt, stop_at=5)  # "killed" after step 5
     resumed, rest = train(cfg, params, data, TCFG, checkpoint_dir=ckpt)
     assert rest[0]["step"] == 8  # continued, did not restart
-    assert _max_diff(full, resumed) == 0.0
+    chex.assert_trees_all_equal(resumed, full)
 
 
 def test_completion_mask_and_data_order(setup):
@@ -85,8 +84,8 @@ def test_lora_trains_adapters_only(setup):
     tcfg = dataclasses.replace(TCFG, lora_rank=4, lr=3e-2)
     merged, hist = train(cfg, params, data, tcfg)
     assert hist[-1]["loss"] < hist[0]["loss"]
-    assert _max_diff(merged["embed"], params["embed"]) == 0.0  # frozen
-    assert _max_diff(merged["layers"][0]["mlp"], params["layers"][0]["mlp"]) == 0.0
+    chex.assert_trees_all_equal(merged["embed"], params["embed"])  # frozen
+    chex.assert_trees_all_equal(merged["layers"][0]["mlp"], params["layers"][0]["mlp"])
     assert _max_diff(merged["layers"][0]["attn"]["q"], params["layers"][0]["attn"]["q"]) > 0
 
 
@@ -120,3 +119,76 @@ def test_data_sharded_over_eight_devices_matches_one(tmp_path):
     subprocess.run([sys.executable, "-c", _SHARDED, str(path)], env=env, check=True, timeout=300)
     one, eight = np.load(path)
     np.testing.assert_allclose(eight, one, atol=1e-5)
+
+
+class _Batches:
+    """A dataset whose batches come from a function of the step (shape-contract tests)."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def batch(self, step, batch_size, seed):
+        return self.make(step, batch_size)
+
+
+def _ok(step, b, t=12):
+    rng = np.random.default_rng(step)
+    return rng.integers(1, 200, (b, t)).astype(np.int32), np.ones((b, t), bool)
+
+
+def test_steps_after_the_first_never_retrace(setup):
+    _, cfg, params, _ = setup
+    tcfg = dataclasses.replace(TCFG, steps=4, log_every=1)
+    with tracing.max_traces(1):  # one trace for the whole run, however many steps
+        _, hist = train(cfg, params, _Batches(_ok), tcfg)
+    assert len(hist) == 4
+    # the positive control: a batch of another length at step 2 is a second trace
+    longer = _Batches(lambda s, b: _ok(s, b, 12 if s < 2 else 16))
+    with (
+        tracing.max_traces(1),
+        pytest.raises(AssertionError, match="'train_step' is traced > 1 times"),
+    ):
+        train(cfg, params, longer, tcfg)
+
+
+@pytest.mark.parametrize(
+    "argument, make",
+    [
+        ("tokens", lambda s, b: (_ok(s, b)[0][:, :, None], _ok(s, b)[1])),
+        ("tokens", lambda s, b: (_ok(s, b)[0].astype(np.float32), _ok(s, b)[1])),
+        ("tokens", lambda s, b: (_ok(s, b)[0][:, :1], _ok(s, b)[1][:, :1])),
+        ("mask", lambda s, b: (_ok(s, b)[0], _ok(s, b)[1][:, :-1])),
+        ("mask", lambda s, b: (_ok(s, b)[0], _ok(s, b)[1].astype(np.float32))),
+    ],
+)
+def test_a_wrong_batch_names_the_argument(setup, argument, make):
+    _, cfg, params, _ = setup
+    with pytest.raises((AssertionError, ValueError), match=rf"train step: {argument}\b"):
+        train(cfg, params, _Batches(make), dataclasses.replace(TCFG, steps=1))
+
+
+def test_gpt2_batches_longer_than_its_positions_are_refused():
+    cfg = LMConfig(
+        arch="gpt2", vocab_size=64, d_model=16, n_layers=1, n_heads=2, d_mlp=32, max_seq_len=8
+    )
+    params = init_params(cfg, jax.random.key(0))
+    fits = _Batches(lambda s, b: (np.ones((b, 9), np.int32), np.ones((b, 9), bool)))
+    train(cfg, params, fits, dataclasses.replace(TCFG, steps=1))  # 8 inputs + 1 target
+    too_long = _Batches(lambda s, b: (np.ones((b, 10), np.int32), np.ones((b, 10), bool)))
+    with pytest.raises(ValueError, match=r"train step: tokens .* <= max_seq_len \+ 1 = 9"):
+        train(cfg, params, too_long, dataclasses.replace(TCFG, steps=1))
+
+
+class MaskedLossVariantsTest(chex.TestCase):
+    """The loss (what the step differentiates) is the same traced and eager."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_jit_and_eager_agree(self):
+        cfg = LMConfig(arch="llama", vocab_size=64, d_model=16, n_layers=1, n_heads=2, d_mlp=32)
+        params = init_params(cfg, jax.random.key(0))
+        tokens, mask = _ok(0, 4, 10)
+        tokens, mask = tokens % 64, mask & (np.arange(10) % 3 > 0)
+        loss = self.variant(lambda p, t, m: masked_loss(p, cfg, t, m))
+        chex.assert_trees_all_close(
+            loss(params, tokens, mask), masked_loss(params, cfg, tokens, mask), rtol=1e-6
+        )

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 
+import chex
 import jax
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from elmjax import qd
+from elmjax import qd, tracing
 
 SPEC = qd.GridSpec(shape=(3, 4, 2), low=(0.0, -1.0, 10.0), high=(3.0, 1.0, 20.0))
 PAD = 24  # fixed batch size of every insert in this file
@@ -100,7 +101,7 @@ def assert_same(archive: qd.Archive, ref: ReferenceArchive) -> None:
         if cell in ref.elites:
             f, d, p = ref.elites[cell]
             assert (fit[cell], pid[cell]) == (np.float32(f), p), cell
-            np.testing.assert_array_equal(desc[cell], np.float32(d))
+            chex.assert_trees_all_equal(desc[cell], np.float32(d))
         else:
             assert fit[cell] == -np.inf
 
@@ -129,8 +130,8 @@ def test_repeated_batch_is_idempotent(batch_list):
     for rows in batch_list:
         archive, _ = qd.insert(archive, *as_arrays(rows))
     again, info = qd.insert(archive, *as_arrays(batch_list[-1]))
-    for name in ("fitness", "descriptor", "program_id"):
-        np.testing.assert_array_equal(getattr(again, name), getattr(archive, name))
+    elites = lambda a: (a.fitness, a.descriptor, a.program_id)  # noqa: E731
+    chex.assert_trees_all_equal(elites(again), elites(archive))
     assert not np.asarray(info.entered).any()
 
 
@@ -181,7 +182,7 @@ def test_tokens_follow_their_elite():
     )
     cell = int(info.cell[1])
     assert int(archive.program_id[cell]) == 8
-    np.testing.assert_array_equal(archive.tokens[cell], tokens[1])
+    chex.assert_trees_all_equal(archive.tokens[cell], tokens[1])
 
 
 def test_metrics_and_selection():
@@ -227,12 +228,12 @@ def test_nearest_centroid_lookups_match_brute_force(seed, levels):
     dist = ((np.clip(pts, 0, 1)[:, None, :] - cents[None]) ** 2).sum(-1)
     expected = dist.argmin(1)
     brute = qd.nearest_centroid(np.clip(pts, 0, 1), cents, candidate_chunk=8, centroid_chunk=7)
-    np.testing.assert_array_equal(np.asarray(brute), expected)
+    chex.assert_trees_all_equal(np.asarray(brute), expected.astype(np.int32))
     grid = 3
     index = qd.build_bucket_index(cents, grid)
     assert index.shape[0] == grid**3 and index.shape[1] <= 30
     fast = qd.indexed_nearest_centroid(pts, cents, index, grid, candidate_chunk=16)
-    np.testing.assert_array_equal(np.asarray(fast), expected)
+    chex.assert_trees_all_equal(np.asarray(fast), expected.astype(np.int32))
 
 
 @pytest.mark.parametrize("lookup", ["index", "brute"])
@@ -247,15 +248,14 @@ def test_cvt_archive_insert_and_kmeans(lookup):
     assert (cents >= [0, 0]).all() and (cents <= [1, 2]).all()
     assert len(np.unique(cents.round(5), axis=0)) == 50
     again = qd.init(spec, centroids=archive.centroids, cvt_index=archive.cvt_index)
-    for x, y in zip(jax.tree.leaves(again), jax.tree.leaves(archive)):
-        np.testing.assert_array_equal(x, y)
+    chex.assert_trees_all_equal(again, archive)
     rng = np.random.default_rng(0)
     desc = rng.random((64, 2)).astype(np.float32) * [1.2, 2.4] - 0.1
     fit = rng.random(64).astype(np.float32)
     archive, info = qd.insert(archive, fit, desc, np.ones(64, bool), np.arange(64, dtype=np.int32))
     unit = np.clip(desc / np.float32([1, 2]), 0, 1)
     expected = ((unit[:, None] - cents[None] / [1, 2]) ** 2).sum(-1).argmin(1)
-    np.testing.assert_array_equal(np.asarray(info.cell), expected)
+    chex.assert_trees_all_equal(np.asarray(info.cell), expected.astype(np.int32))
     for cell in set(expected.tolist()):
         members = np.flatnonzero(expected == cell)
         assert float(archive.fitness[cell]) == fit[members].max()
@@ -272,14 +272,14 @@ def test_bucket_index_on_clustered_centroids():
     index = qd.build_bucket_index(cents, grid)
     fast = np.asarray(qd.indexed_nearest_centroid(pts, cents, index, grid))
     brute = np.asarray(qd.nearest_centroid(np.clip(pts, 0, 1), cents))
-    np.testing.assert_array_equal(fast, brute)
+    chex.assert_trees_all_equal(fast, brute)
 
 
 def test_indexed_kmeans_equals_jit_kmeans():
     key = jax.random.PRNGKey(0)
     a = qd.kmeans(key, 60, 3, 600, 3)
     b = qd.cvt.kmeans_indexed(key, 60, 3, 600, 3)
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal(a, b)
 
 
 def test_specs_validate_and_offset_the_qd_score():
@@ -307,3 +307,80 @@ def test_specs_validate_and_offset_the_qd_score():
         np.int32([0, 1]),
     )
     assert qd.metrics_host(archive)["qd_score"] == (0.5 + 1.0) + (-0.25 + 1.0)
+
+
+def _batch(n: int, seed: int = 0, dim: int = 3):
+    rng = np.random.default_rng(seed)
+    low, high = np.asarray(SPEC.low[:dim]), np.asarray(SPEC.high[:dim])
+    return (
+        rng.random(n).astype(np.float32),
+        (low + rng.random((n, dim)) * (high - low)).astype(np.float32),
+        rng.random(n) < 0.8,
+        np.arange(n, dtype=np.int32) + 100 * seed,
+    )
+
+
+class InsertVariantsTest(chex.TestCase):
+    """The traced insert equals the eager one (Python control flow on traced values, or a
+    shape read that only works concretely, would split them)."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_jit_and_eager_agree(self):
+        insert = self.variant(qd.insert.__wrapped__)
+        archive = qd.init(SPEC, token_length=2)
+        expected = archive
+        for seed in range(3):
+            fit, desc, valid, pid = _batch(PAD, seed)
+            tokens = np.stack([pid, -pid], -1)
+            parent = np.where(pid % 3 == 0, pid % SPEC.num_cells, -1).astype(np.int32)
+            archive, info = insert(archive, fit, desc, valid, pid, tokens, parent)
+            expected, want = qd.insert(expected, fit, desc, valid, pid, tokens, parent)
+            chex.assert_trees_all_equal((archive, info), (expected, want))
+        assert int(archive.n_evaluated) == 3 * PAD
+
+
+def test_same_shapes_never_retrace():
+    """Generation 2 (new values, same shapes) must not trace `insert` again; a new batch size
+    must (the positive control: the bound is live)."""
+    archive = qd.init(SPEC)
+    archive, _ = qd.insert(archive, *_batch(PAD, 0), parent_cell=np.full(PAD, -1, np.int32))
+    with tracing.max_traces(0):
+        for seed in (1, 2):
+            fit, desc, valid, pid = _batch(PAD, seed)
+            archive, _ = qd.insert(
+                archive, fit, desc, valid, pid, parent_cell=np.full(PAD, 5, np.int32)
+            )
+        # a host (numpy) archive of the same shapes is the same program too
+        qd.insert(jax.device_get(archive), fit, desc, valid, pid, parent_cell=pid % 7)
+        with pytest.raises(AssertionError, match="'insert' is traced > 0 times"):
+            qd.insert(archive, *_batch(PAD + 1, 3))
+
+
+@pytest.mark.parametrize(
+    "argument, change",
+    [
+        ("fitness", lambda b: {**b, "fitness": b["fitness"][:, None]}),
+        ("descriptor", lambda b: {**b, "descriptor": b["descriptor"][:, :2]}),
+        ("descriptor", lambda b: {**b, "descriptor": b["descriptor"][:-1]}),
+        ("valid", lambda b: {**b, "valid": b["valid"][:-1]}),
+        ("valid", lambda b: {**b, "valid": b["valid"].astype(np.float32)}),
+        ("program_id", lambda b: {**b, "program_id": b["program_id"].astype(np.float32)}),
+        ("program_id", lambda b: {**b, "program_id": b["program_id"][:, None]}),
+        ("tokens", lambda b: {**b, "tokens": b["tokens"][:, :3]}),
+        ("parent_cell", lambda b: {**b, "parent_cell": b["parent_cell"][:-2]}),
+    ],
+)
+def test_wrong_input_names_the_argument(argument, change):
+    archive = qd.init(SPEC, token_length=4)
+    fit, desc, valid, pid = _batch(8)
+    good = dict(
+        fitness=fit,
+        descriptor=desc,
+        valid=valid,
+        program_id=pid,
+        tokens=np.zeros((8, 4), np.int32),
+        parent_cell=np.full(8, -1, np.int32),
+    )
+    qd.insert(archive, **good)  # the unchanged batch is fine
+    with pytest.raises(AssertionError, match=rf"qd\.insert: {argument}\b"):
+        qd.insert(archive, **change(good))

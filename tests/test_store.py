@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-import jax
+import chex
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -64,8 +64,7 @@ def live_insert(archive, recs):
 
 
 def assert_archives_equal(a, b):
-    for leaf_a, leaf_b in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(leaf_a), np.asarray(leaf_b))
+    chex.assert_trees_all_equal(a, b)
 
 
 @settings(max_examples=8)

@@ -34,11 +34,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from elmjax import tracing
 from elmjax.qd.cvt import (
     CVTSpec,
     build_bucket_index,
@@ -231,7 +233,57 @@ def cells_of(archive: Archive, descriptor: jax.Array) -> jax.Array:
     return nearest_centroid(unit, cents, spec.candidate_chunk, spec.centroid_chunk)
 
 
+def _check_insert_args(
+    archive: Archive,
+    fitness: jax.Array,
+    descriptor: jax.Array,
+    valid: jax.Array,
+    program_id: jax.Array,
+    tokens: jax.Array | None,
+    parent_cell: jax.Array | None,
+) -> None:
+    """The shape contract of `insert`, checked at trace time (free once compiled).
+
+    A batch with a wrong rank, length, descriptor width or id dtype would otherwise be
+    broadcast or cast into a silently wrong archive, or fail deep inside a scatter.
+    """
+    num_cells, dim = archive.descriptor.shape
+    chex.assert_shape(archive.fitness, (num_cells,), custom_message="qd.insert: archive.fitness")
+    chex.assert_shape(
+        archive.program_id, (num_cells,), custom_message="qd.insert: archive.program_id"
+    )
+    chex.assert_rank(fitness, 1, custom_message="qd.insert: fitness must be [B]")
+    batch = fitness.shape[0]
+    chex.assert_type(fitness, float, custom_message="qd.insert: fitness must be floating")
+    chex.assert_shape(
+        descriptor,
+        (batch, dim),
+        custom_message=f"qd.insert: descriptor must be [B={batch}, D={dim}]",
+    )
+    chex.assert_type(descriptor, float, custom_message="qd.insert: descriptor must be floating")
+    chex.assert_shape(valid, (batch,), custom_message=f"qd.insert: valid must be [B={batch}]")
+    chex.assert_type(valid, bool, custom_message="qd.insert: valid must be bool")
+    chex.assert_shape(
+        program_id, (batch,), custom_message=f"qd.insert: program_id must be [B={batch}]"
+    )
+    chex.assert_type(program_id, int, custom_message="qd.insert: program_id must be integer")
+    if tokens is not None and archive.tokens is not None:
+        length = archive.tokens.shape[1]
+        chex.assert_shape(
+            tokens,
+            (batch, length),
+            custom_message=f"qd.insert: tokens must be [B={batch}, L={length}]",
+        )
+        chex.assert_type(tokens, int, custom_message="qd.insert: tokens must be integer")
+    if parent_cell is not None:
+        chex.assert_shape(
+            parent_cell, (batch,), custom_message=f"qd.insert: parent_cell must be [B={batch}]"
+        )
+        chex.assert_type(parent_cell, int, custom_message="qd.insert: parent_cell must be integer")
+
+
 @jax.jit
+@tracing.checked
 def insert(
     archive: Archive,
     fitness: jax.Array,
@@ -248,6 +300,12 @@ def insert(
     `parent_cell [B]` (int32 cell of the candidate's parent, -1 if none): credits the parent's
     cell for curiosity selection (offspring evaluated / offspring that entered).
     """
+    fitness, descriptor, valid, program_id = map(
+        jnp.asarray, (fitness, descriptor, valid, program_id)
+    )
+    tokens = None if tokens is None else jnp.asarray(tokens)
+    parent_cell = None if parent_cell is None else jnp.asarray(parent_cell)
+    _check_insert_args(archive, fitness, descriptor, valid, program_id, tokens, parent_cell)
     num_cells = archive.fitness.shape[0]
     fitness = jnp.asarray(fitness, jnp.float32)
     descriptor = jnp.asarray(descriptor, jnp.float32)
