@@ -265,13 +265,6 @@ def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.array(devices), ("data",))
 
 
-@dataclasses.dataclass
-class _State:
-    trainable: Params
-    opt_state: Any
-    step: int
-
-
 def _checkpoint_manager(directory: str, keep: int) -> Any:
     import orbax.checkpoint as ocp
 
