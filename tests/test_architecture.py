@@ -35,7 +35,7 @@ PACKAGE = ROOT / "elmjax"
 #: every `*.cli` module) sit on top of everything. A module no prefix names (a new top-level
 #: module such as a tracing or device helper) counts as domain until it is listed here.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("elmjax", "elmjax.faults")),
+    ("base", ("elmjax", "elmjax.faults", "elmjax.tracing")),
     (
         "domain",
         (

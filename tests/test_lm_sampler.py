@@ -82,7 +82,7 @@ def test_deterministic_per_key_and_no_recompilation(sampler):
             **{**kw, "stop": ["\n", "return", ":"], "temperature": 0.7},
         )
         # the positive control: a new n is a new program, and the bound sees it
-        with pytest.raises(AssertionError, match="'prefill' is traced > 0 times"):
+        with pytest.raises(AssertionError, match="'generate' is traced > 0 times"):
             sampler.sample_detailed(["def"], 2, jax.random.key(9), **kw)
 
 

@@ -24,7 +24,6 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,8 +31,8 @@ import numpy as np
 from elmjax import tracing
 from elmjax.lm.bundle import LanguageModel
 from elmjax.lm.config import LMConfig
+from elmjax.lm.contracts import check_generate_args
 from elmjax.lm.model import (
-    KVCache,
     Params,
     cast_params,
     forward,
@@ -99,80 +98,13 @@ def _repeat_rows(x: jax.Array, n: int, axis: int) -> jax.Array:
     return x if n == 1 else jnp.repeat(x, n, axis=axis)
 
 
-def _check_generate_args(
+@tracing.checked
+def generate(
     params: Params,
     prefill_params: Params,
     config: LMConfig,
     prompt_tokens: jax.Array,
     prompt_start: jax.Array,
-    temperature: jax.Array,
-    top_p: jax.Array,
-    top_k: jax.Array,
-    stop_seqs: jax.Array,
-    eos_ids: jax.Array,
-) -> None:
-    """The shape contract of `generate`, checked at trace time (free once compiled): a wrong
-    input fails here, naming the argument, instead of inside attention or the decode loop."""
-    where = "sampler.generate"
-    chex.assert_rank(prompt_tokens, 2, custom_message=f"{where}: prompt_tokens must be [P, L]")
-    chex.assert_type(prompt_tokens, int, custom_message=f"{where}: prompt_tokens must be integer")
-    num_prompts = prompt_tokens.shape[0]
-    chex.assert_shape(
-        prompt_start,
-        (num_prompts,),
-        custom_message=f"{where}: prompt_start must be [P={num_prompts}]",
-    )
-    chex.assert_type(prompt_start, int, custom_message=f"{where}: prompt_start must be integer")
-    for name, value, kind in (
-        ("temperature", temperature, float),
-        ("top_p", top_p, float),
-        ("top_k", top_k, int),
-    ):
-        chex.assert_rank(value, 0, custom_message=f"{where}: {name} must be a scalar")
-        chex.assert_type(value, kind, custom_message=f"{where}: {name} must be {kind.__name__}")
-    chex.assert_rank(stop_seqs, 2, custom_message=f"{where}: stop_seqs must be [K, M]")
-    chex.assert_type(stop_seqs, int, custom_message=f"{where}: stop_seqs must be integer")
-    chex.assert_rank(eos_ids, 1, custom_message=f"{where}: eos_ids must be [E]")
-    chex.assert_type(eos_ids, int, custom_message=f"{where}: eos_ids must be integer")
-    for name, tree in (("params", params), ("prefill_params", prefill_params)):
-        chex.assert_rank(
-            tree["embed"], 2, custom_message=f"{where}: {name}['embed'] must be [V, D]"
-        )
-        chex.assert_axis_dimension(
-            tree["embed"],
-            1,
-            config.d_model,
-            custom_message=f"{where}: {name}['embed'] must be [V, d_model={config.d_model}]",
-        )
-
-
-@tracing.checked
-def prefill(
-    prefill_params: Params,
-    config: LMConfig,
-    prompt_tokens: jax.Array,
-    prompt_start: jax.Array,
-    *,
-    cache_length: int,
-    cache_dtype: Any,
-    scanned: bool,
-) -> tuple[jax.Array, KVCache]:
-    """Run the left-padded prompts [P, L] once: last-position logits [P, V] and the KV cache
-    (`cache_length` slots: the prompt plus every token decode may add)."""
-    num_prompts, prompt_len = prompt_tokens.shape
-    cache = init_cache(
-        config, num_prompts, cache_length, cache_dtype, start=prompt_start, scanned=scanned
-    )
-    positions = jnp.maximum(jnp.arange(prompt_len)[None, :] - prompt_start[:, None], 0)
-    return forward(prefill_params, config, prompt_tokens, positions, cache, last_only=True)
-
-
-@tracing.checked
-def decode(
-    params: Params,
-    config: LMConfig,
-    cache: KVCache,
-    logits: jax.Array,
     key: jax.Array,
     temperature: jax.Array,
     top_p: jax.Array,
@@ -180,15 +112,50 @@ def decode(
     stop_seqs: jax.Array,
     eos_ids: jax.Array,
     *,
+    n: int,
     max_new_tokens: int,
     greedy: bool,
     use_top_k: bool,
     use_top_p: bool,
+    cache_dtype: Any = jnp.float32,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The KV-cache decode loop over R rows, from the prefill's `cache` and `logits` [R, V]
-    (already repeated per sample): (tokens [R, max_new], lengths [R], stopped [R])."""
-    rows = logits.shape[0]
-    prompt_len = cache.index
+    """Device part of sampling (pure; jit with the keyword arguments static).
+
+    `prefill_params` run the prompt (compute bound: float32 is fastest on CPUs without bf16
+    units), `params` run the decode loop (memory bound: bfloat16 weights halve the bytes).
+
+    prompt_tokens [P, L] left-padded, prompt_start [P] first real slot of each row;
+    stop_seqs [K, M] int32 right-aligned, left-padded with -1 (rows of all -1 are unused);
+    eos_ids [E] (-1 unused). Returns tokens [P*n, max_new] (-1 after a row ended), lengths
+    [P*n] (tokens generated including the EOS / stop sequence) and stopped [P*n] flags.
+
+    Prefill and decode are one compiled program, so `tracing.checked` bounds both.
+    """
+    check_generate_args(
+        params, prefill_params, config, prompt_tokens, prompt_start, temperature, top_p, top_k,
+        stop_seqs, eos_ids,
+    )  # fmt: skip
+    num_prompts, prompt_len = prompt_tokens.shape
+    rows = num_prompts * n
+    scanned = not isinstance(params["layers"], (list, tuple))
+    cache = init_cache(
+        config,
+        num_prompts,
+        prompt_len + max_new_tokens,
+        cache_dtype,
+        start=prompt_start,
+        scanned=scanned,
+    )
+    positions = jnp.maximum(jnp.arange(prompt_len)[None, :] - prompt_start[:, None], 0)
+    logits, cache = forward(prefill_params, config, prompt_tokens, positions, cache, last_only=True)
+    batch_axis = 1 if scanned else 0
+    rep = functools.partial(_repeat_rows, n=n)
+    cache = cache.replace(
+        k=jax.tree.map(lambda x: rep(x, axis=batch_axis), cache.k),
+        v=jax.tree.map(lambda x: rep(x, axis=batch_axis), cache.v),
+        start=rep(cache.start, axis=0),
+    )
+    logits = rep(logits, axis=0)
     row_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(rows))
     choose = functools.partial(
         _choose,
@@ -242,84 +209,6 @@ def decode(
     _, _, steps, done, out, lengths = jax.lax.while_loop(cond, body, state0)
     lengths = jnp.minimum(lengths, steps)
     return out[:, m - 1 :], lengths, done
-
-
-def generate(
-    params: Params,
-    prefill_params: Params,
-    config: LMConfig,
-    prompt_tokens: jax.Array,
-    prompt_start: jax.Array,
-    key: jax.Array,
-    temperature: jax.Array,
-    top_p: jax.Array,
-    top_k: jax.Array,
-    stop_seqs: jax.Array,
-    eos_ids: jax.Array,
-    *,
-    n: int,
-    max_new_tokens: int,
-    greedy: bool,
-    use_top_k: bool,
-    use_top_p: bool,
-    cache_dtype: Any = jnp.float32,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Device part of sampling (pure; jit with the keyword arguments static): `prefill`, the
-    cache repeated `n` times per prompt, then `decode`, as one compiled program.
-
-    `prefill_params` run the prompt (compute bound: float32 is fastest on CPUs without bf16
-    units), `params` run the decode loop (memory bound: bfloat16 weights halve the bytes).
-
-    prompt_tokens [P, L] left-padded, prompt_start [P] first real slot of each row;
-    stop_seqs [K, M] int32 right-aligned, left-padded with -1 (rows of all -1 are unused);
-    eos_ids [E] (-1 unused). Returns tokens [P*n, max_new] (-1 after a row ended), lengths
-    [P*n] (tokens generated including the EOS / stop sequence) and stopped [P*n] flags.
-    """
-    _check_generate_args(
-        params,
-        prefill_params,
-        config,
-        prompt_tokens,
-        prompt_start,
-        temperature,
-        top_p,
-        top_k,
-        stop_seqs,
-        eos_ids,
-    )
-    scanned = not isinstance(params["layers"], (list, tuple))
-    logits, cache = prefill(
-        prefill_params,
-        config,
-        prompt_tokens,
-        prompt_start,
-        cache_length=prompt_tokens.shape[1] + max_new_tokens,
-        cache_dtype=cache_dtype,
-        scanned=scanned,
-    )
-    batch_axis = 1 if scanned else 0
-    rep = functools.partial(_repeat_rows, n=n)
-    cache = cache.replace(
-        k=jax.tree.map(lambda x: rep(x, axis=batch_axis), cache.k),
-        v=jax.tree.map(lambda x: rep(x, axis=batch_axis), cache.v),
-        start=rep(cache.start, axis=0),
-    )
-    return decode(
-        params,
-        config,
-        cache,
-        rep(logits, axis=0),
-        key,
-        temperature,
-        top_p,
-        top_k,
-        stop_seqs,
-        eos_ids,
-        max_new_tokens=max_new_tokens,
-        greedy=greedy,
-        use_top_k=use_top_k,
-        use_top_p=use_top_p,
-    )
 
 
 class Sampler:

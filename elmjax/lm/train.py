@@ -39,7 +39,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,6 +49,7 @@ from tokenizers import Tokenizer
 
 from elmjax import tracing
 from elmjax.lm.config import LMConfig
+from elmjax.lm.contracts import check_train_batch
 from elmjax.lm.model import Params, forward, unstack_layers
 
 
@@ -235,30 +235,6 @@ def masked_loss(
     return jnp.sum(nll * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
-def check_batch(config: LMConfig, tokens: jax.Array, mask: jax.Array) -> None:
-    """The shape contract of a training step's batch, checked at trace time (free once compiled).
-
-    tokens [B, T] integer ids, T >= 2 (an input and a target); a GPT-2 model has learned
-    positions for at most `max_seq_len` inputs (T - 1), and past them jnp indexing would clamp
-    silently. loss mask [B, T] bool.
-    """
-    where = "train step"
-    chex.assert_rank(tokens, 2, custom_message=f"{where}: tokens must be [B, T]")
-    chex.assert_type(tokens, int, custom_message=f"{where}: tokens must be integer")
-    inputs = tokens.shape[1] - 1
-    limit = config.max_seq_len if config.arch == "gpt2" else None
-    if inputs < 1 or (limit is not None and inputs > limit):
-        raise ValueError(
-            f"{where}: tokens must be [B, T] with 2 <= T"
-            + ("" if limit is None else f" <= max_seq_len + 1 = {limit + 1}")
-            + f", got shape {tokens.shape}"
-        )
-    chex.assert_equal_shape(
-        [tokens, mask], custom_message=f"{where}: mask must have the tokens' shape [B, T]"
-    )
-    chex.assert_type(mask, bool, custom_message=f"{where}: mask must be bool")
-
-
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh with a `data` axis over all (or the given) devices."""
     devices = list(devices) if devices is not None else jax.devices()
@@ -350,7 +326,7 @@ def train(
     def train_step(
         t: Params, o: Any, frozen: Params | None, tokens: jax.Array, mask: jax.Array
     ) -> Any:
-        check_batch(config, tokens, mask)
+        check_train_batch(config, tokens, mask)
         loss, grads = jax.value_and_grad(loss_fn)(t, frozen, tokens, mask)
         updates, o = optimizer.update(grads, o, t)
         return optax.apply_updates(t, updates), o, loss, optax.tree.norm(grads)
