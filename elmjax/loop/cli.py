@@ -69,7 +69,7 @@ def end_of_run_line(result: RunResult) -> str:
         )
         if m.get("num_clipped"):
             line += (
-                f"; {m['num_clipped']} elite(s) beyond the grid's range, filed in its edge "
+                f"; {m['num_clipped']} elite(s) beyond the grid's range, filed in the edge "
                 "cells (listed in the report)"
             )
     return line

@@ -155,7 +155,7 @@ def render_frames(
             Line2D([], [], color="k", lw=0.6, ls=":", label="start"),
         ],
         loc="upper right",
-        fontsize=6,
+        fontsize=7,
         framealpha=0.85,
         handlelength=1.5,
     )
