@@ -48,10 +48,18 @@ def test_gif_frame_durations_match_fps(tmp_path, fps):
     assert sum(durations[1:]) == pytest.approx(1500, abs=1)
 
 
-def test_frame_delay_is_the_simulated_step_in_gif_centiseconds():
-    assert gif_frame_ms(np.arange(0, 1, 1 / 15)) == 70  # 66.7 ms, the nearest GIF delay
-    assert gif_frame_ms(np.arange(0, 1, 0.1)) == 100
-    assert gif_frame_ms(np.arange(0, 1, 0.001)) == 10  # never the 0 ms browsers replace
+def test_frame_delays_add_up_to_the_simulated_time():
+    fifteen = gif_frame_ms(np.arange(16) / 15)  # 1 s at 15 fps: 66.7 ms per frame
+    assert set(fifteen) == {60, 70} and sum(fifteen[:-1]) == 1000
+    assert gif_frame_ms(np.arange(0, 1, 0.1)) == [100] * 10
+    assert min(gif_frame_ms(np.arange(0, 1, 0.001))) == 20  # never what browsers replace
+
+
+def test_a_15_fps_gif_lasts_its_simulated_time(tmp_path):
+    path = render_gif(_walker("wheel"), tmp_path / "w.gif", seconds=1.0, fps=15)
+    durations = _durations(path)
+    assert len(durations) == 16 and sum(durations[:-1]) == 1000
+    assert all(abs(d - 1000 / 15) < 10 for d in durations)
 
 
 @given(

@@ -33,6 +33,8 @@ UNITS_PER_METRE = 10.0
 DEFAULT_FPS = 10
 #: GIF frame delays are whole centiseconds.
 GIF_RESOLUTION_MS = 10
+#: browsers play a GIF delay of 10 ms or less as 100 ms; 20 ms is the shortest they honour.
+MIN_DELAY_MS = 20
 BONE, LONG, SHORT = "#595959", "#d62728", "#1f4fd6"
 
 
@@ -241,11 +243,20 @@ def colors_rgb(name: str) -> tuple[float, float, float]:
     return colors.to_rgb(name)
 
 
-def gif_frame_ms(times: np.ndarray) -> int:
-    """The GIF delay of one frame in milliseconds: the simulated time between frames, rounded
-    to the GIF format's resolution (10 ms), so the animation plays in real time."""
-    step = float(np.median(np.diff(times))) if len(times) > 1 else 0.1
-    return max(GIF_RESOLUTION_MS, int(round(step * 1000 / GIF_RESOLUTION_MS)) * GIF_RESOLUTION_MS)
+def gif_frame_ms(times: np.ndarray) -> list[int]:
+    """GIF delay of each frame in milliseconds, so that the animation plays in real time.
+
+    GIF stores delays in whole centiseconds, so frame k shows from its time rounded to 10 ms to
+    the next frame's: at 15 fps (66.7 ms) the delays run 70, 60, 70, ... and the whole GIF lasts
+    exactly the simulated time. The last frame holds for one typical step. No delay is below
+    `MIN_DELAY_MS`: browsers replace shorter ones by 100 ms."""
+    times = np.asarray(times, np.float64)
+    if len(times) < 2:
+        return [100] * len(times)
+    edges = np.round((times - times[0]) * 1000.0 / GIF_RESOLUTION_MS) * GIF_RESOLUTION_MS
+    step = float(np.median(np.diff(edges)))
+    delays = [*np.diff(edges), step]
+    return [int(max(MIN_DELAY_MS, d)) for d in delays]
 
 
 def render_gif(
@@ -258,7 +269,8 @@ def render_gif(
     title: str | None = None,
 ) -> str:
     """Simulate `walker_dict` (dict form or Walker) and write an animated GIF to `path` that
-    plays in real time.
+    plays in real time (for a frame rate GIF cannot hold exactly, such as 15 fps, the delays
+    alternate so that the total is exact).
 
     imageio's pillow plugin (imageio >= 2.28) takes `duration` in milliseconds per frame (older
     versions took seconds, which is why a `1 / fps` here once wrote 0 ms delays that browsers
