@@ -164,7 +164,7 @@ def side_by_side_gif(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from elmjax.viz.walker_gif import render_frames
+    from elmjax.viz.walker_gif import gif_frame_ms, render_frames
 
     fps = 8
     left = render_frames(
@@ -204,7 +204,8 @@ def side_by_side_gif(
     n = min(len(left), len(right))
     h = min(left[0].shape[0], right[0].shape[0])
     both = [np.concatenate([left[k][:h], right[k][:h]], axis=1) for k in range(n)]
-    imageio.mimsave(path, both, duration=1.0 / fps, loop=0)
+    # imageio's pillow plugin takes milliseconds; GIF holds centiseconds (see gif_frame_ms)
+    imageio.mimsave(path, both, duration=gif_frame_ms(np.arange(n) / fps), loop=0)
 
 
 def main() -> None:
