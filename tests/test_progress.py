@@ -104,5 +104,7 @@ def test_end_of_run_line_counts_cells():
     assert "7 of 1,728 cells (0.4%)" in line and "best fitness 91.2" in line
     stopped = end_of_run_line(dataclasses.replace(result, elapsed=600.4))
     assert "(28 generations, 10:00)" in stopped  # when the run stopped, not its last generation
+    first = dataclasses.replace(result, evaluations=1, generations=1)
+    assert "after 1 evaluation (1 generation, " in end_of_run_line(first)
     clipped = end_of_run_line(dataclasses.replace(result, metrics={**ROW, "num_clipped": 2}))
     assert "2 elite(s) beyond the grid's range" in clipped

@@ -48,6 +48,11 @@ STATUS_TEXT = {
 }
 
 
+def plural(n: int, noun: str) -> str:
+    """"1 generation", "28 generations", "1,265 evaluations"."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def end_of_run_line(result: RunResult) -> str:
     """ "elmjax: stopped at the time limit after 865 evaluations (28 generations, 10:00):
     7 of 1,728 cells (0.4%), QD score 312.4, best fitness 91.2"."""
@@ -57,7 +62,7 @@ def end_of_run_line(result: RunResult) -> str:
     m = result.metrics
     line = (
         f"elmjax: {STATUS_TEXT.get(result.status, result.status)} after "
-        f"{result.evaluations:,} evaluations ({result.generations} generations"
+        f"{plural(result.evaluations, 'evaluation')} ({plural(result.generations, 'generation')}"
     )
     elapsed = result.elapsed if result.elapsed is not None else m.get("elapsed")
     line += f", {clock(elapsed)})" if elapsed is not None else ")"
