@@ -36,6 +36,8 @@ GIF_RESOLUTION_MS = 10
 #: browsers play a GIF delay of 10 ms or less as 100 ms; 20 ms is the shortest they honour.
 MIN_DELAY_MS = 20
 BONE, LONG, SHORT = "#595959", "#d62728", "#1f4fd6"
+#: grey level of a muscle at its rest length (so it still shows on the white background)
+REST = 0.85
 
 
 class Trajectory(NamedTuple):
@@ -154,6 +156,7 @@ def render_frames(
             Line2D([], [], color=BONE, lw=2, label="bone"),
             Line2D([], [], color=LONG, lw=2, label="muscle longer than rest"),
             Line2D([], [], color=SHORT, lw=2, label="muscle shorter than rest"),
+            Line2D([], [], color=(REST,) * 3, lw=2, label="muscle near rest length"),
             Line2D([], [], color="k", lw=0.6, ls=":", label="start"),
         ],
         loc="upper right",
@@ -233,7 +236,7 @@ def spring_colours(length: np.ndarray, rest: np.ndarray, muscle: np.ndarray) -> 
     blue = white + np.clip(-strain, 0, 1) * (np.asarray(colors_rgb(SHORT)) - 1.0)
     shade = np.where(strain > 0, red, blue)
     # A muscle at rest length would be white on white: keep a light grey floor.
-    shade = np.minimum(shade, 0.85)
+    shade = np.minimum(shade, REST)
     return np.where(muscle[:, None], shade, np.asarray(colors_rgb(BONE)))
 
 
