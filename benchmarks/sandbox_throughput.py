@@ -72,20 +72,21 @@ def best_of(repeats: int, fn) -> float:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """user + system CPU seconds of a process (Linux /proc)."""
+    """user + system CPU seconds of a process and of its reaped children (Linux /proc): a
+    worker's template forks one child per program and reaps it."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def sandbox_cpu_per_program(pool: SandboxPool, sources: list[str], repeats: int) -> float:
     """CPU seconds per program spent by the caller and the workers together (best of repeats)."""
     best = float("inf")
     for _ in range(repeats):
-        pids = pool.worker_pids()
+        pids = pool.template_pids()
         before = time.process_time() + sum(process_cpu_seconds(p) for p in pids)
         pool.run(sources, "make_walker", check_walker, inject=INJECT)
-        if pool.worker_pids() != pids:
+        if pool.template_pids() != pids:
             continue  # a worker was replaced: its CPU time is lost, skip this repeat
         after = time.process_time() + sum(process_cpu_seconds(p) for p in pids)
         best = min(best, (after - before) / len(sources))
@@ -158,6 +159,7 @@ def main() -> None:
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}",
         "python": sys.version.split()[0],
         "workers": workers,
+        "isolation": pool.isolation,
         "cold_start_s": cold_start,
         "seed_corpus": {
             "programs": n,

@@ -3,10 +3,10 @@ module name, from the tests folder on sys.path), so they can look at the worker 
 
 from __future__ import annotations
 
+import _thread
+import ctypes
 import os
-import signal
 import sys
-import time
 from typing import Any
 
 
@@ -42,12 +42,20 @@ def worker_facts(value: Any) -> dict[str, Any]:
         can_fork = True
     except OSError:
         can_fork = False
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = None
+    try:
+        entries = sorted(e for e in os.listdir(".") if e != "probe.txt")
+    except OSError:
+        entries = None
     return {
         "uid": os.getuid(),
         "euid": os.geteuid(),
         "pid": os.getpid(),
-        "cwd": os.getcwd(),
-        "cwd_entries": sorted(e for e in os.listdir(".") if e != "probe.txt"),
+        "cwd": cwd,
+        "cwd_entries": entries,
         "jax_loaded": any(m == "jax" or m.startswith("jax.") for m in sys.modules),
         "socket_importable": socket_importable,
         "can_write_cwd": can_write_cwd,
@@ -57,10 +65,13 @@ def worker_facts(value: Any) -> dict[str, Any]:
 
 
 def die(value: Any) -> None:
-    """Kill the worker from inside: its program must come back `crashed`."""
-    os.kill(os.getpid(), signal.SIGKILL)
+    """Crash the program's process (a segfault): its program must come back `crashed`."""
+    ctypes.string_at(0)
 
 
 def block(value: Any) -> None:
-    """Block without using CPU: only the caller's wall-clock limit can stop this."""
-    time.sleep(3600)
+    """Block without using CPU (a lock taken twice waits in the kernel forever): only a
+    wall-clock limit can stop this."""
+    lock = _thread.allocate_lock()
+    lock.acquire()
+    lock.acquire()

@@ -20,7 +20,7 @@ from elmjax.sodarace.walker import check_walker
 HOSTILE = pathlib.Path(__file__).parent / "hostile"
 INJECT = {"walker_creator": "elmjax.sodarace.walker:walker_creator"}
 CANARY = pathlib.Path("/tmp/elmjax-hostile-canary")
-LIMITS = Limits(cpu_seconds=1.0, wall_seconds=3.0, address_space_bytes=256 << 20, workers=2)
+LIMITS = Limits(cpu_seconds=1.0, wall_seconds=5.0, address_space_bytes=256 << 20, workers=2)
 SQUARE = load_seeds()["square"]
 
 
@@ -154,7 +154,7 @@ def test_worker_is_locked_down(pool):
     (result,) = pool.run(["def f():\n    return 7\n"], "f", "sandbox_checks:worker_facts")
     facts = result.value
     assert facts["value"] == 7
-    assert facts["cwd"].startswith(pool.directory) and facts["cwd_entries"] == []
+    assert facts["cwd"] is None and facts["cwd_entries"] is None  # seccomp: no getcwd, no open
     assert not facts["jax_loaded"]
     assert not facts["socket_importable"]
     assert not facts["can_write_cwd"]
@@ -247,19 +247,20 @@ def test_cpu_limit_fires_before_the_wall_clock(pool):
     assert result.error.kind == "timeout" and "CPU time" in result.error.message
 
 
-def test_blocked_worker_is_killed_and_replaced(pool):
-    before = set(pool.worker_pids())
+def test_blocked_program_is_killed_by_the_wall_clock(pool):
     limits = dataclasses.replace(LIMITS, wall_seconds=1.0)
+    start = time.monotonic()
     results = pool.run(["def f():\n    return 1\n"] * 3, "f", "sandbox_checks:block", limits=limits)
     assert [r.error.kind for r in results] == ["timeout"] * 3
     assert "wall-clock" in results[0].error.message
+    assert time.monotonic() - start < 3 * 1.0 + pool_module.WALL_GRACE_SECONDS + 5
     assert run_walkers(pool, [SQUARE])[0].ok
-    assert set(pool.worker_pids()) != before
 
 
-def test_dead_worker_gives_crashed_and_is_replaced(pool):
+def test_dead_program_process_gives_crashed_and_the_next_runs(pool):
     results = pool.run(["def f():\n    return 1\n"] * 2, "f", "sandbox_checks:die")
     assert [r.error.kind for r in results] == ["crashed"] * 2
+    assert "SIGSEGV" in results[0].error.message
     assert run_walkers(pool, [SQUARE, SQUARE])[1].ok
 
 

@@ -22,6 +22,7 @@ a syntax tree, which is most of the policy's cost.
 
 from __future__ import annotations
 
+import _string
 import ast
 import builtins
 import collections
@@ -30,6 +31,7 @@ import itertools
 import math
 import random
 import re
+import string
 import types
 from collections.abc import Callable
 from typing import Any
@@ -112,14 +114,21 @@ class ForbiddenImport(ImportError):
 #: this path; anything suspicious, even in a comment, gets the full check.
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SUSPICIOUS_WORDS = frozenset(
-    {n for n in FORBIDDEN_NAMES | FORBIDDEN_ATTRIBUTES if not n.startswith("_")} | {"metaclass"}
+    {n for n in FORBIDDEN_NAMES | FORBIDDEN_ATTRIBUTES if not n.startswith("_")}
+    | {"class", "format", "format_map"}  # class keywords; the format rewrite (`rewrite_tree`)
 )
+#: A syntax node takes at least a quarter of a character (`-1` is four nodes: an expression
+#: statement, a unary operation, its operator and a constant), so text of at most this many
+#: characters cannot exceed MAX_AST_NODES and may skip the count.
+FAST_PATH_MAX_CHARS = MAX_AST_NODES // 4
 
 
 def needs_tree_check(source: str) -> bool:
-    """False when `source` provably satisfies every `check_tree` rule (see `_SUSPICIOUS_WORDS`)."""
+    """False when `source` provably satisfies every `check_tree` rule and needs no rewrite
+    (see `_SUSPICIOUS_WORDS`); the fast path then compiles the text as it is."""
     return (
-        not source.isascii()
+        len(source) > FAST_PATH_MAX_CHARS
+        or not source.isascii()
         or "__" in source
         or not _SUSPICIOUS_WORDS.isdisjoint(_IDENTIFIER.findall(source))
     )
@@ -182,16 +191,13 @@ def _check_name(node: ast.Name) -> str | None:
 
 
 def _check_attribute(node: ast.Attribute) -> str | None:
-    attr = node.attr
-    if attr in FORBIDDEN_ATTRIBUTES or (
-        attr.startswith("__") and attr not in ALLOWED_DUNDER_ATTRIBUTES
-    ):
-        return f"attribute {attr!r} is not allowed"
-    return None
+    return _attribute_name(node.attr)
 
 
 def _check_function(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
-    if node.name.startswith("__") and node.name not in ALLOWED_DUNDER_METHODS:
+    if node.name in FORBIDDEN_NAMES or (
+        node.name.startswith("__") and node.name not in ALLOWED_DUNDER_METHODS
+    ):
         return f"defining {node.name!r} is not allowed"
     return None
 
@@ -199,14 +205,31 @@ def _check_function(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
 def _check_class(node: ast.ClassDef) -> str | None:
     if node.keywords:
         return "class keywords (metaclass=...) are not allowed"
-    if node.name.startswith("__"):
-        return f"class name {node.name!r} is not allowed"
-    return None
+    return _dunder("class name", node.name)
 
 
 def _dunder(what: str, name: str | None) -> str | None:
-    if name is not None and name.startswith("__"):
+    """A name a construct binds (an argument, an `except ... as`, a match capture, ...):
+    the same rule as a name the program mentions."""
+    if name is not None and (name.startswith("__") or name in FORBIDDEN_NAMES):
         return f"{what} {name!r} is not allowed"
+    return None
+
+
+def _attribute_name(name: str) -> str | None:
+    if name in FORBIDDEN_ATTRIBUTES or (
+        name.startswith("__") and name not in ALLOWED_DUNDER_ATTRIBUTES
+    ):
+        return f"attribute {name!r} is not allowed"
+    return None
+
+
+def _check_match_class(node: ast.MatchClass) -> str | None:
+    """`case C(name=x)` reads attribute `name` of the subject: the attribute rule applies."""
+    for name in node.kwd_attrs:
+        problem = _attribute_name(name)
+        if problem:
+            return problem
     return None
 
 
@@ -218,8 +241,10 @@ _CHECKS: dict[type, Callable[[Any], str | None]] = {
     ast.FunctionDef: _check_function,
     ast.AsyncFunctionDef: _check_function,
     ast.ClassDef: _check_class,
-    ast.Global: lambda n: next((_dunder("name", x) for x in n.names if x.startswith("__")), None),
-    ast.Nonlocal: lambda n: next((_dunder("name", x) for x in n.names if x.startswith("__")), None),
+    ast.Global: lambda n: next(filter(None, (_dunder("name", x) for x in n.names)), None),
+    ast.Nonlocal: lambda n: next(filter(None, (_dunder("name", x) for x in n.names)), None),
+    ast.ExceptHandler: lambda n: _dunder("name", n.name),
+    ast.MatchClass: _check_match_class,
     ast.arg: lambda n: _dunder("argument name", n.arg),
     ast.keyword: lambda n: _dunder("keyword", n.arg),
     ast.alias: lambda n: _dunder("alias", n.asname),
@@ -238,30 +263,59 @@ def _allowed() -> str:
 _IMMUTABLE_TYPE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: C types whose attributes cannot be set
 
 
+#: Builds the wrappers that stand in for injected and module functions. Compiled with globals
+#: that hold nothing (no builtins, no modules), so a wrapper's `__globals__` leads nowhere.
+_WRAPPER_GLOBALS: dict[str, Any] = {"__builtins__": {}}
+exec(
+    compile(
+        "def wrap(function):\n"
+        "    def call(*args, **kwargs):\n"
+        "        return function(*args, **kwargs)\n"
+        "    return call\n",
+        "<sandbox>",
+        "exec",
+    ),
+    _WRAPPER_GLOBALS,
+)
+_wrap: Callable[[Callable[..., Any]], Callable[..., Any]] = _WRAPPER_GLOBALS.pop("wrap")
+
+
 def _private(value: Any) -> Any:
     """What a program could modify, made its own, so its assignments stay with it: a Python
     function (whose attributes can be set) becomes a fresh wrapper that keeps the original out
     of reach, a Python-level class becomes a fresh subclass."""
     if isinstance(value, types.FunctionType):
-        function = value
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return function(*args, **kwargs)
-
-        call.__name__, call.__qualname__ = function.__name__, function.__qualname__
-        call.__doc__ = function.__doc__
+        call = _wrap(value)
+        call.__name__, call.__qualname__ = value.__name__, value.__qualname__
+        call.__doc__ = value.__doc__
         return call
     if isinstance(value, type) and not value.__flags__ & _IMMUTABLE_TYPE:
         return types.new_class(value.__name__, (value,))
     return value
 
 
+#: Per module, public names a program does not get: `functools` helpers that read, write or
+#: evaluate attributes named by strings (`update_wrapper`/`wraps` with `assigned=`/`updated=`,
+#: `cached_property.attrname`, `singledispatch` evaluating string annotations) and
+#: `partialmethod`/`singledispatchmethod`, descriptors built on the same machinery.
+WITHHELD: dict[str, frozenset[str]] = {
+    "functools": frozenset(
+        {
+            "update_wrapper", "wraps", "WRAPPER_ASSIGNMENTS", "WRAPPER_UPDATES",
+            "cached_property", "singledispatch", "singledispatchmethod", "partialmethod",
+        }
+    ),
+}  # fmt: skip
+
+
 def _module_copy(module: types.ModuleType) -> types.ModuleType:
     copy = types.ModuleType(module.__name__)
+    withheld = WITHHELD.get(module.__name__, frozenset())
     for name in getattr(module, "__all__", None) or dir(module):
         value = getattr(module, name, None)
         if (
             not name.startswith("_")
+            and name not in withheld
             and value is not None
             and not isinstance(value, types.ModuleType)
         ):
@@ -269,29 +323,118 @@ def _module_copy(module: types.ModuleType) -> types.ModuleType:
     return copy
 
 
-_RANDOM_FUNCTIONS = (
-    "random", "uniform", "randint", "randrange", "choice", "choices", "shuffle", "sample",
-    "gauss", "normalvariate", "lognormvariate", "expovariate", "vonmisesvariate",
-    "gammavariate", "betavariate", "paretovariate", "weibullvariate", "triangular",
-    "getrandbits", "getstate", "setstate", "randbytes",
-)  # fmt: skip
-
-
 def _random_module(seed: int) -> types.ModuleType:
-    """`random` for one program: the module's functions bound to a generator seeded with `seed`.
-    `random.seed()` without an argument returns to `seed` instead of reading the OS entropy
-    pool, so a program that reseeds itself stays deterministic."""
+    """`random` for one program: its whole public API (`random.__all__`), the module-level
+    functions bound to a generator seeded with `seed`. `random.seed()` without an argument, and
+    `random.Random()` without one, start from `seed` (the n-th such generator from a seed
+    derived from it) instead of the OS entropy pool, so the program stays deterministic."""
     rng = random.Random(seed)
     module = types.ModuleType("random")
-    for name in _RANDOM_FUNCTIONS:
-        if hasattr(rng, name):
+    made = [0]
+
+    class Random(random.Random):
+        def __init__(self, x: Any = None) -> None:
+            if x is None:
+                made[0] += 1
+                x = f"{seed}/{made[0]}"
+            super().__init__(x)
+
+    for name in random.__all__:
+        if name == "Random":
+            module.Random = Random
+        elif name == "SystemRandom":
+            module.SystemRandom = types.new_class("SystemRandom", (random.SystemRandom,))
+        elif hasattr(rng, name):
             setattr(module, name, getattr(rng, name))
 
     def seed_(a: Any = None, version: int = 2) -> None:
         rng.seed(seed if a is None else a, version)
 
-    module.seed = seed_
+    module.seed = _private(seed_)
     return module
+
+
+# ---- str.format / str.format_map ---------------------------------------------------------------
+
+#: The name a rewritten program calls for `x.format` / `x.format_map` (see `rewrite_tree`);
+#: a program cannot name it itself (it starts with `__`).
+FORMAT_HOOK = "__sandbox_format__"
+
+
+class ForbiddenAccess(Exception):
+    """A format string that reaches an attribute the AST policy forbids (kind `forbidden`)."""
+
+
+class _SafeFormatter(string.Formatter):
+    """`str.format` with the AST policy's attribute rule applied to `{0.attr}` fields: a format
+    string is data built at run time, and would otherwise read any attribute chain."""
+
+    def __init__(self, violations: list[str] | None) -> None:
+        self.violations = violations
+
+    def get_field(self, field_name: str, args: Any, kwargs: Any) -> tuple[Any, Any]:
+        first, rest = _string.formatter_field_name_split(field_name)
+        obj = self.get_value(first, args, kwargs)
+        for is_attribute, key in rest:
+            if is_attribute:
+                problem = _attribute_name(key)
+                if problem:
+                    message = f"format string: {problem}"
+                    if self.violations is not None:
+                        self.violations.append(message)
+                    raise ForbiddenAccess(message)
+                obj = getattr(obj, key)
+            else:
+                obj = obj[key]
+        return obj, first
+
+
+def _format_hook(violations: list[str] | None) -> Callable[[Any, str], Any]:
+    formatter = _SafeFormatter(violations)
+
+    def safe_format(text: str, *args: Any, **kwargs: Any) -> str:
+        return formatter.vformat(text, args, kwargs)
+
+    def safe_format_map(text: str, mapping: Any) -> str:
+        return formatter.vformat(text, (), mapping)
+
+    safe = {"format": safe_format, "format_map": safe_format_map}
+    unbound = {"format": str.format, "format_map": str.format_map}
+
+    def attribute(obj: Any, name: str) -> Any:
+        """`obj.format` / `obj.format_map` as the program wrote it, except that str's own
+        methods (bound or not, reached through a subclass or `super()` too) format safely."""
+        value = getattr(obj, name)
+        if value is unbound[name]:
+            return safe[name]
+        if (
+            type(value) is types.BuiltinMethodType
+            and isinstance(value.__self__, str)
+            and getattr(type(value.__self__), name, None) is unbound[name]
+        ):
+            text = str.__str__(value.__self__)
+            return functools.partial(safe[name], text)
+        return value
+
+    return attribute
+
+
+class _FormatRewriter(ast.NodeTransformer):
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        self.generic_visit(node)
+        if node.attr in ("format", "format_map") and type(node.ctx) is ast.Load:
+            call = ast.Call(
+                func=ast.Name(FORMAT_HOOK, ast.Load()),
+                args=[node.value, ast.Constant(node.attr)],
+                keywords=[],
+            )
+            return ast.copy_location(call, node)
+        return node
+
+
+def rewrite_tree(tree: ast.Module) -> ast.Module:
+    """After `check_tree`: every `x.format` / `x.format_map` read goes through FORMAT_HOOK."""
+    return ast.fix_missing_locations(_FormatRewriter().visit(tree))
 
 
 _MODULES: dict[str, types.ModuleType] = {
@@ -327,9 +470,13 @@ def program_globals(
         return imported[name]
 
     safe = dict(_SAFE_BUILTINS)
-    safe["__import__"] = import_
+    safe["__import__"] = _private(import_)
     safe["__build_class__"] = builtins.__build_class__
-    safe["print"] = print_sink
-    namespace: dict[str, Any] = {"__builtins__": safe, "__name__": "__program__"}
+    safe["print"] = _private(print_sink)
+    namespace: dict[str, Any] = {
+        "__builtins__": safe,
+        "__name__": "__program__",
+        FORMAT_HOOK: _private(_format_hook(violations)),
+    }
     namespace.update({name: _private(value) for name, value in inject.items()})
     return namespace

@@ -17,9 +17,15 @@ import collections
 import contextlib
 import io
 import json
+import logging
+import math
 import multiprocessing
 import os
+import re
 import shutil
+import signal
+import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -31,8 +37,10 @@ from multiprocessing import context as mp_context
 from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
 from typing import Any
 
+from elmjax.sandbox.isolation import LAYERS, unprivileged_ids
 from elmjax.sandbox.results import ERROR_KINDS, ExecResult, Limits
-from elmjax.sandbox.worker import resolve, serve, unprivileged_ids
+from elmjax.sandbox.schemas import ReplyError, schema_for
+from elmjax.sandbox.worker import REPLY_OVERHEAD_BYTES, resolve, serve
 
 #: Seconds a new worker may take to start and lock down before the pool gives up on it.
 STARTUP_SECONDS = 60.0
@@ -41,6 +49,14 @@ STARTUP_SECONDS = 60.0
 MAX_FAILED_STARTS = 3
 #: Most programs sent to a worker at once.
 MAX_BATCH = 16
+#: Seconds past a program's wall-clock limit before the caller, rather than the worker's
+#: template (which enforces the limit itself), gives up on the worker and kills it.
+WALL_GRACE_SECONDS = 2.0
+#: Seconds a send to a worker may block (a worker that stops reading is broken).
+SEND_TIMEOUT_SECONDS = 10.0
+
+_log = logging.getLogger("elmjax.sandbox")
+_WARNED: set[str] = set()
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 _FORKSERVER_LOCK = threading.Lock()
@@ -114,7 +130,8 @@ class _Worker:
         self.spawned_at = time.monotonic()
         self.pending: collections.deque[int] = collections.deque()
         self.started_at = 0.0
-        self.retiring = False
+        self.buffer = bytearray()
+        self.layers: dict[str, str] | None = None
 
     def kill(self) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -151,9 +168,21 @@ class SandboxPool:
     lock); programs of a batch run in parallel across the workers.
     """
 
-    def __init__(self, limits: Limits | None = None, preload: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        preload: Sequence[str] = (),
+        layers: Sequence[str] = LAYERS,
+    ) -> None:
+        """`layers`: the OS layers workers enter (all by default; see `isolation.LAYERS`). Fewer
+        is for tests that prove each layer on its own, never for production."""
+        unknown = set(layers) - set(LAYERS)
+        if unknown:
+            raise ValueError(f"unknown isolation layers: {sorted(unknown)}")
         self.limits = limits or Limits()
         self.preload = tuple(preload)
+        self.layers = tuple(layers)
+        self._isolation: dict[str, str] | None = None
         self._lock = threading.Lock()
         self._root = tempfile.mkdtemp(prefix="elmjax-sandbox-")
         os.chmod(self._root, 0o711)  # workers may pass through (to their own dir), not list
@@ -161,9 +190,38 @@ class SandboxPool:
         self._workers: list[_Worker | None] = [None] * self.limits.workers
         self._failed_starts = 0
         self._closed = False
+        self._batch = _Batch(self.limits, schema_for(""), 0)
         # the folder goes even if close() is never called (daemonic workers die with the caller)
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._root, True)
         _start_forkserver(self.preload)
+
+    @property
+    def isolation(self) -> dict[str, str]:
+        """Layer -> 'active ...', 'unavailable: why' or 'disabled', as the first worker that
+        started reported it (starts one if none has yet)."""
+        if self._isolation is None:
+            with self._lock:
+                if self._isolation is None and not self._closed:
+                    self._start_one()
+        return dict(self._isolation or {})
+
+    def _start_one(self) -> None:
+        """Start worker 0 and wait until it is ready (for `isolation`)."""
+        if self._workers[0] is None:
+            self._spawn(0)
+        w = self._workers[0]
+        assert w is not None
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not w.ready:
+            left = deadline - time.monotonic()
+            if left <= 0 or not mp_connection.wait([w.conn, w.process.sentinel], timeout=left):
+                w.kill()
+                self._workers[0] = None
+                raise RuntimeError(f"sandbox worker did not start within {STARTUP_SECONDS:g} s")
+            if not self._read(w) and not w.ready:
+                w.kill()
+                self._workers[0] = None
+                raise RuntimeError("sandbox worker died before starting")
 
     @property
     def directory(self) -> str:
@@ -198,16 +256,34 @@ class SandboxPool:
         """Process ids of the live workers (for tests and diagnostics)."""
         return [w.process.pid for w in self._workers if w is not None and w.process.is_alive()]
 
+    def template_pids(self) -> list[int]:
+        """Process ids of the live workers' templates, which fork the programs' processes: the
+        worker itself, or its one child when the worker made a pid namespace for it."""
+        pids = []
+        for pid in self.worker_pids():
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+            except OSError:
+                children = []
+            pids.append(children[0] if len(children) == 1 else pid)
+        return pids
+
     def _spawn(self, slot: int) -> None:
         workdir = tempfile.mkdtemp(prefix=f"w{slot}-", dir=self._root)
         if self._ids is not None:
             os.chown(workdir, *self._ids)
         parent_conn, child_conn = _CONTEXT.Pipe(duplex=True)
         process = _PROCESS_CLASS(
-            target=serve, args=(child_conn, workdir, self.preload), daemon=True
+            target=serve, args=(child_conn, workdir, self.preload, self.layers), daemon=True
         )
         process.start()
         child_conn.close()
+        with contextlib.suppress(OSError):  # a worker that stops reading cannot block a send
+            sock = socket.socket(fileno=os.dup(parent_conn.fileno()))
+            timeval = struct.pack("ll", int(SEND_TIMEOUT_SECONDS), 0)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+            sock.close()
         self._workers[slot] = _Worker(process, parent_conn, workdir)
 
     # ---- running programs --------------------------------------------------------------------
@@ -221,6 +297,7 @@ class SandboxPool:
         seeds: Sequence[int] | None = None,
         inject: dict[str, Any] | None = None,
         call: bool = True,
+        schema: Callable[[Any], Any] | None = None,
     ) -> list[ExecResult]:
         """Run every program and return one `ExecResult` per source, in order.
 
@@ -228,7 +305,9 @@ class SandboxPool:
         resolved in the worker); the sandbox calls `entry()` (or, with `call=False`, hands the
         entry object itself to `check`, which may call it on test inputs), then `check(value)`,
         which returns plain data or raises. `random` starts from `seeds[i]` (0 when no seeds are
-        given). `limits` defaults to the pool's; its `workers` is ignored here.
+        given). `limits` defaults to the pool's; its `workers` is ignored here. Every value is
+        validated here, in the caller, by `schema` (default: the schema of the environment that
+        owns `check`, see `schemas.py`); one that fails is `crashed`.
         Never raises for a bad program; raises ValueError for a bad `check`/`inject`/`seeds`.
         """
         limits = limits or self.limits
@@ -238,26 +317,28 @@ class SandboxPool:
         seeds = [int(s) for s in seeds]
         if len(seeds) != len(sources):
             raise ValueError(f"{len(seeds)} seeds for {len(sources)} programs")
+        check_ref = _ref(check, "check")
         job = {
             "entry": str(entry),
-            "check": _ref(check, "check"),
+            "check": check_ref,
             "inject": {str(k): _ref(v, f"inject[{k!r}]") for k, v in (inject or {}).items()},
             "call": bool(call),
             "limits": {
                 "cpu_seconds": float(limits.cpu_seconds),
+                "wall_seconds": float(limits.wall_seconds),
                 "address_space_bytes": int(limits.address_space_bytes),
                 "max_output_bytes": int(limits.max_output_bytes),
                 "max_result_bytes": int(limits.max_result_bytes),
                 "max_message_chars": int(limits.max_message_chars),
             },
         }
-        results: list[ExecResult | None] = [None] * len(sources)
+        state = _Batch(limits, schema or schema_for(check_ref), len(sources))
         queue: collections.deque[int] = collections.deque()
         for i, source in enumerate(sources):
             if type(source) is not str:
-                results[i] = ExecResult.failure("invalid", "program text must be a str")
+                state.results[i] = ExecResult.failure("invalid", "program text must be a str")
             elif len(source.encode("utf-8", "surrogatepass")) > limits.max_source_bytes:
-                results[i] = ExecResult.failure(
+                state.results[i] = ExecResult.failure(
                     "forbidden", f"program is larger than {limits.max_source_bytes} bytes"
                 )
             else:
@@ -265,14 +346,15 @@ class SandboxPool:
         with self._lock:
             if self._closed:
                 raise RuntimeError("SandboxPool is closed")
+            self._batch = state
             try:
-                self._drive(queue, sources, seeds, job, limits, results)
+                self._drive(queue, sources, seeds, job, state)
             except BaseException:
                 # interrupted (KeyboardInterrupt, a broken environment): workers still busy with
                 # this batch would answer into the next one, so they go
                 self._discard_busy_workers()
                 raise
-        return [r for r in results if r is not None]
+        return [r for r in state.results if r is not None]
 
     def _discard_busy_workers(self) -> None:
         for slot, w in enumerate(self._workers):
@@ -287,9 +369,9 @@ class SandboxPool:
         sources: list[str],
         seeds: list[int],
         job: dict[str, Any],
-        limits: Limits,
-        results: list[ExecResult | None],
+        state: _Batch,
     ) -> None:
+        limits = state.limits
         while queue or any(w is not None and w.pending for w in self._workers):
             self._dispatch(queue, sources, seeds, job)
             waitables: dict[Any, int] = {}
@@ -300,14 +382,16 @@ class SandboxPool:
                 waitables[w.conn] = slot
                 waitables[w.process.sentinel] = slot
                 if w.pending:
-                    deadline = min(deadline, w.started_at + limits.wall_seconds)
+                    deadline = min(
+                        deadline, w.started_at + limits.wall_seconds + WALL_GRACE_SECONDS
+                    )
                 elif not w.ready:
                     deadline = min(deadline, w.spawned_at + STARTUP_SECONDS)
             timeout = max(0.0, deadline - time.monotonic())
             ready = mp_connection.wait(list(waitables), timeout=timeout)
             for slot in sorted({waitables[obj] for obj in ready}):
-                self._service(slot, queue, limits, results)
-            self._enforce_deadlines(queue, limits, results)
+                self._service(slot, queue, state)
+            self._enforce_deadlines(queue, state)
 
     def _dispatch(
         self, queue: collections.deque[int], sources: list[str], seeds: list[int], job: dict
@@ -327,39 +411,58 @@ class SandboxPool:
                 w.conn.send({"job": job, "tasks": [(i, sources[i], seeds[i]) for i in tasks]})
             except (OSError, ValueError):
                 queue.extendleft(reversed(tasks))
-                continue  # the worker is dead; _service notices through its sentinel
+                w.kill()  # dead, or not reading: _service settles it through its sentinel
+                continue
             w.pending.extend(tasks)
             w.started_at = time.monotonic()
 
-    def _service(
-        self,
-        slot: int,
-        queue: collections.deque[int],
-        limits: Limits,
-        results: list[ExecResult | None],
-    ) -> None:
-        """Read everything a worker has sent; if it has died, settle its programs."""
+    def _read(self, w: _Worker) -> bool:
+        """Read what one readiness promised (a single `read`, which cannot block) and handle
+        every complete message; False when the worker hung up or broke the protocol."""
+        try:
+            data = os.read(w.conn.fileno(), 1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        w.buffer += data
+        limit = self._frame_limit
+        while len(w.buffer) >= 4:
+            (size,) = struct.unpack("!i", w.buffer[:4])
+            if size < 0 or size > limit:
+                return False  # a frame no honest worker sends
+            if len(w.buffer) < 4 + size:
+                break
+            payload = bytes(w.buffer[4 : 4 + size])
+            del w.buffer[: 4 + size]
+            if not self._accept(w, payload):
+                return False
+        return True
+
+    @property
+    def _frame_limit(self) -> int:
+        largest = max(self.limits.max_result_bytes, self._batch.limits.max_result_bytes)
+        return largest + 2 * REPLY_OVERHEAD_BYTES
+
+    def _service(self, slot: int, queue: collections.deque[int], state: _Batch) -> None:
+        """Read what a worker has sent; if it has died or broken the protocol, settle its
+        current program (`crashed`) and requeue the rest of its batch."""
         w = self._workers[slot]
         assert w is not None
         alive = True
-        try:
-            while w.conn.poll():
-                payload = w.conn.recv_bytes(limits.max_result_bytes + 65536)
-                if not self._accept(w, payload, limits, results):
-                    alive = False
-                    break
-        except (EOFError, OSError):
-            alive = False
-        if alive and w.process.is_alive() and not w.retiring:
+        if w.conn.poll(0):
+            alive = self._read(w)
+        if alive and w.process.is_alive():
             return
-        if w.pending and not w.retiring:
+        if w.pending:
             code = w.process.exitcode
-            results[w.pending.popleft()] = ExecResult.failure(
-                "crashed",
-                f"worker process died (exit code {code})",
-                time.monotonic() - w.started_at,
+            why = "broke the reply protocol" if code is None else f"died (exit code {code})"
+            state.results[w.pending.popleft()] = ExecResult.failure(
+                "crashed", f"worker process {why}", time.monotonic() - w.started_at
             )
-        if not w.ready and not w.retiring:
+        if not w.ready:
             self._failed_starts += 1
             if self._failed_starts >= MAX_FAILED_STARTS:
                 w.kill()
@@ -373,51 +476,110 @@ class SandboxPool:
         w.kill()
         self._workers[slot] = None
 
-    def _accept(
-        self, w: _Worker, payload: bytes, limits: Limits, results: list[ExecResult | None]
-    ) -> bool:
-        """Record one message from a worker (the ready signal, or a list of replies in the order
-        of its batch); False if it is not well formed."""
+    def _accept(self, w: _Worker, payload: bytes) -> bool:
+        """Record one message from a worker: its ready signal, or one program's outcome (a JSON
+        header from the template, a newline, then the program process's own reply bytes).
+        False when the template's part is not well formed: the worker is then killed. A
+        malformed reply from the program's process only makes that program `crashed`."""
+        if not w.ready:
+            try:
+                message = json.loads(payload)
+            except (ValueError, RecursionError):
+                return False
+            if not (isinstance(message, dict) and message.get("ready") is True):
+                return False
+            layers = message.get("layers")
+            if not (
+                isinstance(layers, dict)
+                and all(type(k) is str and type(v) is str for k, v in layers.items())
+            ):
+                return False
+            w.ready = True
+            w.layers = layers
+            self._failed_starts = 0
+            self._note_isolation(layers)
+            return True
+        state = self._batch
+        head, newline, body = payload.partition(b"\n")
         try:
-            message = json.loads(payload)
+            header = json.loads(head)
         except (ValueError, RecursionError):
             return False
-        if isinstance(message, dict) and message.get("ready") is True and not w.ready:
-            w.ready = True
-            self._failed_starts = 0
-            return True
-        if not isinstance(message, list) or not message:
+        if (
+            not newline
+            or type(header) is not dict
+            or not w.pending
+            or header.get("index") != w.pending[0]
+            or type(header.get("status")) is not int
+            or type(header.get("seconds")) not in (int, float)
+        ):
             return False
-        for reply in message:
-            if not isinstance(reply, dict) or not w.pending or reply.get("index") != w.pending[0]:
-                return False
-            index = w.pending.popleft()
-            seconds = reply.get("seconds")
-            seconds = float(seconds) if isinstance(seconds, int | float) else 0.0
-            if reply.get("ok") is True:
-                results[index] = ExecResult(True, reply.get("value"), None, seconds)
-            else:
-                kind, text = reply.get("kind"), reply.get("message")
-                if kind not in ERROR_KINDS:
-                    kind, text = "crashed", "worker sent an unknown error kind"
-                if not isinstance(text, str):
-                    text = str(kind)
-                results[index] = ExecResult.failure(kind, text[: limits.max_message_chars], seconds)
-            if reply.get("recycle"):
-                w.retiring = True
+        index = w.pending.popleft()
+        seconds = float(header["seconds"])
+        if not math.isfinite(seconds) or seconds < 0:
+            seconds = 0.0
+        state.results[index] = self._outcome(header, body, seconds, state)
         w.started_at = time.monotonic()
         return True
 
-    def _enforce_deadlines(
-        self, queue: collections.deque[int], limits: Limits, results: list[ExecResult | None]
-    ) -> None:
+    def _outcome(
+        self, header: dict[str, Any], body: bytes, seconds: float, state: _Batch
+    ) -> ExecResult:
+        limits = state.limits
+        problem = header.get("problem")
+        if problem == "wall":
+            return ExecResult.failure(
+                "timeout", f"wall-clock limit of {limits.wall_seconds:g} s exceeded", seconds
+            )
+        if problem == "size":
+            return ExecResult.failure("invalid", "reply larger than the result limit", seconds)
+        if not body:
+            status = header["status"]
+            if status in (-signal.SIGKILL, -signal.SIGXCPU) and seconds >= limits.cpu_seconds:
+                message = f"CPU time limit of {limits.cpu_seconds:g} s exceeded"
+                return ExecResult.failure("timeout", message, seconds)
+            return ExecResult.failure("crashed", _exit_text(status), seconds)
+        try:
+            reply = json.loads(body, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError):
+            return ExecResult.failure("crashed", "program process sent a malformed reply", seconds)
+        if type(reply) is not dict:
+            return ExecResult.failure("crashed", "program process sent a malformed reply", seconds)
+        if reply.get("ok") is True and set(reply) <= _OK_KEYS:
+            try:
+                value = state.schema(reply.get("value"))
+            except (ReplyError, ValueError, TypeError, KeyError, RecursionError) as exc:
+                message = f"program process sent a value outside the schema: {exc}"
+                return ExecResult.failure("crashed", _scrub(message, limits), seconds)
+            return ExecResult(True, value, None, seconds)
+        kind, text = reply.get("kind"), reply.get("message")
+        if (
+            reply.get("ok") is not False
+            or not set(reply) <= _FAILURE_KEYS
+            or kind not in ERROR_KINDS
+            or type(text) is not str
+        ):
+            return ExecResult.failure("crashed", "program process sent a malformed reply", seconds)
+        return ExecResult.failure(kind, _scrub(text, limits), seconds)
+
+    def _note_isolation(self, layers: dict[str, str]) -> None:
+        if self._isolation is None:
+            self._isolation = dict(layers)
+        missing = sorted(k for k, v in layers.items() if v.startswith("unavailable"))
+        for name in missing:
+            if name not in _WARNED:
+                _WARNED.add(name)
+                _log.warning("sandbox isolation layer %s %s", name, layers[name])
+
+    def _enforce_deadlines(self, queue: collections.deque[int], state: _Batch) -> None:
+        limits = state.limits
         now = time.monotonic()
         for slot, w in enumerate(self._workers):
             if w is None:
                 continue
-            if w.pending and now >= w.started_at + limits.wall_seconds:
+            if w.pending and now >= w.started_at + limits.wall_seconds + WALL_GRACE_SECONDS:
                 w.kill()
-                results[w.pending.popleft()] = ExecResult.failure(
+                state.results[w.pending.popleft()] = ExecResult.failure(
                     "timeout",
                     f"wall-clock limit of {limits.wall_seconds:g} s exceeded",
                     now - w.started_at,
@@ -428,6 +590,53 @@ class SandboxPool:
                 w.kill()
                 self._workers[slot] = None
                 raise RuntimeError(f"sandbox worker did not start within {STARTUP_SECONDS:g} s")
+
+
+class _Batch:
+    """One `run` call's limits, schema and results."""
+
+    def __init__(self, limits: Limits, schema: Callable[[Any], Any], n: int) -> None:
+        self.limits = limits
+        self.schema = schema
+        self.results: list[ExecResult | None] = [None] * n
+
+
+_OK_KEYS = frozenset({"ok", "value", "seconds"})
+_FAILURE_KEYS = frozenset({"ok", "kind", "message", "seconds"})
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _exit_text(status: int) -> str:
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return f"program process was killed by {name}"
+    return f"program process exited with status {status} without a reply"
+
+
+_PATH = re.compile(r"(?<![\w.])(?:~|\.{1,2})?/[^\s'\"():,;]+")
+
+
+def _scrub(message: str, limits: Limits) -> str:
+    """A worker's message, bounded, without file paths or the values of the caller's
+    environment variables (the worker's environment is empty; this holds even if a program
+    found a way to the caller's)."""
+    text = message[: limits.max_message_chars * 2]
+    for value in _secret_values():
+        if value in text:
+            text = text.replace(value, "<redacted>")
+    text = _PATH.sub("<path>", text)
+    return text[: limits.max_message_chars]
+
+
+def _secret_values() -> list[str]:
+    values = {v for v in os.environ.values() if len(v) >= 6}
+    return sorted(values, key=len, reverse=True)
 
 
 # ---- module-level convenience ----------------------------------------------------------------

@@ -1,30 +1,34 @@
-"""The sandbox worker: a long-lived process that runs one untrusted program after another.
+"""The sandbox worker: a locked-down template that forks one child per untrusted program.
 
 A worker is forked by the multiprocessing fork server (a fresh interpreter that has imported
-this module and nothing of JAX), then `serve` locks it down once: no core files, no file writes,
-an empty working directory, `socket`/`ctypes`/`subprocess` made unimportable and, when started as
-root, the identity of the unprivileged user `nobody`. After that it reads batches of programs
-from the caller and, for each, sets that program's CPU and memory limits, parses, checks the AST
-policy, runs the entry function, runs `check` on its result, checks that the result is plain data
-and sends back JSON. The caller only ever decodes JSON from a worker, so nothing a program built
-(or a compromised worker wrote) is unpickled on the caller's side.
+this module and nothing of JAX). `serve` imports everything a program may need, clears the
+environment, then enters the OS layers of `isolation.py` (namespaces, rlimits, `nobody`,
+no_new_privs, Landlock, seccomp) and becomes a *template*: for each program it forks a child,
+which closes every descriptor but its own reply pipe, sets that program's CPU and memory limits,
+adds the program seccomp filter (no fork, no signals, no rlimit changes) and only then parses,
+checks the AST policy, runs the entry function, runs `check` on its result, checks that the
+result is plain data and writes JSON to its pipe. The template bounds and forwards those bytes
+without decoding them; the caller decodes and validates them against the environment's schema.
+A child is fresh from the template, so nothing one program leaves behind (memory, finalisers,
+module state, a `__del__` or a suspended generator) reaches the next, and its exit runs none of
+its finalisers (`os._exit`).
 
 CPU time: a profiling timer (ITIMER_PROF, precise) raises `_Expired` when the program's budget is
-spent; the RLIMIT_CPU soft limit, reset before each program because the counter is per process
-and only grows, is the kernel's backstop (SIGXCPU, same handler). A program that swallows the
-exception is still reported as a timeout, and one that keeps running is killed by the caller's
-wall-clock limit.
+spent; the child's RLIMIT_CPU (its counter starts at zero: it is a fresh process) is the
+kernel's backstop (SIGXCPU, same handler, then SIGKILL a second later). A program that swallows
+the exception is still reported as a timeout; one that blocks is killed by the template's
+wall-clock limit, and a template that stops answering by the caller's.
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
+import gc
 import importlib
 import json
-import math
 import os
-import resource
+import select
 import signal
 import sys
 import time
@@ -33,12 +37,24 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from elmjax.sandbox.isolation import (
+    CLONE_NEWPID,
+    LAYERS,
+    LayerUnavailable,
+    die_with_parent,
+    enter_namespaces,
+    lock_down,
+    program_rlimits,
+    unshare,
+)
 from elmjax.sandbox.policy import (
+    ForbiddenAccess,
     ForbiddenImport,
     PolicyError,
     check_tree,
     needs_tree_check,
     program_globals,
+    rewrite_tree,
 )
 
 #: The file name programs are compiled under; frames with it are the program's own code.
@@ -52,12 +68,19 @@ BLOCKED_MODULES = ("socket", "_socket", "ctypes", "_ctypes", "subprocess", "_pos
 LAZY_STDLIB = (
     "heapq", "copy", "bisect", "operator", "keyword", "reprlib", "unicodedata", "encodings.latin_1",
 )  # fmt: skip
+#: Bytes a reply may hold beyond the program's result (its kind, message, timing, framing).
+REPLY_OVERHEAD_BYTES = 64 * 1024
+#: Descriptors a child closes (the worker's RLIMIT_NOFILE is 64).
+MAX_FDS = 1024
 #: Deepest nesting of a program's result.
 MAX_RESULT_DEPTH = 64
 #: CPU seconds allowed for turning a program's exception into a message (its `__str__` is
 #: program code); a short budget of its own, so a `__str__` that never returns is cut off well
 #: before the caller's wall-clock limit and the program still gets its `exception` kind.
 MESSAGE_CPU_SECONDS = 0.25
+
+
+_INF = float("inf")
 
 
 class _Expired(BaseException):
@@ -86,10 +109,23 @@ def _on_cpu_limit(signum: int, frame: Any) -> None:
 # ---- start-up ------------------------------------------------------------------------------------
 
 
-def serve(conn: Connection, workdir: str, preload: tuple[str, ...]) -> None:
-    """Worker main loop: lock down, say ready, then run batches until the caller hangs up."""
-    _lock_down(workdir, preload)
-    conn.send_bytes(b'{"ready": true}')
+def serve(
+    conn: Connection, workdir: str, preload: tuple[str, ...], layers: tuple[str, ...] = LAYERS
+) -> None:
+    """Worker main: prepare, enter the OS layers, say ready (with the layer report), then run
+    batches until the caller hangs up. Each program runs in a child forked from this locked-down
+    template, so nothing one program leaves behind (memory, finalisers, module state, a patched
+    `check`) reaches the next, and nothing it does can forge another program's reply."""
+    wanted = frozenset(layers)
+    _prepare(workdir, preload)
+    report: dict[str, str] = {}
+    enter_namespaces(wanted, report)
+    if "pid_namespace" in wanted:
+        _enter_pid_namespace(conn, report)
+    child_filter = lock_down(wanted, report)
+    gc.collect()
+    gc.freeze()  # the children's garbage collector leaves the template's pages shared
+    conn.send_bytes(json.dumps({"ready": True, "layers": report}).encode())
     while True:
         try:
             batch = conn.recv()
@@ -99,58 +135,144 @@ def serve(conn: Connection, workdir: str, preload: tuple[str, ...]) -> None:
             return
         job = batch["job"]
         for index, source, seed in batch["tasks"]:
-            reply = _run_one(source, seed, job)
-            reply["index"] = index
+            header, payload = _run_in_child(source, seed, job, child_filter)
+            header["index"] = index
             # one message per program, sent before the next starts: replies held back to be
             # sent in groups would die with a worker killed by the next program's wall clock
-            conn.send_bytes(b"[" + _encode(reply) + b"]")
-            if reply.get("recycle"):
-                return  # after a MemoryError the heap may be fragmented: start afresh
+            conn.send_bytes(json.dumps(header).encode() + b"\n" + payload)
 
 
-def _lock_down(workdir: str, preload: tuple[str, ...]) -> None:
+def _prepare(workdir: str, preload: tuple[str, ...]) -> None:
     signal.signal(signal.SIGPROF, _on_cpu_limit)
     signal.signal(signal.SIGXCPU, _on_cpu_limit)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's business
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past RLIMIT_FSIZE fails, not kills
-    for name in (*LAZY_STDLIB, *preload):  # import now, while the files are still readable
+    for name in (*LAZY_STDLIB, *preload):  # import now: the filesystem is closed later
         with contextlib.suppress(Exception):
             importlib.import_module(name)
     warnings.simplefilter("ignore")  # e.g. SyntaxWarnings from compiling a program
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.environ.clear()  # the caller's environment is no program's business (also unsetenv)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
     os.dup2(devnull, 1)  # nothing a worker does reaches the caller's terminal
     os.dup2(devnull, 2)
     os.close(devnull)
     os.chdir(workdir)
     os.umask(0o077)
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-    if os.geteuid() == 0:
-        _drop_privileges()
-    if os.geteuid() != 0:  # root ignores RLIMIT_NPROC; everyone else can no longer fork
-        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
     for name in BLOCKED_MODULES:
         sys.modules[name] = None  # type: ignore[assignment]
 
 
-def _drop_privileges() -> None:
-    uid, gid = unprivileged_ids()
-    os.setgroups([])
-    os.setgid(gid)
-    os.setuid(uid)
-    if os.geteuid() == 0 or os.getuid() == 0:
-        raise RuntimeError("sandbox worker could not drop root privileges")
-
-
-def unprivileged_ids() -> tuple[int, int]:
-    """(uid, gid) of `nobody`, the user root workers run as."""
+def _enter_pid_namespace(conn: Connection, report: dict[str, str]) -> None:
+    """Fork the template as process 1 of a new pid namespace: programs see no process outside
+    it, and when the template dies the kernel kills every program process with it. The process
+    the pool started stays outside, holding nothing, and exits with the template."""
     try:
-        import pwd
+        unshare(CLONE_NEWPID)
+    except LayerUnavailable as exc:
+        report["pid_namespace"] = f"unavailable: {exc}"
+        return
+    pid = os.fork()
+    if pid:
+        conn.close()
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except ChildProcessError:
+                os._exit(1)
+            except InterruptedError:
+                continue
+        os._exit(os.waitstatus_to_exitcode(status) & 0x7F)
+    die_with_parent()
+    report["pid_namespace"] = "active"
 
-        entry = pwd.getpwnam("nobody")
-        return entry.pw_uid, entry.pw_gid
-    except (ImportError, KeyError):
-        return 65534, 65534
+
+def _run_in_child(
+    source: str, seed: int, job: dict[str, Any], child_filter: Any
+) -> tuple[dict[str, Any], bytes]:
+    """Run one program in a fresh child: (what the template saw, the child's reply bytes).
+
+    The template enforces the wall-clock limit itself (SIGKILL to the child), bounds the reply
+    and never decodes it: the caller does, and validates it against the environment's schema.
+    """
+    limits = job["limits"]
+    max_bytes = limits["max_result_bytes"] + REPLY_OVERHEAD_BYTES
+    start = time.monotonic()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        _child(source, seed, job, child_filter, write_end)  # never returns
+    os.close(write_end)
+    chunks: list[bytes] = []
+    size = 0
+    problem = None
+    deadline = start + limits["wall_seconds"]
+    pidfd = os.pidfd_open(pid)
+    poller = select.poll()
+    poller.register(read_end, select.POLLIN)
+    poller.register(pidfd, select.POLLIN)
+    open_fds = {read_end, pidfd}
+    try:
+        while open_fds:  # until the reply is complete and the child has exited
+            left = deadline - time.monotonic()
+            if left <= 0:
+                problem = "wall"
+                break
+            for fd, _ in poller.poll(left * 1000):
+                if fd == pidfd:
+                    open_fds.discard(pidfd)
+                    poller.unregister(pidfd)
+                    continue
+                data = os.read(read_end, 1 << 16)
+                if not data:
+                    open_fds.discard(read_end)
+                    poller.unregister(read_end)
+                    continue
+                size += len(data)
+                if size > max_bytes:
+                    problem = "size"
+                    open_fds.clear()
+                    break
+                chunks.append(data)
+    finally:
+        os.close(read_end)
+        os.close(pidfd)
+    if problem is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    header: dict[str, Any] = {
+        "seconds": time.monotonic() - start,
+        "status": os.waitstatus_to_exitcode(status),
+    }
+    if problem is not None:
+        header["problem"] = problem
+        return header, b""
+    return header, b"".join(chunks)
+
+
+def _child(
+    source: str, seed: int, job: dict[str, Any], child_filter: Any, write_end: int
+) -> None:
+    code = 0
+    try:
+        die_with_parent()
+        os.closerange(3, write_end)  # the caller's pipe above all: no message but its own
+        os.closerange(write_end + 1, MAX_FDS)
+        limits = job["limits"]
+        program_rlimits(limits["cpu_seconds"], limits["address_space_bytes"])
+        if child_filter is not None:
+            child_filter.load()
+        data = _encode(_run_one(source, seed, job))
+        view = memoryview(data)
+        while view:
+            view = view[os.write(write_end, view) :]
+    except BaseException:
+        code = 70
+    finally:
+        os._exit(code)
 
 
 # ---- one program ---------------------------------------------------------------------------------
@@ -183,7 +305,6 @@ def _api_files(job: dict[str, Any]) -> frozenset[str]:
 def _run_one(source: str, seed: int, job: dict[str, Any]) -> dict[str, Any]:
     limits = job["limits"]
     start = time.perf_counter()
-    _set_limits(limits)
     _Clock.expired = False
     _Clock.armed = True
     signal.setitimer(signal.ITIMER_PROF, limits["cpu_seconds"])
@@ -194,7 +315,6 @@ def _run_one(source: str, seed: int, job: dict[str, Any]) -> dict[str, Any]:
     finally:
         signal.setitimer(signal.ITIMER_PROF, 0)
         _Clock.armed = False
-        _clear_limits()
     reply["seconds"] = time.perf_counter() - start
     return reply
 
@@ -207,11 +327,9 @@ def _guarded(source: str, seed: int, job: dict[str, Any]) -> dict[str, Any]:
     except _Expired:
         return _failure("timeout", f"CPU time limit of {limits['cpu_seconds']:g} s exceeded")
     except MemoryError:
-        reply = _failure(
+        return _failure(
             "memory", f"memory limit of {limits['address_space_bytes'] >> 20} MiB exceeded"
         )
-        reply["recycle"] = True
-        return reply
     except BaseException as exc:
         if _Clock.expired:  # the program caught the timer's exception and carried on
             return _failure("timeout", f"CPU time limit of {limits['cpu_seconds']:g} s exceeded")
@@ -229,7 +347,7 @@ def _execute(source: str, seed: int, job: dict[str, Any], stage: list[str]) -> d
                 check_tree(tree)
             except PolicyError as exc:
                 return _failure("forbidden", str(exc)[:chars])
-            code = compile(tree, PROGRAM_FILENAME, "exec", dont_inherit=True)
+            code = compile(rewrite_tree(tree), PROGRAM_FILENAME, "exec", dont_inherit=True)
             del tree
         else:
             code = compile(source, PROGRAM_FILENAME, "exec", dont_inherit=True)
@@ -264,7 +382,7 @@ def _execute(source: str, seed: int, job: dict[str, Any], stage: list[str]) -> d
 
 
 def _kind(exc: BaseException, stage: str, job: dict[str, Any]) -> str:
-    if isinstance(exc, ForbiddenImport):
+    if isinstance(exc, ForbiddenImport | ForbiddenAccess):
         return "forbidden"
     if isinstance(exc, OutputLimitExceeded | NotPlainData):
         return "invalid"
@@ -334,7 +452,11 @@ def _plain(value: Any, max_bytes: int) -> Any:
         if depth > MAX_RESULT_DEPTH:
             raise NotPlainData(f"result is nested deeper than {MAX_RESULT_DEPTH}")
         t = type(v)
-        if v is None or t is bool or t is float:
+        if v is None or t is bool:
+            return v
+        if t is float:
+            if v != v or v in (_INF, -_INF):
+                raise NotPlainData("result holds a non-finite number")
             return v
         if t is int:
             if v.bit_length() > 64:
@@ -371,27 +493,3 @@ def _encode(reply: dict[str, Any]) -> bytes:
         fallback["index"] = reply["index"]
         fallback["seconds"] = reply.get("seconds", 0.0)
         return json.dumps(fallback).encode()
-
-
-# ---- limits --------------------------------------------------------------------------------------
-
-
-def _set_limits(limits: dict[str, Any]) -> None:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    spent = usage.ru_utime + usage.ru_stime
-    _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
-    soft = int(math.ceil(spent + limits["cpu_seconds"])) + 1
-    if cpu_hard != resource.RLIM_INFINITY:
-        soft = min(soft, cpu_hard)
-    resource.setrlimit(resource.RLIMIT_CPU, (soft, cpu_hard))
-    _, as_hard = resource.getrlimit(resource.RLIMIT_AS)
-    space = limits["address_space_bytes"]
-    if as_hard != resource.RLIM_INFINITY:
-        space = min(space, as_hard)
-    resource.setrlimit(resource.RLIMIT_AS, (space, as_hard))
-
-
-def _clear_limits() -> None:
-    for which in (resource.RLIMIT_CPU, resource.RLIMIT_AS):
-        _, hard = resource.getrlimit(which)
-        resource.setrlimit(which, (hard, hard))
