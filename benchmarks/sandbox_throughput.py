@@ -79,13 +79,15 @@ def process_cpu_seconds(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def sandbox_cpu_per_program(pool: SandboxPool, sources: list[str], repeats: int) -> float:
+def sandbox_cpu_per_program(
+    pool: SandboxPool, sources: list[str], repeats: int, limits: Limits | None = None
+) -> float:
     """CPU seconds per program spent by the caller and the workers together (best of repeats)."""
     best = float("inf")
     for _ in range(repeats):
         pids = pool.template_pids()
         before = time.process_time() + sum(process_cpu_seconds(p) for p in pids)
-        pool.run(sources, "make_walker", check_walker, inject=INJECT)
+        pool.run(sources, "make_walker", check_walker, limits=limits, inject=INJECT)
         if pool.template_pids() != pids:
             continue  # a worker was replaced: its CPU time is lost, skip this repeat
         after = time.process_time() + sum(process_cpu_seconds(p) for p in pids)
@@ -141,6 +143,12 @@ def main() -> None:
 
         t_mixed = best_of(max(1, repeats - 2), run_mixed)
         cpu_sandbox = sandbox_cpu_per_program(pool, seeds, repeats)
+        fresh = dataclasses.replace(base, reuse_clean_process=False)
+        t_fresh = best_of(
+            repeats,
+            lambda: pool.run(seeds, "make_walker", check_walker, limits=fresh, inject=INJECT),
+        )
+        cpu_fresh = sandbox_cpu_per_program(pool, seeds, repeats, limits=fresh)
 
     cpu_inproc = inprocess_cpu_per_program(seeds, repeats)
     t_inproc_1 = best_of(repeats, lambda: run_inprocess(seeds))
@@ -167,6 +175,8 @@ def main() -> None:
             "inprocess_1proc_programs_per_s": n / t_inproc_1,
             "inprocess_same_cores_programs_per_s": n / t_inproc_n,
             "sandbox_cpu_ms_per_program": cpu_sandbox * 1e3,
+            "sandbox_fresh_process_per_program_programs_per_s": n / t_fresh,
+            "sandbox_fresh_process_per_program_cpu_ms_per_program": cpu_fresh * 1e3,
             "inprocess_cpu_ms_per_program": cpu_inproc * 1e3,
         },
         "mixed_corpus": {
@@ -183,6 +193,8 @@ def main() -> None:
     figures["ratios"] = {
         "seeds_cpu_vs_inprocess_exec": cpu_inproc / cpu_sandbox,
         "seeds_vs_inprocess_exec": (n / t_seeds) / (n / t_inproc_n),
+        "seeds_fresh_process_vs_inprocess_exec": (n / t_fresh) / (n / t_inproc_n),
+        "seeds_fresh_process_cpu_vs_inprocess_exec": cpu_inproc / cpu_fresh,
         "seeds_vs_inprocess_exec_1proc": (n / t_seeds) / (n / t_inproc_1),
         "mixed_vs_inprocess_exec_good_only": (n / t_mixed)
         / (len(good_of_mixed) / t_inproc_mixed_n),

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "programs",
-        nargs="+",
+        nargs="*",
         metavar="PROGRAM",
         help=f"a .py file defining make_walker(), or a seed's name ({seeds})",
     )
@@ -68,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SECONDS",
         help="wall-clock seconds per program (default 5)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes (default: one per core; 1 runs the programs in one worker)",
+    )
+    p.add_argument(
+        "--isolation",
+        action="store_true",
+        help="also print the sandbox's OS isolation layers (active/unavailable) on stderr",
     )
 
     p = sub.add_parser(

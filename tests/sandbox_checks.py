@@ -6,6 +6,7 @@ from __future__ import annotations
 import _thread
 import ctypes
 import os
+import socket
 import sys
 from typing import Any
 
@@ -23,7 +24,7 @@ def call_on_inputs(function: Any) -> list[Any]:
 def worker_facts(value: Any) -> dict[str, Any]:
     """What the worker looks like from inside."""
     try:
-        import socket  # noqa: F401
+        import socket as module  # noqa: F401
 
         socket_importable = True
     except ImportError:
@@ -75,3 +76,11 @@ def block(value: Any) -> None:
     lock = _thread.allocate_lock()
     lock.acquire()
     lock.acquire()
+
+
+# ---- a deliberately planted hole, for the OS-layer tests ------------------------------------------
+# Injected into a program's globals (`inject={"os": "sandbox_checks:real_os", ...}`), these hand
+# the program the real modules the AST policy keeps from it: what it can then do is what the
+# operating system allows, layer by layer. Never inject them outside tests.
+real_os = os
+real_socket = socket

@@ -88,3 +88,36 @@ def test_exec_does_not_import_jax():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip().splitlines()[-1] == "HEAVY [] 0", proc.stdout + proc.stderr
+
+
+def test_isolation_option_reports_every_layer_on_stderr():
+    from elmjax.sandbox.isolation import LAYERS
+
+    proc = elmjax("exec", str(SEEDS_DIR / "square.py"), "--isolation", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    (out,) = lines(proc.stdout)  # stdout stays the JSON results only
+    assert out["ok"]
+    report = {}
+    for line in proc.stderr.splitlines():
+        if line.startswith("sandbox isolation: "):
+            name, _, state = line.removeprefix("sandbox isolation: ").partition(" ")
+            report[name] = state.strip()
+    assert set(report) == set(LAYERS)
+    assert all(s.startswith(("active", "unavailable", "disabled")) for s in report.values())
+    assert report["seccomp"].startswith("active") or "unavailable" in report["seccomp"]
+
+
+def test_isolation_option_alone_and_bad_workers():
+    proc = elmjax("exec", "--isolation")
+    assert proc.returncode == 0 and "sandbox isolation: seccomp" in proc.stderr
+    proc = elmjax("exec", str(SEEDS_DIR / "square.py"), "--workers", "0")
+    assert proc.returncode == 1 and "--workers" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_workers_option_runs_a_batch_in_one_worker():
+    paths = [str(SEEDS_DIR / "square.py"), str(HOSTILE / "memory_bomb.py")] * 3
+    proc = elmjax("exec", *paths, "--workers", "1")
+    out = lines(proc.stdout)
+    assert [o["ok"] for o in out] == [True, False] * 3
+    assert {o["error"]["kind"] for o in out[1::2]} == {"memory"}

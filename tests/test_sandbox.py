@@ -8,6 +8,9 @@ import json
 import math
 import os
 import pathlib
+import socket
+import struct
+import threading
 import time
 
 import pytest
@@ -15,7 +18,7 @@ import pytest
 from elmjax.sandbox import ERROR_KINDS, ExecResult, Limits, SandboxPool, run_programs
 from elmjax.sandbox import pool as pool_module
 from elmjax.sodarace.seeds import load_seeds
-from elmjax.sodarace.walker import check_walker
+from elmjax.sodarace.walker import check_walker, walker_creator
 
 HOSTILE = pathlib.Path(__file__).parent / "hostile"
 INJECT = {"walker_creator": "elmjax.sodarace.walker:walker_creator"}
@@ -79,7 +82,7 @@ def test_next_program_in_the_batch_still_runs(hostile_batch):
     results, _, _ = hostile_batch
     followers = results[1::2]
     assert all(r.ok for r in followers), [r.error for r in followers if not r.ok]
-    assert len({repr(r.value) for r in followers}) == 1
+    assert all(r.value == SQUARE_VALUE for r in followers)  # nothing forged, nothing left over
 
 
 def test_caller_unharmed_and_nothing_written(hostile_batch, pool):
@@ -393,3 +396,115 @@ def test_limits_are_checked():
         Limits(workers=0)
     with pytest.raises(ValueError):
         Limits(address_space_bytes=1 << 20)
+
+
+# ---- the caller against a worker that breaks the protocol -----------------------------------------
+
+
+class _FakeProcess:
+    """Stands in for a worker process that the test itself speaks for."""
+
+    def __init__(self) -> None:
+        self.sentinel, self._alive_w = os.pipe()
+        self.exitcode = None
+        self.pid = -1
+
+    def is_alive(self) -> bool:
+        return self.exitcode is None
+
+    def kill(self) -> None:
+        if self.exitcode is None:
+            self.exitcode = -9
+            os.close(self._alive_w)
+
+    def join(self, timeout=None) -> None:
+        pass
+
+
+def _frame(payload: bytes) -> bytes:
+    return struct.pack("!i", len(payload)) + payload
+
+
+def _reply(index: int, body: bytes) -> bytes:
+    return _frame(
+        json.dumps({"index": index, "status": 0, "seconds": 0.01}).encode() + b"\n" + body
+    )
+
+
+SQUARE_VALUE = check_walker(
+    (lambda ns: (exec(SQUARE, ns), ns["make_walker"]())[1])({"walker_creator": walker_creator})
+)
+GOOD_BODY = json.dumps({"ok": True, "value": SQUARE_VALUE}).encode()
+BAD_JOINT = dict(
+    SQUARE_VALUE, muscles=[[0, 99, {"type": "distance", "amplitude": 0.0, "phase": 0.0}]]
+)
+
+PROTOCOL_BREAKS = {
+    # a frame that never completes: the caller must not block on it
+    "partial_frame": (struct.pack("!i", 1000) + b"{", "timeout", False),
+    "oversized_frame": (struct.pack("!i", 2**31 - 1), "crashed", False),
+    "negative_frame": (struct.pack("!i", -1), "crashed", False),
+    "not_json_header": (_frame(b"garbage\n{}"), "crashed", False),
+    "reply_for_another_program": (_reply(1, GOOD_BODY), "crashed", False),
+    # the template is fine, the program's process sent nonsense: only that program is crashed
+    "nan_in_value": (_reply(0, b'{"ok": true, "value": NaN}'), "crashed", True),
+    "muscle_to_missing_joint": (
+        _reply(0, json.dumps({"ok": True, "value": BAD_JOINT}).encode()),
+        "crashed",
+        True,
+    ),
+    "unknown_reply_key": (
+        _reply(0, json.dumps({"ok": True, "value": SQUARE_VALUE, "admin": 1}).encode()),
+        "crashed",
+        True,
+    ),
+    "unknown_error_kind": (
+        _reply(0, b'{"ok": false, "kind": "pwned", "message": "x"}'),
+        "crashed",
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PROTOCOL_BREAKS))
+def test_caller_survives_a_worker_that_breaks_the_protocol(case, tmp_path):
+    data, kind, worker_kept = PROTOCOL_BREAKS[case]
+    limits = Limits(cpu_seconds=0.5, wall_seconds=0.5, workers=1)
+    with SandboxPool(limits, preload=("elmjax.sodarace.walker",)) as pool:
+        ours, theirs = socket.socketpair()
+        fake = pool_module._Worker(
+            _FakeProcess(), pool_module.mp_connection.Connection(ours.detach()), str(tmp_path)
+        )
+        fake.ready = True
+        pool._workers[0] = fake
+        their_conn = pool_module.mp_connection.Connection(theirs.detach())
+
+        def speak() -> None:
+            first_reply = True
+            while True:
+                try:
+                    batch = their_conn.recv()
+                except (EOFError, OSError):
+                    return
+                if batch is None:  # the pool says goodbye
+                    return
+                for index, _, _ in batch["tasks"]:
+                    if first_reply:
+                        os.write(their_conn.fileno(), data)
+                        first_reply = False
+                        if not worker_kept:
+                            return
+                    else:  # a template still in step answers the next program properly
+                        os.write(their_conn.fileno(), _reply(index, GOOD_BODY))
+
+        speaker = threading.Thread(target=speak, daemon=True)
+        speaker.start()
+        start = time.monotonic()
+        first, second = run_walkers(pool, [SQUARE, SQUARE])
+        elapsed = time.monotonic() - start
+        assert not first.ok and first.error.kind == kind, first.error
+        assert elapsed < limits.wall_seconds + pool_module.WALL_GRACE_SECONDS + 10
+        assert second.ok and second.value == SQUARE_VALUE  # the rest of the batch is unharmed
+        assert (pool._workers[0] is fake) == worker_kept
+    speaker.join(timeout=10)  # the pool closed our end: the speaker sees EOF and stops
+    their_conn.close()

@@ -5,6 +5,10 @@ One JSON object per program, in the order given, on stdout:
 "mass"}}` or `{"program": PATH, "ok": false, "error": {"kind", "message"}}`. Exit status 0 when
 every program ran, 1 when any was rejected. A bad program (or an unreadable file) is a JSON
 error object, never a traceback. Imports no JAX.
+
+`--workers N` sets the pool size (`--workers 1` runs a batch's programs in one worker, in
+order); `--isolation` writes the OS layers the workers run under (each `active ...`,
+`unavailable: why` or `disabled`) to stderr, after any results.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import sys
 from typing import Any
 
 from elmjax.sandbox import Limits, run_programs
+from elmjax.sandbox.pool import shared_pool
 
 #: What the Sodarace programs get in their globals.
 WALKER_INJECT = {"walker_creator": "elmjax.sodarace.walker:walker_creator"}
@@ -33,13 +38,41 @@ def exec_command(args: argparse.Namespace) -> int:
         limits = dataclasses.replace(
             limits, wall_seconds=args.timeout, cpu_seconds=min(limits.cpu_seconds, args.timeout)
         )
-    limits = dataclasses.replace(limits, workers=max(1, min(limits.workers, len(args.programs))))
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 1:
+        print(json.dumps({"ok": False, "error": _error("invalid", "--workers must be >= 1")}))
+        return 1
+    if not args.programs and not getattr(args, "isolation", False):
+        print(json.dumps({"ok": False, "error": _error("invalid", "no program files given")}))
+        return 1
+    wanted = workers if workers is not None else limits.workers
+    limits = dataclasses.replace(limits, workers=max(1, min(wanted, len(args.programs) or 1)))
 
-    outputs, _ = run_walker_files(args.programs, limits)
-    for out in outputs:
-        sys.stdout.write(json.dumps(out) + "\n")
-    sys.stdout.flush()
-    return 0 if all(out["ok"] for out in outputs) else 1
+    status = 0
+    if args.programs:
+        outputs, _ = run_walker_files(args.programs, limits)
+        for out in outputs:
+            sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
+        status = 0 if all(out["ok"] for out in outputs) else 1
+    if getattr(args, "isolation", False):
+        status = max(status, print_isolation(limits))
+    return status
+
+
+def print_isolation(limits: Limits) -> int:
+    """Write the workers' isolation layers to stderr, one `layer: state` line each (the pool's
+    first worker reports them as it starts). 0, or 1 if the sandbox could not start."""
+    try:
+        layers = shared_pool(limits, WALKER_CHECK, WALKER_INJECT).isolation
+    except Exception as exc:  # the sandbox itself failed (environment), not a program
+        sys.stderr.write(f"sandbox isolation: could not start a worker ({type(exc).__name__})\n")
+        return 1
+    width = max(map(len, layers), default=0)
+    for name, state in layers.items():
+        sys.stderr.write(f"sandbox isolation: {name:<{width}}  {state}\n")
+    sys.stderr.flush()
+    return 0
 
 
 def run_walker_files(

@@ -330,6 +330,7 @@ class SandboxPool:
                 "max_output_bytes": int(limits.max_output_bytes),
                 "max_result_bytes": int(limits.max_result_bytes),
                 "max_message_chars": int(limits.max_message_chars),
+                "reuse_clean_process": bool(limits.reuse_clean_process),
             },
         }
         state = _Batch(limits, schema or schema_for(check_ref), len(sources))
@@ -665,12 +666,20 @@ def run_programs(
 ) -> list[ExecResult]:
     """Run programs in a shared persistent pool (one per worker count); see `SandboxPool.run`."""
     limits = limits or Limits()
+    pool = shared_pool(limits, check, inject)
+    return pool.run(sources, entry, check, limits=limits, seeds=seeds, inject=inject, call=call)
+
+
+def shared_pool(
+    limits: Limits, check: Callable[[Any], Any] | str, inject: dict[str, Any] | None = None
+) -> SandboxPool:
+    """The persistent pool `run_programs` uses for this worker count, check and inject."""
     key = (limits.workers, _preload_for(check, inject))
     with _POOLS_LOCK:
         pool = _POOLS.get(key)
         if pool is None or pool._closed:
             pool = _POOLS[key] = SandboxPool(limits, preload=key[1])
-    return pool.run(sources, entry, check, limits=limits, seeds=seeds, inject=inject, call=call)
+    return pool
 
 
 @atexit.register

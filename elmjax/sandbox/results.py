@@ -85,6 +85,13 @@ class Limits:
     max_message_chars: int = 400
     #: Worker processes of a pool (the pool size is fixed when the pool starts).
     workers: int = _default_workers()
+    #: Every program runs in a process forked from a clean template. With this on, the next
+    #: program of a batch may run in the same process, but only after a program whose text
+    #: took the policy's fast path, that ended normally and left the heap as it found it
+    #: (its garbage and finalisers collected on its own clock); anything else retires the
+    #: process. Off: a fresh process for every program (about 3-8x the CPU per walker program;
+    #: see benchmarks/RESULTS.md).
+    reuse_clean_process: bool = True
 
     def __post_init__(self) -> None:
         if not (self.cpu_seconds > 0 and self.wall_seconds > 0):

@@ -134,12 +134,7 @@ def serve(
         if batch is None:
             return
         job = batch["job"]
-        for index, source, seed in batch["tasks"]:
-            header, payload = _run_in_child(source, seed, job, child_filter)
-            header["index"] = index
-            # one message per program, sent before the next starts: replies held back to be
-            # sent in groups would die with a worker killed by the next program's wall clock
-            conn.send_bytes(json.dumps(header).encode() + b"\n" + payload)
+        _run_batch(list(batch["tasks"]), job, child_filter, conn)
 
 
 def _prepare(workdir: str, preload: tuple[str, ...]) -> None:
@@ -188,91 +183,164 @@ def _enter_pid_namespace(conn: Connection, report: dict[str, str]) -> None:
     report["pid_namespace"] = "active"
 
 
-def _run_in_child(
-    source: str, seed: int, job: dict[str, Any], child_filter: Any
-) -> tuple[dict[str, Any], bytes]:
-    """Run one program in a fresh child: (what the template saw, the child's reply bytes).
+def _run_batch(
+    tasks: list[tuple[int, str, int]], job: dict[str, Any], child_filter: Any, conn: Connection
+) -> None:
+    """Run a batch's programs in children of this template, forwarding each reply."""
+    done = 0
+    while done < len(tasks):
+        done = _run_child(tasks, done, job, child_filter, conn)
 
-    The template enforces the wall-clock limit itself (SIGKILL to the child), bounds the reply
-    and never decodes it: the caller does, and validates it against the environment's schema.
+
+def _run_child(
+    tasks: list[tuple[int, str, int]],
+    first: int,
+    job: dict[str, Any],
+    child_filter: Any,
+    conn: Connection,
+) -> int:
+    """Fork a child for `tasks[first:]` and forward its replies until it exits, is killed or
+    has answered them all; returns the position of the first task not settled.
+
+    The child's replies are length-prefixed frames on a pipe of its own. The template checks
+    their sizes and the wall-clock limit of the program in progress (SIGKILL to the child), and
+    forwards each reply without decoding it: the caller decodes and validates it.
     """
     limits = job["limits"]
     max_bytes = limits["max_result_bytes"] + REPLY_OVERHEAD_BYTES
-    start = time.monotonic()
     read_end, write_end = os.pipe()
+    started = time.monotonic()
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
-        _child(source, seed, job, child_filter, write_end)  # never returns
+        _child(tasks[first:], job, child_filter, write_end)  # never returns
     os.close(write_end)
-    chunks: list[bytes] = []
-    size = 0
-    problem = None
-    deadline = start + limits["wall_seconds"]
     pidfd = os.pidfd_open(pid)
     poller = select.poll()
     poller.register(read_end, select.POLLIN)
     poller.register(pidfd, select.POLLIN)
-    open_fds = {read_end, pidfd}
+    watched = {read_end, pidfd}
+    buffer = bytearray()
+    position = first
+    problem = None
+    recycled = False
     try:
-        while open_fds:  # until the reply is complete and the child has exited
-            left = deadline - time.monotonic()
+        while position < len(tasks) and problem is None and not recycled:
+            while len(buffer) >= 4:  # every complete frame: one program's reply
+                size = int.from_bytes(buffer[:4], "big")
+                if size > max_bytes:
+                    problem = "size"
+                    break
+                if len(buffer) < 4 + size:
+                    break
+                payload = bytes(buffer[4 : 4 + size])
+                del buffer[: 4 + size]
+                if not payload:  # the child's word that it leaves and wants no more work
+                    recycled = True
+                    break
+                now = time.monotonic()
+                _forward(conn, tasks[position][0], now - started, 0, None, payload)
+                position += 1
+                started = now
+                if position == len(tasks):
+                    break
+            if position == len(tasks) or problem is not None or recycled:
+                break
+            if not watched:  # the child is gone and said nothing more
+                break
+            left = started + limits["wall_seconds"] - time.monotonic()
             if left <= 0:
                 problem = "wall"
                 break
             for fd, _ in poller.poll(left * 1000):
                 if fd == pidfd:
-                    open_fds.discard(pidfd)
+                    watched.discard(pidfd)
                     poller.unregister(pidfd)
                     continue
                 data = os.read(read_end, 1 << 16)
-                if not data:
-                    open_fds.discard(read_end)
+                if data:
+                    buffer += data
+                else:
+                    watched.discard(read_end)
                     poller.unregister(read_end)
-                    continue
-                size += len(data)
-                if size > max_bytes:
-                    problem = "size"
-                    open_fds.clear()
-                    break
-                chunks.append(data)
     finally:
         os.close(read_end)
         os.close(pidfd)
-    if problem is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)  # whatever it was doing, it has nothing left to say
     _, status = os.waitpid(pid, 0)
-    header: dict[str, Any] = {
-        "seconds": time.monotonic() - start,
-        "status": os.waitstatus_to_exitcode(status),
-    }
+    if recycled or position == len(tasks):
+        return position
+    # the child died, or was killed, while running tasks[position]
+    if problem is None and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+        status = -signal.SIGKILL  # died of its own accord (RLIMIT_CPU's hard limit, say)
+    else:
+        status = os.waitstatus_to_exitcode(status) if problem is None else 0
+    _forward(conn, tasks[position][0], time.monotonic() - started, status, problem, b"")
+    return position + 1
+
+
+def _forward(
+    conn: Connection, index: int, seconds: float, status: int, problem: str | None, body: bytes
+) -> None:
+    header: dict[str, Any] = {"index": index, "seconds": seconds, "status": status}
     if problem is not None:
         header["problem"] = problem
-        return header, b""
-    return header, b"".join(chunks)
+    # one message per program, sent as soon as it is known: replies held back to be sent in
+    # groups would die with a worker killed by the caller's deadline
+    conn.send_bytes(json.dumps(header).encode() + b"\n" + body)
 
 
 def _child(
-    source: str, seed: int, job: dict[str, Any], child_filter: Any, write_end: int
+    tasks: list[tuple[int, str, int]], job: dict[str, Any], child_filter: Any, write_end: int
 ) -> None:
+    """A program's process: lock itself down further, then run programs while they leave
+    nothing behind (see `_reusable`)."""
     code = 0
     try:
         die_with_parent()
         os.closerange(3, write_end)  # the caller's pipe above all: no message but its own
         os.closerange(write_end + 1, MAX_FDS)
         limits = job["limits"]
-        program_rlimits(limits["cpu_seconds"], limits["address_space_bytes"])
+        # RLIMIT_CPU counts the whole process: the budget of every program it may run
+        program_rlimits(limits["cpu_seconds"] * len(tasks), limits["address_space_bytes"])
         if child_filter is not None:
             child_filter.load()
-        data = _encode(_run_one(source, seed, job))
-        view = memoryview(data)
-        while view:
-            view = view[os.write(write_end, view) :]
+        for _, source, seed in tasks:
+            before = sys.getallocatedblocks()
+            reply = _run_one(source, seed, job)
+            clean = reply.pop("clean", False)
+            _write_frame(write_end, _encode(reply))
+            del reply
+            if not (clean and limits["reuse_clean_process"] and _reusable(source, before)):
+                _write_frame(write_end, b"")
+                break
     except BaseException:
         code = 70
     finally:
         os._exit(code)
+
+
+#: Allocated blocks a program may leave in its process (free lists and caches settle within a
+#: few blocks) and still be followed by another program there. More is a program that left
+#: something behind: the process is retired.
+LEFTOVER_BLOCKS = 32
+
+
+def _reusable(source: str, blocks_before: int) -> bool:
+    """May the next program run in this process? Only after a program whose text took the fast
+    path (provably no AST rule in reach), that ended as an ordinary result or error (no timeout,
+    no memory error), whose garbage, finalisers included, was collected on its own clock (in
+    `_run_one`), and that left the heap as it found it."""
+    return (
+        not needs_tree_check(source) and sys.getallocatedblocks() - blocks_before <= LEFTOVER_BLOCKS
+    )
+
+
+def _write_frame(fd: int, data: bytes) -> None:
+    view = memoryview(len(data).to_bytes(4, "big") + data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 # ---- one program ---------------------------------------------------------------------------------
@@ -310,6 +378,11 @@ def _run_one(source: str, seed: int, job: dict[str, Any]) -> dict[str, Any]:
     signal.setitimer(signal.ITIMER_PROF, limits["cpu_seconds"])
     try:
         reply = _guarded(source, seed, job)
+        if reply.get("kind") not in ("timeout", "memory"):
+            # the program's cyclic garbage goes now, on its clock: a finaliser it left (a
+            # suspended generator's `finally`) runs here and is charged to it
+            gc.collect()
+            reply["clean"] = not _Clock.expired
     except BaseException as exc:  # a second timer signal inside the handling code, at worst
         reply = _failure("timeout" if _Clock.expired else "crashed", type(exc).__name__)
     finally:
@@ -410,6 +483,7 @@ def _describe(exc: BaseException, max_chars: int) -> str:
         if tb.tb_frame.f_code.co_filename == PROGRAM_FILENAME:
             line = tb.tb_lineno
         tb = tb.tb_next
+    remaining = signal.getitimer(signal.ITIMER_PROF)[0]
     try:
         _Clock.armed = True
         signal.setitimer(signal.ITIMER_PROF, MESSAGE_CPU_SECONDS)
@@ -419,8 +493,8 @@ def _describe(exc: BaseException, max_chars: int) -> str:
         text = text[:max_chars]
     except BaseException:
         text = ""
-    finally:
-        signal.setitimer(signal.ITIMER_PROF, 0)
+    finally:  # the rest of the program's budget still covers its garbage collection
+        signal.setitimer(signal.ITIMER_PROF, max(remaining, 0.0))
     message = f"{name}: {text}" if text else name
     if line is not None:
         message = f"line {line}: {message}"
