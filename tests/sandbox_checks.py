@@ -84,3 +84,8 @@ def block(value: Any) -> None:
 # operating system allows, layer by layer. Never inject them outside tests.
 real_os = os
 real_socket = socket
+
+
+def environment(value: Any) -> dict[str, str]:
+    """The environment a program's process has (the worker clears the caller's)."""
+    return dict(os.environ)

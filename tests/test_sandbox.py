@@ -508,3 +508,20 @@ def test_caller_survives_a_worker_that_breaks_the_protocol(case, tmp_path):
         assert (pool._workers[0] is fake) == worker_kept
     speaker.join(timeout=10)  # the pool closed our end: the speaker sees EOF and stops
     their_conn.close()
+
+
+def test_messages_hold_no_paths_and_none_of_the_callers_environment(pool, monkeypatch):
+    secret = "hunter2-elmjax-secret"
+    monkeypatch.setenv("ELMJAX_TEST_SECRET", secret)
+    program = (
+        f"def make_walker():\n    raise RuntimeError('{secret} in /root/.config/private/key.txt')\n"
+    )
+    (result,) = run_walkers(pool, [program])
+    assert result.error.kind == "exception"
+    assert secret not in result.error.message and "/root" not in result.error.message
+    assert "<redacted>" in result.error.message and "<path>" in result.error.message
+
+
+def test_program_sees_an_empty_environment(pool):
+    (result,) = pool.run(["def f():\n    return 1\n"], "f", "sandbox_checks:environment")
+    assert result.ok and result.value == {}

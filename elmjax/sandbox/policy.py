@@ -308,18 +308,39 @@ WITHHELD: dict[str, frozenset[str]] = {
 }  # fmt: skip
 
 
-def _module_copy(module: types.ModuleType) -> types.ModuleType:
-    copy = types.ModuleType(module.__name__)
-    withheld = WITHHELD.get(module.__name__, frozenset())
-    for name in getattr(module, "__all__", None) or dir(module):
-        value = getattr(module, name, None)
-        if (
-            not name.startswith("_")
+_PUBLIC: dict[str, frozenset[str]] = {}
+
+
+def _public_names(module: types.ModuleType) -> frozenset[str]:
+    """What a program may take from `module` (computed once per process)."""
+    if module.__name__ not in _PUBLIC:
+        withheld = WITHHELD.get(module.__name__, frozenset())
+        _PUBLIC[module.__name__] = frozenset(
+            name
+            for name in getattr(module, "__all__", None) or dir(module)
+            if not name.startswith("_")
             and name not in withheld
-            and value is not None
-            and not isinstance(value, types.ModuleType)
-        ):
-            setattr(copy, name, _private(value))
+            and getattr(module, name, None) is not None
+            and not isinstance(getattr(module, name), types.ModuleType)
+        )
+    return _PUBLIC[module.__name__]
+
+
+def _module_copy(module: types.ModuleType) -> types.ModuleType:
+    """A program's own copy of `module`. Each name is made private (`_private`) the first time
+    the program reads it (a module `__getattr__`), so a program pays only for what it uses."""
+    copy = types.ModuleType(module.__name__)
+    public = _public_names(module)
+
+    def lookup(name: str) -> Any:
+        if name not in public:
+            raise AttributeError(f"module {module.__name__!r} has no attribute {name!r}")
+        value = _private(getattr(module, name))
+        setattr(copy, name, value)
+        return value
+
+    copy.__getattr__ = _private(lookup)  # type: ignore[method-assign]
+    copy.__all__ = sorted(public)
     return copy
 
 
@@ -340,12 +361,18 @@ def _random_module(seed: int) -> types.ModuleType:
             super().__init__(x)
 
     for name in random.__all__:
-        if name == "Random":
-            module.Random = Random
-        elif name == "SystemRandom":
-            module.SystemRandom = types.new_class("SystemRandom", (random.SystemRandom,))
-        elif hasattr(rng, name):
+        if name not in ("Random", "SystemRandom") and hasattr(rng, name):
             setattr(module, name, getattr(rng, name))
+    module.Random = Random
+
+    def lookup(name: str) -> Any:
+        if name != "SystemRandom":
+            raise AttributeError(f"module 'random' has no attribute {name!r}")
+        module.SystemRandom = types.new_class("SystemRandom", (random.SystemRandom,))
+        return module.SystemRandom
+
+    module.__getattr__ = _private(lookup)  # type: ignore[method-assign]
+    module.__all__ = list(random.__all__)
 
     def seed_(a: Any = None, version: int = 2) -> None:
         rng.seed(seed if a is None else a, version)

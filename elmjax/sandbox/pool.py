@@ -2,12 +2,19 @@
 
 Workers come from multiprocessing's fork server: a fresh interpreter that preloads the worker
 module and nothing else, so a worker never inherits JAX (or threads, or locks) from its caller,
-and a replacement for a killed worker is one `fork` away. Programs go out in small batches per
-worker (one pipe round trip per batch, not per program); results come back one by one as JSON, so
-the caller always knows which program a worker is on and when that program started, and enforces
-the wall-clock limit itself: a worker past its deadline is killed (SIGKILL), its program gets
-`timeout`, and the rest of its batch goes to another worker. A worker that dies on its own gives
-its program `crashed`. Results are returned in input order.
+and a replacement for a killed worker is one `fork` away. Each worker enters the OS layers of
+`isolation.py` and reports them when it says ready (`SandboxPool.isolation`; a missing layer is
+logged once). Programs go out in small batches per worker (one pipe round trip per batch);
+results come back one message per program.
+
+The caller trusts nothing it reads. It never blocks on a worker: it reads only what `poll` says
+is there, frames messages itself with a size bound, and gives each program its wall-clock
+limit plus a grace period (the worker's template enforces the limit itself) before it kills the
+worker. Every reply is decoded as JSON and validated against the schema of the environment that
+owns `check` (`schemas.py`). A worker that breaks the protocol (a malformed or oversized frame,
+a reply for a program it is not running) is killed and its program gets `crashed`; a program's
+process that sends a malformed or out-of-schema value only makes that program `crashed`. The
+rest of a killed worker's batch goes to another worker. Results are returned in input order.
 """
 
 from __future__ import annotations
@@ -47,8 +54,10 @@ STARTUP_SECONDS = 60.0
 #: Consecutive workers that may die before saying ready before the pool raises (a broken
 #: environment, not a bad program).
 MAX_FAILED_STARTS = 3
-#: Most programs sent to a worker at once.
-MAX_BATCH = 16
+#: Most programs sent to a worker at once. A batch is also the most programs one of the
+#: worker's program processes may serve (see `worker._reusable`), so a larger batch spreads the
+#: cost of its fork over more programs.
+MAX_BATCH = 64
 #: Seconds past a program's wall-clock limit before the caller, rather than the worker's
 #: template (which enforces the limit itself), gives up on the worker and kills it.
 WALL_GRACE_SECONDS = 2.0

@@ -15,7 +15,8 @@ from typing import Any
 #: - exception: the program's own code raised (including RecursionError).
 #: - invalid: it ran, but broke the contract: no entry function, a rule of the API it called
 #:   (e.g. a WalkerError), a `check` that rejected its result, too much printed or returned data.
-#: - crashed: the worker process died under it (a signal, a crash of the interpreter).
+#: - crashed: its process died under it (a signal, a crash of the interpreter), or the worker
+#:   broke the reply protocol (a malformed, oversized or out-of-schema reply).
 ERROR_KINDS: tuple[str, ...] = (
     "syntax",
     "forbidden",
@@ -67,13 +68,14 @@ class Limits:
     while keeping a batch with a few runaway programs from stalling a generation for long.
     """
 
-    #: CPU seconds per program (parse + run + check). Enforced in the worker by a profiling
-    #: timer and by an RLIMIT_CPU soft limit reset before each program.
+    #: CPU seconds per program (parse + run + check + its garbage collection). Enforced in the
+    #: program's process by a profiling timer, and by its RLIMIT_CPU (SIGXCPU, then SIGKILL).
     cpu_seconds: float = 2.0
-    #: Wall-clock seconds per program, enforced by the caller: the worker is killed and replaced.
-    #: Catches what CPU time cannot (a blocking call, a long C-level operation).
+    #: Wall-clock seconds per program, enforced by the worker's template (the program's process
+    #: is killed), and by the caller a grace period later (the whole worker is killed and
+    #: replaced). Catches what CPU time cannot (a blocking call, a long C-level operation).
     wall_seconds: float = 5.0
-    #: RLIMIT_AS of a worker while it runs a program. An idle worker maps ~22 MB (16 MB resident).
+    #: RLIMIT_AS of a program's process. An idle worker maps ~24 MB (16 MB resident).
     address_space_bytes: int = 512 * 1024 * 1024
     #: Bytes a program may print (printed text is discarded; more than this is `invalid`).
     max_output_bytes: int = 64 * 1024

@@ -58,26 +58,69 @@ _WALKER_KEYS = frozenset({"joints", "muscles", "descriptor"})
 _DESCRIPTOR_KEYS = ("height", "width", "mass")
 
 
-def walker_reply(value: Any) -> dict[str, Any]:
-    """`check_walker`'s output: exactly the keys joints/muscles/descriptor; the walker is
-    rebuilt and validated here (finite coordinates within range, muscle endpoints that are real
-    joints, every count limit), and the descriptor must be the one the walker has."""
-    from elmjax.sodarace.walker import Walker, WalkerError
+_SPEC_KEYS = frozenset({"type", "amplitude", "phase"})
 
-    if type(value) is not dict or set(value) != _WALKER_KEYS:
+
+def walker_reply(value: Any) -> dict[str, Any]:
+    """`check_walker`'s output, in the paper's dict form plus its descriptor: exactly the keys
+    joints/muscles/descriptor and type/amplitude/phase; floats and ints where `Walker.to_dict`
+    puts them, finite and within the walker limits; muscle endpoints that are real, distinct
+    joints; the count limits (joints, muscles, muscles per joint); and the descriptor the walker
+    has. (`MIN_JOINT_DISTANCE`, a rule about the shape rather than the data, is left to the
+    worker's `check_walker`.) Checked inline rather than by rebuilding the walker: this runs in
+    the caller for every program."""
+    from elmjax.sodarace import walker as api
+
+    if type(value) is not dict or value.keys() != _WALKER_KEYS:
         raise ReplyError("walker reply must have exactly the keys joints, muscles, descriptor")
-    try:
-        walker = Walker.from_dict({"joints": value["joints"], "muscles": value["muscles"]})
-    except (WalkerError, TypeError, ValueError) as exc:
-        raise ReplyError(f"walker reply is not a valid walker ({type(exc).__name__})") from None
-    out = walker.to_dict()
-    if out["joints"] != value["joints"] or out["muscles"] != value["muscles"]:
-        raise ReplyError("walker reply is not in canonical dict form")
-    expected = dict(zip(_DESCRIPTOR_KEYS, walker.descriptor()))
+    joints, muscles = value["joints"], value["muscles"]
+    if type(joints) is not list or type(muscles) is not list:
+        raise ReplyError("walker joints and muscles must be lists")
+    n = len(joints)
+    if not 2 <= n <= api.MAX_JOINTS or not 1 <= len(muscles) <= api.MAX_MUSCLES:
+        raise ReplyError("walker reply breaks the joint or muscle count limits")
+    bound = api.MAX_COORDINATE
+    for p in joints:
+        if type(p) is not list or len(p) != 2:
+            raise ReplyError("a joint must be [x, y]")
+        x, y = p
+        if type(x) is not float or type(y) is not float or not (abs(x) <= bound >= abs(y)):
+            raise ReplyError("joint coordinates must be finite floats within the limit")
+    degree = [0] * n
+    length = 0.0
+    for entry in muscles:
+        if type(entry) is not list or len(entry) != 3:
+            raise ReplyError("a muscle must be [i, j, spec]")
+        i, j, spec = entry
+        if type(i) is not int or type(j) is not int or not (0 <= i < n and 0 <= j < n and i != j):
+            raise ReplyError("a muscle must join two distinct joints of the walker")
+        if type(spec) is not dict or spec.keys() != _SPEC_KEYS:
+            raise ReplyError("a muscle spec has exactly the keys type, amplitude, phase")
+        amplitude, phase = spec["amplitude"], spec["phase"]
+        if (
+            type(amplitude) is not float
+            or type(phase) is not float
+            or not abs(amplitude) <= api.MAX_AMPLITUDE
+            or not abs(phase) <= api.MAX_PHASE
+        ):
+            raise ReplyError("muscle amplitude and phase must be finite floats within the limits")
+        if spec["type"] != ("muscle" if amplitude != 0.0 else "distance"):
+            raise ReplyError("muscle type does not match its amplitude")
+        degree[i] += 1
+        degree[j] += 1
+        length += math.dist(joints[i], joints[j])
+    if max(degree) > api.MAX_MUSCLES_PER_JOINT:
+        raise ReplyError("a joint has more muscles than the limit")
+    xs = [p[0] for p in joints]
+    ys = [p[1] for p in joints]
+    expected = {
+        "height": max(ys) - min(ys),
+        "width": max(xs) - min(xs),
+        "mass": api.JOINT_MASS * n + api.RHO * length,
+    }
     if value["descriptor"] != expected:
         raise ReplyError("walker reply's descriptor is not the walker's")
-    out["descriptor"] = expected
-    return out
+    return value
 
 
 def parity_reply(value: Any) -> list[int | None]:

@@ -306,12 +306,12 @@ def _child(
         program_rlimits(limits["cpu_seconds"] * len(tasks), limits["address_space_bytes"])
         if child_filter is not None:
             child_filter.load()
+        gc.collect()  # the baseline of `_reusable`: no garbage, empty free lists
         for _, source, seed in tasks:
             before = sys.getallocatedblocks()
-            reply = _run_one(source, seed, job)
-            clean = reply.pop("clean", False)
-            _write_frame(write_end, _encode(reply))
-            del reply
+            data, clean = _run_one(source, seed, job)
+            _write_frame(write_end, data)
+            del data
             if not (clean and limits["reuse_clean_process"] and _reusable(source, before)):
                 _write_frame(write_end, b"")
                 break
@@ -370,26 +370,36 @@ def _api_files(job: dict[str, Any]) -> frozenset[str]:
     return frozenset(files)
 
 
-def _run_one(source: str, seed: int, job: dict[str, Any]) -> dict[str, Any]:
+def _run_one(source: str, seed: int, job: dict[str, Any]) -> tuple[bytes, bool]:
+    """One program, start to finish, on its own CPU clock: (its JSON reply, whether it ended
+    normally with its garbage collected). The collection runs on the program's clock, so a
+    finaliser it left behind (a suspended generator's `finally`) runs now and is charged to it;
+    it also clears the interpreter's free lists, which `_reusable` relies on."""
     limits = job["limits"]
     start = time.perf_counter()
     _Clock.expired = False
     _Clock.armed = True
     signal.setitimer(signal.ITIMER_PROF, limits["cpu_seconds"])
+    clean = False
     try:
         reply = _guarded(source, seed, job)
-        if reply.get("kind") not in ("timeout", "memory"):
-            # the program's cyclic garbage goes now, on its clock: a finaliser it left (a
-            # suspended generator's `finally`) runs here and is charged to it
+        reply["seconds"] = time.perf_counter() - start
+        ran_normally = reply.get("kind") not in ("timeout", "memory")
+        data = _encode(reply)
+        del reply
+        if ran_normally:
             gc.collect()
-            reply["clean"] = not _Clock.expired
-    except BaseException as exc:  # a second timer signal inside the handling code, at worst
+            clean = not _Clock.expired
+    except BaseException as exc:  # a finaliser past the budget; a second timer signal
         reply = _failure("timeout" if _Clock.expired else "crashed", type(exc).__name__)
+        if _Clock.expired:
+            reply["message"] = f"CPU time limit of {limits['cpu_seconds']:g} s exceeded"
+        reply["seconds"] = time.perf_counter() - start
+        data = _encode(reply)
     finally:
         signal.setitimer(signal.ITIMER_PROF, 0)
         _Clock.armed = False
-    reply["seconds"] = time.perf_counter() - start
-    return reply
+    return data, clean
 
 
 def _guarded(source: str, seed: int, job: dict[str, Any]) -> dict[str, Any]:
@@ -514,45 +524,50 @@ def _print_sink(max_bytes: int) -> Callable[..., None]:
 
 
 def _plain(value: Any, max_bytes: int) -> Any:
-    """A copy of `value` made of dict (str keys)/list/str/int/float/bool/None only, with tuples
-    as lists; raises NotPlainData for anything else, for nesting deeper than MAX_RESULT_DEPTH and
-    for more than about `max_bytes` of data."""
-    budget = [max_bytes]
-
-    def walk(v: Any, depth: int) -> Any:
-        budget[0] -= 8
-        if budget[0] < 0:
-            raise NotPlainData(f"result is larger than {max_bytes} bytes")
-        if depth > MAX_RESULT_DEPTH:
-            raise NotPlainData(f"result is nested deeper than {MAX_RESULT_DEPTH}")
+    """`value` itself, once checked to be made of dict (str keys)/list/tuple/str/int/float/bool/
+    None only (exact types: no subclass, so encoding it runs no program code); raises
+    NotPlainData for anything else, for a non-finite float, an integer wider than 64 bits,
+    nesting deeper than MAX_RESULT_DEPTH and more than about `max_bytes` of data. Iterative,
+    with scalars checked inline: this runs on every result."""
+    budget = max_bytes
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
         t = type(v)
-        if v is None or t is bool:
-            return v
-        if t is float:
-            if v != v or v in (_INF, -_INF):
-                raise NotPlainData("result holds a non-finite number")
-            return v
-        if t is int:
-            if v.bit_length() > 64:
-                raise NotPlainData("result holds an integer wider than 64 bits")
-            return v
-        if t is str:
-            budget[0] -= len(v)
-            if budget[0] < 0:
-                raise NotPlainData(f"result is larger than {max_bytes} bytes")
-            return v
         if t is list or t is tuple:
-            return [walk(x, depth + 1) for x in v]
-        if t is dict:
-            out = {}
-            for k, x in v.items():
-                if type(k) is not str:
-                    raise NotPlainData(f"result dict key of type {type(k).__name__}")
-                out[walk(k, depth + 1)] = walk(x, depth + 1)
-            return out
-        raise NotPlainData(f"result holds a {t.__name__}, not plain data")
-
-    return walk(value, 0)
+            items: Any = v
+        elif t is dict:
+            if any(type(k) is not str for k in v):
+                raise NotPlainData("result dict has a key that is not a str")
+            budget -= sum(len(k) + 4 for k in v)
+            items = v.values()
+        else:
+            items = (v,)
+            depth -= 1
+        if depth >= MAX_RESULT_DEPTH:
+            raise NotPlainData(f"result is nested deeper than {MAX_RESULT_DEPTH}")
+        for x in items:
+            tx = type(x)
+            if tx is float:
+                if x - x != 0.0:  # inf - inf and nan - nan are nan
+                    raise NotPlainData("result holds a non-finite number")
+                budget -= 8
+            elif tx is int:
+                if x.bit_length() > 64:
+                    raise NotPlainData("result holds an integer wider than 64 bits")
+                budget -= 8
+            elif tx is str:
+                budget -= len(x) + 2
+            elif x is None or tx is bool:
+                budget -= 4
+            elif tx is list or tx is tuple or tx is dict:
+                budget -= 2
+                stack.append((x, depth + 1))
+            else:
+                raise NotPlainData(f"result holds a {tx.__name__}, not plain data")
+        if budget < 0:
+            raise NotPlainData(f"result is larger than {max_bytes} bytes")
+    return value
 
 
 def _failure(kind: str, message: str) -> dict[str, Any]:
@@ -564,6 +579,5 @@ def _encode(reply: dict[str, Any]) -> bytes:
         return json.dumps(reply).encode()
     except (ValueError, TypeError, RecursionError, MemoryError) as exc:
         fallback = _failure("invalid", f"result cannot be encoded: {type(exc).__name__}")
-        fallback["index"] = reply["index"]
         fallback["seconds"] = reply.get("seconds", 0.0)
         return json.dumps(fallback).encode()
