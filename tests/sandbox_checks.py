@@ -89,3 +89,19 @@ real_socket = socket
 def environment(value: Any) -> dict[str, str]:
     """The environment a program's process has (the worker clears the caller's)."""
     return dict(os.environ)
+
+
+def process_id(value: Any) -> list[Any]:
+    """[the program's value, the pid of the process that ran it]."""
+    return [value, os.getpid()]
+
+
+_HOARD: list[Any] = []
+
+
+def leave_something_behind(value: Any) -> int:
+    """Stands in for a program that got past the Python layer and left state in a real module:
+    returns how much earlier programs left in this process, then leaves some more."""
+    before = len(_HOARD)
+    _HOARD.extend(object() for _ in range(1000))
+    return before

@@ -525,3 +525,42 @@ def test_messages_hold_no_paths_and_none_of_the_callers_environment(pool, monkey
 def test_program_sees_an_empty_environment(pool):
     (result,) = pool.run(["def f():\n    return 1\n"], "f", "sandbox_checks:environment")
     assert result.ok and result.value == {}
+
+
+# ---- fresh state per program ----------------------------------------------------------------------
+
+CLEAN = "def f():\n    return 1\n"
+SUSPICIOUS = "class Box:\n    pass\n\ndef f():\n    return 2\n"  # `class`: the full tree check
+
+
+# One worker and ten programs: the pool's first batch to it holds the first five (a batch is
+# at most half the queue per worker), which is what these tests look at.
+
+
+def test_a_clean_program_process_serves_the_next_program_of_its_batch():
+    with SandboxPool(dataclasses.replace(LIMITS, workers=1), preload=("sandbox_checks",)) as pool:
+        results = pool.run([CLEAN] * 10, "f", "sandbox_checks:process_id")
+        assert len({r.value[1] for r in results[:5]}) == 1
+        strict = dataclasses.replace(LIMITS, workers=1, reuse_clean_process=False)
+        results = pool.run([CLEAN] * 10, "f", "sandbox_checks:process_id", limits=strict)
+        assert len({r.value[1] for r in results}) == 10
+
+
+def test_a_suspicious_or_failed_program_retires_its_process():
+    with SandboxPool(dataclasses.replace(LIMITS, workers=1), preload=("sandbox_checks",)) as pool:
+        loop = "def f():\n    while True:\n        pass\n"
+        batch = [CLEAN, SUSPICIOUS, CLEAN, loop, CLEAN] + [CLEAN] * 5
+        limits = dataclasses.replace(LIMITS, workers=1, cpu_seconds=0.3)
+        r = pool.run(batch, "f", "sandbox_checks:process_id", limits=limits)
+        assert [x.ok for x in r[:5]] == [True, True, True, False, True]
+        assert r[0].value[1] == r[1].value[1]  # the suspicious one ran where it was sent
+        assert r[2].value[1] != r[1].value[1]  # ... but nothing runs there after it
+        assert r[4].value[1] != r[2].value[1]  # a timeout retires the process too
+
+
+def test_a_program_that_leaves_state_behind_is_not_followed_in_its_process():
+    """Even past the Python layer (here: a check that hoards in a real module), what a program
+    leaves in its process is never seen by the next program."""
+    with SandboxPool(dataclasses.replace(LIMITS, workers=1), preload=("sandbox_checks",)) as pool:
+        results = pool.run([CLEAN] * 10, "f", "sandbox_checks:leave_something_behind")
+        assert [r.value for r in results] == [0] * 10

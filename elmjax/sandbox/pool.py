@@ -672,11 +672,14 @@ def run_programs(
     seeds: Sequence[int] | None = None,
     inject: dict[str, Any] | None = None,
     call: bool = True,
+    schema: Callable[[Any], Any] | None = None,
 ) -> list[ExecResult]:
     """Run programs in a shared persistent pool (one per worker count); see `SandboxPool.run`."""
     limits = limits or Limits()
     pool = shared_pool(limits, check, inject)
-    return pool.run(sources, entry, check, limits=limits, seeds=seeds, inject=inject, call=call)
+    return pool.run(
+        sources, entry, check, limits=limits, seeds=seeds, inject=inject, call=call, schema=schema
+    )
 
 
 def shared_pool(
