@@ -10,9 +10,13 @@ pool refuses them all, creates nothing and connects nowhere.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pathlib
+import shutil
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -272,3 +276,46 @@ def test_template_is_locked_down_seen_from_outside():
         assert status["Uid"].split()[0] != "0"
         for kind, link in namespaces.items():
             assert link != own_namespace(kind), kind
+
+
+CALLER_SCRIPT = """
+import json
+from elmjax.sandbox import Limits, SandboxPool
+with SandboxPool(Limits(workers=1), preload=("sandbox_checks",)) as pool:
+    layers = pool.isolation
+    (result,) = pool.run(["def f():\\n    return 6 * 7\\n"], "f", "sandbox_checks:identity")
+print(json.dumps({"layers": layers, "value": result.value}))
+"""
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [["--map-user=1000", "--map-group=1000"], ["--map-root-user"]],
+    ids=["unprivileged_caller", "root_of_a_user_namespace"],
+)
+def test_callers_without_real_root_still_get_the_kernel_layers(mapping):
+    """A caller that is not root (it creates the namespaces through a user namespace), and one
+    that is root only inside a user namespace (as in rootless containers: `nobody` is not
+    mapped, so that layer is reported unavailable and the others carry on)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) here")
+    tests_dir = str(pathlib.Path(__file__).parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([tests_dir, *sys.path]))
+    proc = subprocess.run(
+        ["unshare", "--user", *mapping, sys.executable, "-c", CALLER_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    if proc.returncode != 0 and "unshare" in proc.stderr and "Traceback" not in proc.stderr:
+        pytest.skip(f"user namespaces not available here: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert facts["value"] == 42
+    layers = facts["layers"]
+    for name in ("net_namespace", "pid_namespace", "no_new_privs", "landlock", "seccomp"):
+        if name in ("landlock", "seccomp") and not layers[name].startswith("active"):
+            assert "unavailable" in layers[name]  # a kernel or library without it
+            continue
+        assert layers[name].startswith("active"), (name, layers)

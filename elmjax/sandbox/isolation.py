@@ -341,10 +341,13 @@ def lock_down(layers: frozenset[str], report: dict[str, str]) -> Any:
         report["rlimits"] = "active"
     if "unprivileged_user" in layers:
         if os.geteuid() == 0:
-            drop_privileges()
-            report["unprivileged_user"] = f"active (uid {os.getuid()})"
+            try:
+                drop_privileges()
+                report["unprivileged_user"] = f"active (uid {os.getuid()})"
+            except OSError as exc:  # root of a user namespace in which `nobody` is not mapped
+                report["unprivileged_user"] = f"unavailable: {exc.strerror or exc}"
         else:
-            report["unprivileged_user"] = f"active (caller's uid {os.getuid()}, not root)"
+            report["unprivileged_user"] = "active (the caller is not root)"
     enter_user_namespace(layers, report)
     if "no_new_privs" in layers or "seccomp" in layers:  # seccomp needs it unprivileged
         try:

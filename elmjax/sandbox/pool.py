@@ -281,7 +281,8 @@ class SandboxPool:
     def _spawn(self, slot: int) -> None:
         workdir = tempfile.mkdtemp(prefix=f"w{slot}-", dir=self._root)
         if self._ids is not None:
-            os.chown(workdir, *self._ids)
+            with contextlib.suppress(OSError):  # root of a user namespace without `nobody`
+                os.chown(workdir, *self._ids)
         parent_conn, child_conn = _CONTEXT.Pipe(duplex=True)
         process = _PROCESS_CLASS(
             target=serve, args=(child_conn, workdir, self.preload, self.layers), daemon=True
