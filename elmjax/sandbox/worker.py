@@ -215,11 +215,16 @@ def _run_child(
         os.close(read_end)
         _child(tasks[first:], job, child_filter, write_end)  # never returns
     os.close(write_end)
-    pidfd = os.pidfd_open(pid)
+    try:  # readable when the child exits (Linux 5.3+); without it, the pipe's end stands in
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = -1
     poller = select.poll()
     poller.register(read_end, select.POLLIN)
-    poller.register(pidfd, select.POLLIN)
-    watched = {read_end, pidfd}
+    watched = {read_end}
+    if pidfd >= 0:
+        poller.register(pidfd, select.POLLIN)
+        watched.add(pidfd)
     buffer = bytearray()
     position = first
     problem = None
@@ -265,7 +270,8 @@ def _run_child(
                     poller.unregister(read_end)
     finally:
         os.close(read_end)
-        os.close(pidfd)
+        if pidfd >= 0:
+            os.close(pidfd)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)  # whatever it was doing, it has nothing left to say
     _, status = os.waitpid(pid, 0)
