@@ -11,6 +11,12 @@ The contract is in docs/architecture.md, "Contracts" (sandbox results).
     )
     results[0].ok, results[0].value, results[0].error  # (True, {...}, None)
 
+Defence in depth: an AST policy and restricted builtins (`policy.py`); OS layers in every
+worker, from namespaces to seccomp (`isolation.py`; `SandboxPool(...).isolation` reports them);
+programs in processes forked from a locked-down template (`worker.py`); and a caller that
+bounds, times and validates every reply against the environment's schema (`pool.py`,
+`schemas.py`).
+
 Imports no JAX: workers start fast and live under a small memory limit, and `elmjax exec` stays
 light.
 """

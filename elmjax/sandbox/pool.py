@@ -28,9 +28,7 @@ import logging
 import math
 import multiprocessing
 import os
-import re
 import shutil
-import signal
 import socket
 import struct
 import sys
@@ -45,8 +43,9 @@ from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
 from typing import Any
 
 from elmjax.sandbox.isolation import LAYERS, unprivileged_ids
-from elmjax.sandbox.results import ERROR_KINDS, ExecResult, Limits
-from elmjax.sandbox.schemas import ReplyError, schema_for
+from elmjax.sandbox.replies import settle
+from elmjax.sandbox.results import ExecResult, Limits
+from elmjax.sandbox.schemas import schema_for
 from elmjax.sandbox.worker import REPLY_OVERHEAD_BYTES, resolve, serve
 
 #: Seconds a new worker may take to start and lock down before the pool gives up on it.
@@ -529,49 +528,9 @@ class SandboxPool:
         seconds = float(header["seconds"])
         if not math.isfinite(seconds) or seconds < 0:
             seconds = 0.0
-        state.results[index] = self._outcome(header, body, seconds, state)
+        state.results[index] = settle(header, body, seconds, state.limits, state.schema)
         w.started_at = time.monotonic()
         return True
-
-    def _outcome(
-        self, header: dict[str, Any], body: bytes, seconds: float, state: _Batch
-    ) -> ExecResult:
-        limits = state.limits
-        problem = header.get("problem")
-        if problem == "wall":
-            return ExecResult.failure(
-                "timeout", f"wall-clock limit of {limits.wall_seconds:g} s exceeded", seconds
-            )
-        if problem == "size":
-            return ExecResult.failure("invalid", "reply larger than the result limit", seconds)
-        if not body:
-            status = header["status"]
-            if status in (-signal.SIGKILL, -signal.SIGXCPU) and seconds >= limits.cpu_seconds:
-                message = f"CPU time limit of {limits.cpu_seconds:g} s exceeded"
-                return ExecResult.failure("timeout", message, seconds)
-            return ExecResult.failure("crashed", _exit_text(status), seconds)
-        try:
-            reply = json.loads(body, parse_constant=_refuse_constant)
-        except (ValueError, RecursionError):
-            return ExecResult.failure("crashed", "program process sent a malformed reply", seconds)
-        if type(reply) is not dict:
-            return ExecResult.failure("crashed", "program process sent a malformed reply", seconds)
-        if reply.get("ok") is True and set(reply) <= _OK_KEYS:
-            try:
-                value = state.schema(reply.get("value"))
-            except (ReplyError, ValueError, TypeError, KeyError, RecursionError) as exc:
-                message = f"program process sent a value outside the schema: {exc}"
-                return ExecResult.failure("crashed", _scrub(message, limits), seconds)
-            return ExecResult(True, value, None, seconds)
-        kind, text = reply.get("kind"), reply.get("message")
-        if (
-            reply.get("ok") is not False
-            or not set(reply) <= _FAILURE_KEYS
-            or kind not in ERROR_KINDS
-            or type(text) is not str
-        ):
-            return ExecResult.failure("crashed", "program process sent a malformed reply", seconds)
-        return ExecResult.failure(kind, _scrub(text, limits), seconds)
 
     def _note_isolation(self, layers: dict[str, str]) -> None:
         if self._isolation is None:
@@ -610,44 +569,6 @@ class _Batch:
         self.limits = limits
         self.schema = schema
         self.results: list[ExecResult | None] = [None] * n
-
-
-_OK_KEYS = frozenset({"ok", "value", "seconds"})
-_FAILURE_KEYS = frozenset({"ok", "kind", "message", "seconds"})
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _exit_text(status: int) -> str:
-    if status < 0:
-        try:
-            name = signal.Signals(-status).name
-        except ValueError:
-            name = f"signal {-status}"
-        return f"program process was killed by {name}"
-    return f"program process exited with status {status} without a reply"
-
-
-_PATH = re.compile(r"(?<![\w.])(?:~|\.{1,2})?/[^\s'\"():,;]+")
-
-
-def _scrub(message: str, limits: Limits) -> str:
-    """A worker's message, bounded, without file paths or the values of the caller's
-    environment variables (the worker's environment is empty; this holds even if a program
-    found a way to the caller's)."""
-    text = message[: limits.max_message_chars * 2]
-    for value in _secret_values():
-        if value in text:
-            text = text.replace(value, "<redacted>")
-    text = _PATH.sub("<path>", text)
-    return text[: limits.max_message_chars]
-
-
-def _secret_values() -> list[str]:
-    values = {v for v in os.environ.values() if len(v) >= 6}
-    return sorted(values, key=len, reverse=True)
 
 
 # ---- module-level convenience ----------------------------------------------------------------

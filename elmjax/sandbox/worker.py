@@ -1,28 +1,28 @@
-"""The sandbox worker: a locked-down template that forks one child per untrusted program.
+"""The sandbox worker: a locked-down template that forks the processes programs run in.
 
 A worker is forked by the multiprocessing fork server (a fresh interpreter that has imported
 this module and nothing of JAX). `serve` imports everything a program may need, clears the
 environment, then enters the OS layers of `isolation.py` (namespaces, rlimits, `nobody`,
-no_new_privs, Landlock, seccomp) and becomes a *template*: for each program it forks a child,
-which closes every descriptor but its own reply pipe, sets that program's CPU and memory limits,
-adds the program seccomp filter (no fork, no signals, no rlimit changes) and only then parses,
-checks the AST policy, runs the entry function, runs `check` on its result, checks that the
-result is plain data and writes JSON to its pipe. The template bounds and forwards those bytes
-without decoding them; the caller decodes and validates them against the environment's schema.
-A child is fresh from the template, so nothing one program leaves behind (memory, finalisers,
-module state, a `__del__` or a suspended generator) reaches the next, and its exit runs none of
-its finalisers (`os._exit`).
+no_new_privs, Landlock, seccomp) and becomes a *template*: for a batch of programs it forks a
+child, which closes every descriptor but its own reply pipe, sets its CPU and memory limits and
+adds the program seccomp filter (no fork, no signals, no rlimit changes) before it parses
+anything. The child runs the batch's programs one after the other and writes each JSON reply to
+its pipe; the template bounds the replies and forwards them without decoding them (the caller
+decodes and validates them against the environment's schema).
 
-CPU time: a profiling timer (ITIMER_PROF, precise) raises `_Expired` when the program's budget is
-spent; the child's RLIMIT_CPU (its counter starts at zero: it is a fresh process) is the
-kernel's backstop (SIGXCPU, same handler, then SIGKILL a second later). A program that swallows
-the exception is still reported as a timeout; one that blocks is killed by the template's
-wall-clock limit, and a template that stops answering by the caller's.
+A child runs the next program only after one that left nothing behind (`_reusable`: its text
+took the policy's fast path, it ended normally, and once its garbage, finalisers included, was
+collected on its own clock, the heap was as it found it). Anything else retires the child, and
+the rest of the batch goes to a fresh fork of the template; `Limits.reuse_clean_process=False`
+retires it after every program. A retired child exits with `os._exit`, running no finaliser.
+
+A program itself runs in `program.py` (`run_program`), on its own CPU clock; the template
+enforces its wall-clock limit (SIGKILL to its process), and the caller, a grace period later,
+that of a template that stops answering.
 """
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import gc
 import importlib
@@ -33,7 +33,6 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -47,19 +46,12 @@ from elmjax.sandbox.isolation import (
     program_rlimits,
     unshare,
 )
-from elmjax.sandbox.policy import (
-    ForbiddenAccess,
-    ForbiddenImport,
-    PolicyError,
-    check_tree,
-    needs_tree_check,
-    program_globals,
-    rewrite_tree,
-)
+from elmjax.sandbox.policy import needs_tree_check
+from elmjax.sandbox.program import on_cpu_limit as _on_cpu_limit
+from elmjax.sandbox.program import resolve, run_program
 
-#: The file name programs are compiled under; frames with it are the program's own code.
-PROGRAM_FILENAME = "<program>"
-#: Modules a worker makes unimportable (defence in depth behind the AST policy).
+__all__ = ["resolve", "serve"]
+
 BLOCKED_MODULES = ("socket", "_socket", "ctypes", "_ctypes", "subprocess", "_posixsubprocess")
 #: Standard modules the allowed modules import lazily (e.g. `Counter.most_common` -> heapq;
 #: the parser -> unicodedata for non-ASCII identifiers).
@@ -73,38 +65,6 @@ REPLY_OVERHEAD_BYTES = 64 * 1024
 #: Descriptors a child closes (the worker's RLIMIT_NOFILE is 64).
 MAX_FDS = 1024
 #: Deepest nesting of a program's result.
-MAX_RESULT_DEPTH = 64
-#: CPU seconds allowed for turning a program's exception into a message (its `__str__` is
-#: program code); a short budget of its own, so a `__str__` that never returns is cut off well
-#: before the caller's wall-clock limit and the program still gets its `exception` kind.
-MESSAGE_CPU_SECONDS = 0.25
-
-
-_INF = float("inf")
-
-
-class _Expired(BaseException):
-    """The program's CPU budget is spent (raised from the timer's signal handler)."""
-
-
-class OutputLimitExceeded(Exception):
-    """The program printed more than `Limits.max_output_bytes`."""
-
-
-class NotPlainData(Exception):
-    """`check` returned something other than dict/list/str/int/float/bool/None, or too much."""
-
-
-class _Clock:
-    armed = False
-    expired = False
-
-
-def _on_cpu_limit(signum: int, frame: Any) -> None:
-    if _Clock.armed:
-        _Clock.expired = True
-        raise _Expired()
-
 
 # ---- start-up ------------------------------------------------------------------------------------
 
@@ -315,7 +275,7 @@ def _child(
         gc.collect()  # the baseline of `_reusable`: no garbage, empty free lists
         for _, source, seed in tasks:
             before = sys.getallocatedblocks()
-            data, clean = _run_one(source, seed, job)
+            data, clean = run_program(source, seed, job)
             _write_frame(write_end, data)
             del data
             if not (clean and limits["reuse_clean_process"] and _reusable(source, before)):
@@ -347,243 +307,3 @@ def _write_frame(fd: int, data: bytes) -> None:
     view = memoryview(len(data).to_bytes(4, "big") + data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-# ---- one program ---------------------------------------------------------------------------------
-
-_resolved: dict[str, Any] = {}
-
-
-def resolve(ref: str) -> Any:
-    """'package.module:attr.path' -> the object (cached)."""
-    if ref not in _resolved:
-        module_name, _, path = ref.partition(":")
-        obj: Any = importlib.import_module(module_name)
-        for part in path.split("."):
-            obj = getattr(obj, part)
-        _resolved[ref] = obj
-    return _resolved[ref]
-
-
-def _api_files(job: dict[str, Any]) -> frozenset[str]:
-    """Source files of the injected API and of `check`: an exception raised in them means the
-    program broke a rule of the API (`invalid`), not that its own code failed (`exception`)."""
-    files = set()
-    for ref in [job["check"], *job["inject"].values()]:
-        module = sys.modules.get(ref.partition(":")[0])
-        if module is not None and getattr(module, "__file__", None):
-            files.add(module.__file__)
-    return frozenset(files)
-
-
-def _run_one(source: str, seed: int, job: dict[str, Any]) -> tuple[bytes, bool]:
-    """One program, start to finish, on its own CPU clock: (its JSON reply, whether it ended
-    normally with its garbage collected). The collection runs on the program's clock, so a
-    finaliser it left behind (a suspended generator's `finally`) runs now and is charged to it;
-    it also clears the interpreter's free lists, which `_reusable` relies on."""
-    limits = job["limits"]
-    start = time.perf_counter()
-    _Clock.expired = False
-    _Clock.armed = True
-    signal.setitimer(signal.ITIMER_PROF, limits["cpu_seconds"])
-    clean = False
-    try:
-        reply = _guarded(source, seed, job)
-        reply["seconds"] = time.perf_counter() - start
-        ran_normally = reply.get("kind") not in ("timeout", "memory")
-        data = _encode(reply)
-        del reply
-        if ran_normally:
-            gc.collect()
-            clean = not _Clock.expired
-    except BaseException as exc:  # a finaliser past the budget; a second timer signal
-        reply = _failure("timeout" if _Clock.expired else "crashed", type(exc).__name__)
-        if _Clock.expired:
-            reply["message"] = f"CPU time limit of {limits['cpu_seconds']:g} s exceeded"
-        reply["seconds"] = time.perf_counter() - start
-        data = _encode(reply)
-    finally:
-        signal.setitimer(signal.ITIMER_PROF, 0)
-        _Clock.armed = False
-    return data, clean
-
-
-def _guarded(source: str, seed: int, job: dict[str, Any]) -> dict[str, Any]:
-    limits = job["limits"]
-    stage = ["parse"]
-    try:
-        return _execute(source, seed, job, stage)
-    except _Expired:
-        return _failure("timeout", f"CPU time limit of {limits['cpu_seconds']:g} s exceeded")
-    except MemoryError:
-        return _failure(
-            "memory", f"memory limit of {limits['address_space_bytes'] >> 20} MiB exceeded"
-        )
-    except BaseException as exc:
-        if _Clock.expired:  # the program caught the timer's exception and carried on
-            return _failure("timeout", f"CPU time limit of {limits['cpu_seconds']:g} s exceeded")
-        kind = _kind(exc, stage[0], job)
-        return _failure(kind, _describe(exc, limits["max_message_chars"]))
-
-
-def _execute(source: str, seed: int, job: dict[str, Any], stage: list[str]) -> dict[str, Any]:
-    limits = job["limits"]
-    chars = limits["max_message_chars"]
-    try:
-        if needs_tree_check(source):
-            tree = ast.parse(source, PROGRAM_FILENAME)
-            try:
-                check_tree(tree)
-            except PolicyError as exc:
-                return _failure("forbidden", str(exc)[:chars])
-            code = compile(rewrite_tree(tree), PROGRAM_FILENAME, "exec", dont_inherit=True)
-            del tree
-        else:
-            code = compile(source, PROGRAM_FILENAME, "exec", dont_inherit=True)
-    except SyntaxError as exc:
-        return _failure("syntax", f"line {exc.lineno}: {exc.msg}"[:chars])
-    except (RecursionError, ValueError, OverflowError) as exc:  # too deep / NUL bytes
-        return _failure("syntax", f"{type(exc).__name__}: {exc}"[:chars])
-
-    inject = {name: resolve(ref) for name, ref in job["inject"].items()}
-    check = resolve(job["check"])
-    violations: list[str] = []
-    sink = _print_sink(limits["max_output_bytes"])
-    namespace = program_globals(seed, inject, sink, violations)
-    stage[0] = "program"
-    try:
-        exec(code, namespace)
-        entry = namespace.get(job["entry"])
-        if not callable(entry):
-            return _failure("invalid", f"program does not define {job['entry']}()")
-        value = entry() if job["call"] else entry
-        stage[0] = "check"
-        data = _plain(check(value), limits["max_result_bytes"])
-    except BaseException:
-        if violations and not _Clock.expired:
-            return _failure("forbidden", violations[0][:chars])
-        raise
-    if violations:  # a refused import the program caught and carried on from
-        return _failure("forbidden", violations[0][:chars])
-    if _Clock.expired:
-        raise _Expired()
-    return {"ok": True, "value": data}
-
-
-def _kind(exc: BaseException, stage: str, job: dict[str, Any]) -> str:
-    if isinstance(exc, ForbiddenImport | ForbiddenAccess):
-        return "forbidden"
-    if isinstance(exc, OutputLimitExceeded | NotPlainData):
-        return "invalid"
-    if isinstance(exc, RecursionError):
-        return "exception"
-    innermost = None
-    tb = exc.__traceback__
-    while tb is not None:
-        innermost = tb.tb_frame.f_code.co_filename
-        tb = tb.tb_next
-    if innermost == PROGRAM_FILENAME:
-        return "exception"
-    if stage == "check" or innermost in _api_files(job):
-        return "invalid"
-    return "exception"
-
-
-def _describe(exc: BaseException, max_chars: int) -> str:
-    """'Type: message (line N)', bounded. `str(exc)` is the program's code: it runs under the
-    program's CPU limit and, if it fails or never returns, the type name stands alone."""
-    name = type(exc).__name__
-    line = None
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == PROGRAM_FILENAME:
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    remaining = signal.getitimer(signal.ITIMER_PROF)[0]
-    try:
-        _Clock.armed = True
-        signal.setitimer(signal.ITIMER_PROF, MESSAGE_CPU_SECONDS)
-        text = str(exc)
-        if type(text) is not str:
-            text = ""
-        text = text[:max_chars]
-    except BaseException:
-        text = ""
-    finally:  # the rest of the program's budget still covers its garbage collection
-        signal.setitimer(signal.ITIMER_PROF, max(remaining, 0.0))
-    message = f"{name}: {text}" if text else name
-    if line is not None:
-        message = f"line {line}: {message}"
-    return message[:max_chars]
-
-
-def _print_sink(max_bytes: int) -> Callable[..., None]:
-    """`print` for programs: output is counted and dropped (workers have no terminal)."""
-    used = [0]
-
-    def print_(*args: Any, sep: Any = " ", end: Any = "\n", **_: Any) -> None:
-        used[0] += sum(len(str(a)) for a in args) + len(str(sep)) * len(args) + len(str(end))
-        if used[0] > max_bytes:
-            raise OutputLimitExceeded(f"program printed more than {max_bytes} bytes")
-
-    return print_
-
-
-def _plain(value: Any, max_bytes: int) -> Any:
-    """`value` itself, once checked to be made of dict (str keys)/list/tuple/str/int/float/bool/
-    None only (exact types: no subclass, so encoding it runs no program code); raises
-    NotPlainData for anything else, for a non-finite float, an integer wider than 64 bits,
-    nesting deeper than MAX_RESULT_DEPTH and more than about `max_bytes` of data. Iterative,
-    with scalars checked inline: this runs on every result."""
-    budget = max_bytes
-    stack = [(value, 0)]
-    while stack:
-        v, depth = stack.pop()
-        t = type(v)
-        if t is list or t is tuple:
-            items: Any = v
-        elif t is dict:
-            if any(type(k) is not str for k in v):
-                raise NotPlainData("result dict has a key that is not a str")
-            budget -= sum(len(k) + 4 for k in v)
-            items = v.values()
-        else:
-            items = (v,)
-            depth -= 1
-        if depth >= MAX_RESULT_DEPTH:
-            raise NotPlainData(f"result is nested deeper than {MAX_RESULT_DEPTH}")
-        for x in items:
-            tx = type(x)
-            if tx is float:
-                if x - x != 0.0:  # inf - inf and nan - nan are nan
-                    raise NotPlainData("result holds a non-finite number")
-                budget -= 8
-            elif tx is int:
-                if x.bit_length() > 64:
-                    raise NotPlainData("result holds an integer wider than 64 bits")
-                budget -= 8
-            elif tx is str:
-                budget -= len(x) + 2
-            elif x is None or tx is bool:
-                budget -= 4
-            elif tx is list or tx is tuple or tx is dict:
-                budget -= 2
-                stack.append((x, depth + 1))
-            else:
-                raise NotPlainData(f"result holds a {tx.__name__}, not plain data")
-        if budget < 0:
-            raise NotPlainData(f"result is larger than {max_bytes} bytes")
-    return value
-
-
-def _failure(kind: str, message: str) -> dict[str, Any]:
-    return {"ok": False, "kind": kind, "message": message}
-
-
-def _encode(reply: dict[str, Any]) -> bytes:
-    try:
-        return json.dumps(reply).encode()
-    except (ValueError, TypeError, RecursionError, MemoryError) as exc:
-        fallback = _failure("invalid", f"result cannot be encoded: {type(exc).__name__}")
-        fallback["seconds"] = reply.get("seconds", 0.0)
-        return json.dumps(fallback).encode()
