@@ -1,38 +1,32 @@
-"""What a sandboxed program may say and touch: the AST policy, its builtins and its modules.
+"""What a sandboxed program may say: the AST policy (what it may touch is in `world.py`).
 
-This is the first of several walls (the worker's resource limits, unprivileged user and
-plain-data results are the others), so it errs towards refusing: walker programs need arithmetic,
-loops, functions, small classes and a few pure modules, nothing else. The rules:
+This is the first of several walls (the OS layers of `isolation.py`, the program's own process
+and a caller that validates every reply are the others), so it errs towards refusing: walker
+programs need arithmetic, loops, functions, small classes and a few pure modules, nothing else.
+The rules:
 
-- imports only of `ALLOWED_MODULES`; each program gets its own copy of them (their Python
-  classes as fresh subclasses, their Python functions, and injected ones such as
-  `walker_creator`, as fresh wrappers), so a program that assigns `math.pi = 3` or
-  `walker_creator.x = 1` cannot change what the next program in the same worker sees;
+- imports only of `ALLOWED_MODULES` (the program gets private copies: `world.py`);
 - no attribute whose name starts with `__` (except `__init__`, `__name__`), and none of the
   frame/code attributes (`gi_frame`, `f_globals`, ...) that lead back to real builtins;
 - no names that reach outside (`open`, `exec`, `eval`, `compile`, `getattr`, `type`, ...);
   they are also absent from the program's builtins, so a name built at run time finds nothing;
+- the same rule for names a construct binds (`except ... as`, match captures, arguments,
+  aliases) and for attributes a `case C(name=...)` pattern reads; no class keywords;
+- `x.format` / `x.format_map` are rewritten (`rewrite_tree`) to a hook that applies the
+  attribute rule to the fields of the format string, which is data built at run time;
 - dunder methods may be defined only from an allow-list of ordinary ones (`__init__`, `__str__`,
   comparisons, arithmetic); never `__del__` (it would run later, inside another program) or the
   pickle hooks.
 
-Text that provably cannot break a rule (`needs_tree_check` is False) is compiled without building
-a syntax tree, which is most of the policy's cost.
+Text that provably cannot break a rule nor need the rewrite (`needs_tree_check` is False: short,
+ASCII, no `__`, none of the suspicious words) is compiled without building a syntax tree, which
+is most of the policy's cost.
 """
 
 from __future__ import annotations
 
-import _string
 import ast
-import builtins
-import collections
-import functools
-import itertools
-import math
-import random
 import re
-import string
-import types
 from collections.abc import Callable
 from typing import Any
 
@@ -84,26 +78,9 @@ ALLOWED_DUNDER_METHODS: frozenset[str] = frozenset(
 #: a pathological text from spending that budget in the compiler).
 MAX_AST_NODES = 50_000
 
-_SAFE_BUILTIN_NAMES = (
-    "abs", "all", "any", "ascii", "bin", "bool", "bytearray", "bytes", "callable", "chr",
-    "classmethod", "complex", "dict", "divmod", "enumerate", "filter", "float", "format",
-    "frozenset", "hash", "hex", "int", "isinstance", "issubclass", "iter", "len", "list", "map",
-    "max", "min", "next", "object", "oct", "ord", "pow", "property", "range", "repr", "reversed",
-    "round", "set", "slice", "sorted", "staticmethod", "str", "sum", "super", "tuple", "zip",
-    "True", "False", "None", "NotImplemented", "Ellipsis", "Exception", "ArithmeticError",
-    "AssertionError", "AttributeError", "IndexError", "KeyError", "LookupError", "NameError",
-    "NotImplementedError", "OverflowError", "RecursionError", "RuntimeError", "StopIteration",
-    "TypeError", "ValueError", "ZeroDivisionError", "MemoryError",
-)  # fmt: skip
-_SAFE_BUILTINS: dict[str, Any] = {name: getattr(builtins, name) for name in _SAFE_BUILTIN_NAMES}
-
 
 class PolicyError(Exception):
     """The program breaks the AST policy; the message says where and how."""
-
-
-class ForbiddenImport(ImportError):
-    """Raised by a program's `import` of a module outside ALLOWED_MODULES (kind `forbidden`)."""
 
 
 #: Every rule of `check_tree` is about an identifier: a forbidden name or attribute, a name with
@@ -168,13 +145,13 @@ def check_tree(tree: ast.AST) -> None:
 def _check_import(node: ast.Import) -> str | None:
     for alias in node.names:
         if alias.name not in ALLOWED_MODULES:
-            return f"import of {alias.name!r} is not allowed ({_allowed()})"
+            return f"import of {alias.name!r} is not allowed ({allowed_text()})"
     return None
 
 
 def _check_import_from(node: ast.ImportFrom) -> str | None:
     if node.level or node.module not in ALLOWED_MODULES:
-        return f"import from {node.module or '.'!r} is not allowed ({_allowed()})"
+        return f"import from {node.module or '.'!r} is not allowed ({allowed_text()})"
     for alias in node.names:
         if alias.name.startswith("_"):
             return f"import of private name {alias.name!r}"
@@ -191,7 +168,7 @@ def _check_name(node: ast.Name) -> str | None:
 
 
 def _check_attribute(node: ast.Attribute) -> str | None:
-    return _attribute_name(node.attr)
+    return attribute_problem(node.attr)
 
 
 def _check_function(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
@@ -216,7 +193,7 @@ def _dunder(what: str, name: str | None) -> str | None:
     return None
 
 
-def _attribute_name(name: str) -> str | None:
+def attribute_problem(name: str) -> str | None:
     if name in FORBIDDEN_ATTRIBUTES or (
         name.startswith("__") and name not in ALLOWED_DUNDER_ATTRIBUTES
     ):
@@ -227,7 +204,7 @@ def _attribute_name(name: str) -> str | None:
 def _check_match_class(node: ast.MatchClass) -> str | None:
     """`case C(name=x)` reads attribute `name` of the subject: the attribute rule applies."""
     for name in node.kwd_attrs:
-        problem = _attribute_name(name)
+        problem = attribute_problem(name)
         if problem:
             return problem
     return None
@@ -254,196 +231,15 @@ _CHECKS: dict[type, Callable[[Any], str | None]] = {
 }
 
 
-def _allowed() -> str:
+def allowed_text() -> str:
     return "allowed: " + ", ".join(sorted(ALLOWED_MODULES))
 
 
-# ---- the program's world: builtins and private module copies -------------------------------------
-
-_IMMUTABLE_TYPE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: C types whose attributes cannot be set
-
-
-#: Builds the wrappers that stand in for injected and module functions. Compiled with globals
-#: that hold nothing (no builtins, no modules), so a wrapper's `__globals__` leads nowhere.
-_WRAPPER_GLOBALS: dict[str, Any] = {"__builtins__": {}}
-exec(
-    compile(
-        "def wrap(function):\n"
-        "    def call(*args, **kwargs):\n"
-        "        return function(*args, **kwargs)\n"
-        "    return call\n",
-        "<sandbox>",
-        "exec",
-    ),
-    _WRAPPER_GLOBALS,
-)
-_wrap: Callable[[Callable[..., Any]], Callable[..., Any]] = _WRAPPER_GLOBALS.pop("wrap")
-
-
-def _private(value: Any) -> Any:
-    """What a program could modify, made its own, so its assignments stay with it: a Python
-    function (whose attributes can be set) becomes a fresh wrapper that keeps the original out
-    of reach, a Python-level class becomes a fresh subclass."""
-    if isinstance(value, types.FunctionType):
-        call = _wrap(value)
-        call.__name__, call.__qualname__ = value.__name__, value.__qualname__
-        call.__doc__ = value.__doc__
-        return call
-    if isinstance(value, type) and not value.__flags__ & _IMMUTABLE_TYPE:
-        return types.new_class(value.__name__, (value,))
-    return value
-
-
-#: Per module, public names a program does not get: `functools` helpers that read, write or
-#: evaluate attributes named by strings (`update_wrapper`/`wraps` with `assigned=`/`updated=`,
-#: `cached_property.attrname`, `singledispatch` evaluating string annotations) and
-#: `partialmethod`/`singledispatchmethod`, descriptors built on the same machinery.
-WITHHELD: dict[str, frozenset[str]] = {
-    "functools": frozenset(
-        {
-            "update_wrapper", "wraps", "WRAPPER_ASSIGNMENTS", "WRAPPER_UPDATES",
-            "cached_property", "singledispatch", "singledispatchmethod", "partialmethod",
-        }
-    ),
-}  # fmt: skip
-
-
-_PUBLIC: dict[str, frozenset[str]] = {}
-
-
-def _public_names(module: types.ModuleType) -> frozenset[str]:
-    """What a program may take from `module` (computed once per process)."""
-    if module.__name__ not in _PUBLIC:
-        withheld = WITHHELD.get(module.__name__, frozenset())
-        _PUBLIC[module.__name__] = frozenset(
-            name
-            for name in getattr(module, "__all__", None) or dir(module)
-            if not name.startswith("_")
-            and name not in withheld
-            and getattr(module, name, None) is not None
-            and not isinstance(getattr(module, name), types.ModuleType)
-        )
-    return _PUBLIC[module.__name__]
-
-
-def _module_copy(module: types.ModuleType) -> types.ModuleType:
-    """A program's own copy of `module`. Each name is made private (`_private`) the first time
-    the program reads it (a module `__getattr__`), so a program pays only for what it uses."""
-    copy = types.ModuleType(module.__name__)
-    public = _public_names(module)
-
-    def lookup(name: str) -> Any:
-        if name not in public:
-            raise AttributeError(f"module {module.__name__!r} has no attribute {name!r}")
-        value = _private(getattr(module, name))
-        setattr(copy, name, value)
-        return value
-
-    copy.__getattr__ = _private(lookup)  # type: ignore[method-assign]
-    copy.__all__ = sorted(public)
-    return copy
-
-
-def _random_module(seed: int) -> types.ModuleType:
-    """`random` for one program: its whole public API (`random.__all__`), the module-level
-    functions bound to a generator seeded with `seed`. `random.seed()` without an argument, and
-    `random.Random()` without one, start from `seed` (the n-th such generator from a seed
-    derived from it) instead of the OS entropy pool, so the program stays deterministic."""
-    rng = random.Random(seed)
-    module = types.ModuleType("random")
-    made = [0]
-
-    class Random(random.Random):
-        def __init__(self, x: Any = None) -> None:
-            if x is None:
-                made[0] += 1
-                x = f"{seed}/{made[0]}"
-            super().__init__(x)
-
-    for name in random.__all__:
-        if name not in ("Random", "SystemRandom") and hasattr(rng, name):
-            setattr(module, name, getattr(rng, name))
-    module.Random = Random
-
-    def lookup(name: str) -> Any:
-        if name != "SystemRandom":
-            raise AttributeError(f"module 'random' has no attribute {name!r}")
-        module.SystemRandom = types.new_class("SystemRandom", (random.SystemRandom,))
-        return module.SystemRandom
-
-    module.__getattr__ = _private(lookup)  # type: ignore[method-assign]
-    module.__all__ = list(random.__all__)
-
-    def seed_(a: Any = None, version: int = 2) -> None:
-        rng.seed(seed if a is None else a, version)
-
-    module.seed = _private(seed_)
-    return module
-
-
-# ---- str.format / str.format_map ---------------------------------------------------------------
+# ---- the str.format rewrite -------------------------------------------------------------------
 
 #: The name a rewritten program calls for `x.format` / `x.format_map` (see `rewrite_tree`);
 #: a program cannot name it itself (it starts with `__`).
 FORMAT_HOOK = "__sandbox_format__"
-
-
-class ForbiddenAccess(Exception):
-    """A format string that reaches an attribute the AST policy forbids (kind `forbidden`)."""
-
-
-class _SafeFormatter(string.Formatter):
-    """`str.format` with the AST policy's attribute rule applied to `{0.attr}` fields: a format
-    string is data built at run time, and would otherwise read any attribute chain."""
-
-    def __init__(self, violations: list[str] | None) -> None:
-        self.violations = violations
-
-    def get_field(self, field_name: str, args: Any, kwargs: Any) -> tuple[Any, Any]:
-        first, rest = _string.formatter_field_name_split(field_name)
-        obj = self.get_value(first, args, kwargs)
-        for is_attribute, key in rest:
-            if is_attribute:
-                problem = _attribute_name(key)
-                if problem:
-                    message = f"format string: {problem}"
-                    if self.violations is not None:
-                        self.violations.append(message)
-                    raise ForbiddenAccess(message)
-                obj = getattr(obj, key)
-            else:
-                obj = obj[key]
-        return obj, first
-
-
-def _format_hook(violations: list[str] | None) -> Callable[[Any, str], Any]:
-    formatter = _SafeFormatter(violations)
-
-    def safe_format(text: str, *args: Any, **kwargs: Any) -> str:
-        return formatter.vformat(text, args, kwargs)
-
-    def safe_format_map(text: str, mapping: Any) -> str:
-        return formatter.vformat(text, (), mapping)
-
-    safe = {"format": safe_format, "format_map": safe_format_map}
-    unbound = {"format": str.format, "format_map": str.format_map}
-
-    def attribute(obj: Any, name: str) -> Any:
-        """`obj.format` / `obj.format_map` as the program wrote it, except that str's own
-        methods (bound or not, reached through a subclass or `super()` too) format safely."""
-        value = getattr(obj, name)
-        if value is unbound[name]:
-            return safe[name]
-        if (
-            type(value) is types.BuiltinMethodType
-            and isinstance(value.__self__, str)
-            and getattr(type(value.__self__), name, None) is unbound[name]
-        ):
-            text = str.__str__(value.__self__)
-            return functools.partial(safe[name], text)
-        return value
-
-    return attribute
 
 
 class _FormatRewriter(ast.NodeTransformer):
@@ -462,48 +258,3 @@ class _FormatRewriter(ast.NodeTransformer):
 def rewrite_tree(tree: ast.Module) -> ast.Module:
     """After `check_tree`: every `x.format` / `x.format_map` read goes through FORMAT_HOOK."""
     return ast.fix_missing_locations(_FormatRewriter().visit(tree))
-
-
-_MODULES: dict[str, types.ModuleType] = {
-    "math": math,
-    "itertools": itertools,
-    "functools": functools,
-    "collections": collections,
-}
-
-
-def program_globals(
-    seed: int,
-    inject: dict[str, Any],
-    print_sink: Callable[..., None],
-    violations: list[str] | None = None,
-) -> dict[str, Any]:
-    """Fresh globals for one program: restricted builtins, an import that hands out private
-    copies of the allowed modules (`random` seeded with `seed`), and the injected names.
-    A refused import is also appended to `violations`, so a program that catches the
-    ImportError is still reported `forbidden`."""
-    imported: dict[str, types.ModuleType] = {}
-
-    def import_(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level=0):
-        if level or name not in ALLOWED_MODULES:
-            message = f"import of {name!r} is not allowed ({_allowed()})"
-            if violations is not None:
-                violations.append(message)
-            raise ForbiddenImport(message)
-        if name not in imported:
-            imported[name] = (
-                _random_module(seed) if name == "random" else _module_copy(_MODULES[name])
-            )
-        return imported[name]
-
-    safe = dict(_SAFE_BUILTINS)
-    safe["__import__"] = _private(import_)
-    safe["__build_class__"] = builtins.__build_class__
-    safe["print"] = _private(print_sink)
-    namespace: dict[str, Any] = {
-        "__builtins__": safe,
-        "__name__": "__program__",
-        FORMAT_HOOK: _private(_format_hook(violations)),
-    }
-    namespace.update({name: _private(value) for name, value in inject.items()})
-    return namespace

@@ -22,15 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from elmjax.sandbox.policy import (
-    ForbiddenAccess,
-    ForbiddenImport,
-    PolicyError,
-    check_tree,
-    needs_tree_check,
-    program_globals,
-    rewrite_tree,
-)
+from elmjax.sandbox.policy import PolicyError, check_tree, needs_tree_check, rewrite_tree
+from elmjax.sandbox.world import ForbiddenAccess, ForbiddenImport, program_globals
 
 PROGRAM_FILENAME = "<program>"
 MAX_RESULT_DEPTH = 64
