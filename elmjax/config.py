@@ -241,6 +241,58 @@ class SandboxConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """How this process joins a multi-process run (`jax.distributed`; docs/launch.md).
+
+    Launch-only: given per process on every start and resume, never written to config.yaml
+    (they say where a process runs, not what the run computes). All unset: one process, unless
+    a TPU pod or a SLURM job with several tasks is detected (JAX's own auto-detection)."""
+
+    #: HOST:PORT of process 0's coordinator; process 0 binds exactly this address.
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    #: seconds without a heartbeat before JAX declares a peer dead and ends the survivors.
+    heartbeat_timeout: int = 30
+    #: seconds to wait for every process to join at start.
+    initialization_timeout: int = 120
+
+    def check(self) -> None:
+        if self.coordinator is not None and not re.fullmatch(
+            r"\[?[^\s\]]+\]?:\d{1,5}", self.coordinator
+        ):
+            raise ConfigError(
+                "distributed.coordinator", f"must be HOST:PORT, got {self.coordinator!r}"
+            )
+        if self.num_processes is not None and self.num_processes < 1:
+            raise ConfigError("distributed.num_processes", "must be >= 1")
+        if self.process_id is not None:
+            if self.num_processes is None:
+                raise ConfigError("distributed.process_id", "needs distributed.num_processes")
+            if not (0 <= self.process_id < self.num_processes):
+                raise ConfigError(
+                    "distributed.process_id",
+                    f"must be in [0, {self.num_processes}), got {self.process_id}",
+                )
+        given = [self.coordinator, self.num_processes, self.process_id]
+        if (self.num_processes or 1) > 1 and None in given:
+            raise ConfigError(
+                "distributed.coordinator",
+                "several processes need distributed.coordinator, distributed.num_processes and "
+                "distributed.process_id together (or none of them on a TPU pod or under SLURM)",
+            )
+        if not (1 <= self.heartbeat_timeout <= 3600):
+            raise ConfigError("distributed.heartbeat_timeout", "must be in [1, 3600] seconds")
+        if not (1 <= self.initialization_timeout <= 3600):
+            raise ConfigError("distributed.initialization_timeout", "must be in [1, 3600] seconds")
+
+
+#: config keys/sections that say how a process is launched, not what the run computes: never
+#: stored in config.yaml, given again on every start and resume.
+LAUNCH_SECTIONS = ("distributed", "compile_cache")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One ELM run. `budget` counts evaluations (every candidate, failed ones included).
 
@@ -274,10 +326,15 @@ class RunConfig:
     report_top: int = 4
     #: live progress bar: auto (when stderr is a terminal), always, never.
     progress: str = "auto"
+    #: JAX's persistent compilation cache, so restarts, resumes and pod workers do not compile
+    #: the simulator and sampler again: "auto" (a user cache directory: $ELMJAX_CACHE_DIR, else
+    #: $XDG_CACHE_HOME/elmjax/jax, else ~/.cache/elmjax/jax), a directory, or "off".
+    compile_cache: str = "auto"
     env: EnvConfig = field(default_factory=EnvConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     mutation: MutationConfig = field(default_factory=MutationConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def check(self) -> None:
         """Raise ConfigError naming the first impossible value."""
@@ -309,7 +366,9 @@ class RunConfig:
                 f"must divide batch_size ({self.batch_size}), got "
                 f"{self.mutation.children_per_prompt}",
             )
-        for section in (self.env, self.archive, self.mutation, self.sandbox):
+        if not self.compile_cache:
+            raise ConfigError("compile_cache", 'must be "auto", "off" or a directory')
+        for section in (self.env, self.archive, self.mutation, self.sandbox, self.distributed):
             section.check()
 
     # -- conversion -----------------------------------------------------------------------------
@@ -489,5 +548,7 @@ def _coerce(value: Any, hint: Any) -> Any:
 
 
 def dump_config(config: RunConfig, path: str | Path) -> None:
-    """Write `config.yaml` so that `load_config(path)` gives the same config back."""
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Write `config.yaml` so that `load_config(path)` gives the same config back, less the
+    launch-only sections (`LAUNCH_SECTIONS`), which are given again on every start."""
+    data = {k: v for k, v in config.to_dict().items() if k not in LAUNCH_SECTIONS}
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

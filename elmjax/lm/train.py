@@ -236,9 +236,10 @@ def masked_loss(
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh with a `data` axis over all (or the given) devices."""
-    devices = list(devices) if devices is not None else jax.devices()
-    return Mesh(np.array(devices), ("data",))
+    """A 1-D mesh with a `data` axis over all (or the given) devices (`elmjax.mesh`)."""
+    from elmjax.mesh import data_axis_mesh
+
+    return data_axis_mesh(list(devices) if devices is not None else jax.devices())
 
 
 def _checkpoint_manager(directory: str, keep: int) -> Any:

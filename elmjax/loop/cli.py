@@ -14,12 +14,13 @@ from pathlib import Path
 
 from elmjax import run_dir
 from elmjax.config import ConfigError, RunConfig, load_config
+from elmjax.distributed import DistributedError, PeerLost
 from elmjax.loop.records import RunResult, SeedError
 from elmjax.loop.resume import RESUMABLE_KEYS
 from elmjax.loop.run import ELM
 
 #: exit codes of `elmjax evolve`.
-EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_DISK_FULL = 0, 1, 130, 3
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_DISK_FULL, EXIT_PEER_LOST = 0, 1, 130, 3, 4
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -49,7 +50,7 @@ STATUS_TEXT = {
 
 
 def plural(n: int, noun: str) -> str:
-    """"1 generation", "28 generations", "1,265 evaluations"."""
+    """ "1 generation", "28 generations", "1,265 evaluations"."""
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
@@ -80,6 +81,19 @@ def end_of_run_line(result: RunResult) -> str:
     return line
 
 
+def peer_lost(err: PeerLost, out: object) -> None:
+    """Another process of the run died: say so and leave now, without JAX's shutdown barrier
+    (which would wait for the dead process, then abort)."""
+    print(
+        f"elmjax evolve: {err}. Everything committed is on disk in process 0's run directory; "
+        f"start every process again with --resume {out} (same --set distributed.* keys)",
+        file=sys.stderr,
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_PEER_LOST)
+
+
 def default_config_path() -> Path:
     return Path(__file__).resolve().parents[2] / "experiments" / "configs" / "default.yaml"
 
@@ -100,17 +114,31 @@ def evolve_command(args: argparse.Namespace) -> int:
         else:
             config = config_from_args(args)
             elm = ELM(config, args.out, force=args.force)
-    except (ConfigError, run_dir.RunDirError) as err:
+    except (ConfigError, run_dir.RunDirError, DistributedError) as err:
         print(f"elmjax evolve: {err}", file=sys.stderr)
         return EXIT_ERROR
+    except PeerLost as err:
+        peer_lost(err, args.resume or args.out)
     from elmjax.lm.registry import ModelNotFound
 
     elm.detach_on_interrupt = True
     try:
         result = elm.run()
-    except (ConfigError, SeedError, ModelNotFound) as err:
+    except (ConfigError, SeedError, ModelNotFound, DistributedError) as err:
         print(f"elmjax evolve: {err}", file=sys.stderr)
         return EXIT_ERROR
+    except PeerLost as err:
+        peer_lost(err, elm.out)
+    except BaseException:
+        if not elm.cluster.multi:
+            raise
+        # Leave at once: the other processes then see this one gone at their next exchange
+        # (PeerLost) instead of waiting for it until JAX's timeouts.
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(EXIT_ERROR)
     print(end_of_run_line(result), file=sys.stderr)
     report = result.run_dir / run_dir.REPORT / "index.html"
     if report.exists():

@@ -25,6 +25,7 @@ import numpy as np
 
 from elmjax import faults
 from elmjax.config import ConfigError, RunConfig
+from elmjax.distributed import SINGLE, Cluster, agree, exchange
 from elmjax.evaluation import sandbox_programs, score_results
 from elmjax.loop.keys import generation_keys, key_to_int
 from elmjax.loop.operator import mutation_timings
@@ -55,6 +56,8 @@ class GenerationStep:
     """Makes, runs, scores, inserts and stores the candidates of one generation.
 
     `pool` (a `SandboxPool`) and `limits` are set by the run once its sandbox pool is up.
+    In a multi-process run (`cluster`) `prepare` makes and sandboxes this process's slice of
+    the batch only, and `gather` joins the scored slices into the whole generation.
     """
 
     def __init__(
@@ -65,7 +68,9 @@ class GenerationStep:
         spec: Any,
         operator: Any,
         store: Any,
+        cluster: Cluster = SINGLE,
     ):
+        self.cluster = cluster
         self.config = config
         self.env = env
         self.seed_texts = seed_texts
@@ -111,12 +116,16 @@ class GenerationStep:
                 Candidate(program_id=i, generation=0, text=text, operator="seed", prompt=name)
                 for i, (name, text) in enumerate(self.seed_texts.items())
             ]
+            lo, hi = self.cluster.shard(len(candidates))
+            candidates = candidates[lo:hi]
         else:
             keys = generation_keys(cfg.seed, generation)
             n_prompts = cfg.batch_size // cfg.mutation.children_per_prompt
             cells = np.asarray(
                 qd.sample_cells(parents_archive, keys["select"], n_prompts, cfg.archive.selection)
             )
+            lo, hi = self.cluster.shard(n_prompts)  # every process draws every cell, keeps its own
+            cells = cells[lo:hi]
             ids = np.asarray(parents_archive.program_id)[np.maximum(cells, 0)]
             parent_ids = [int(pid) for pid in ids]
             cell_of = {int(pid): int(c) for pid, c in zip(ids, cells)}
@@ -127,12 +136,15 @@ class GenerationStep:
                 cfg.mutation.children_per_prompt,
                 key_to_int(keys["mutate"]),
                 parent_ids=parent_ids,
+                offset=lo,
             )
             timings.update(mutation_timings(self.operator, time.perf_counter() - t1))
-            if len(children) != cfg.batch_size:
+            expected = len(parent_ids) * cfg.mutation.children_per_prompt
+            if len(children) != expected:
                 raise RuntimeError(
-                    f"operator returned {len(children)} children, expected {cfg.batch_size}"
+                    f"operator returned {len(children)} children, expected {expected}"
                 )
+            first += lo * cfg.mutation.children_per_prompt
             candidates = [
                 candidate_from_child(child, first + i, generation, cell_of)
                 for i, child in enumerate(children)
@@ -184,6 +196,30 @@ class GenerationStep:
                 cand.error_message = score.error
         return timings
 
+    def gather(self, prepared: Prepared, stop: str | None) -> tuple[Prepared, str | None]:
+        """Score this process's slice, then join every process's slice (in process order: the
+        batch's order) and their stop reasons; one process: scores and returns it as it is.
+
+        Records travel without the sandbox's value (the walker dict), which nothing after
+        scoring needs; every process gets every record, so each inserts the same batch into its
+        replicated archive and process 0 can store them."""
+        if prepared.scored:
+            return prepared, stop
+        timings = dict(prepared.timings)
+        timings.update(self.evaluate(prepared))
+        if not self.cluster.multi:
+            return Prepared(prepared.generation, prepared.candidates, timings, True), stop
+        for cand in prepared.candidates:
+            cand.result = None
+        t0 = time.perf_counter()
+        parts = exchange(
+            (stop, prepared.candidates), self.cluster, f"generation {prepared.generation}"
+        )
+        timings["gather"] = time.perf_counter() - t0
+        candidates = [c for _, shard in parts for c in shard]
+        joined = Prepared(prepared.generation, candidates, timings, True)
+        return joined, agree([reason for reason, _ in parts])
+
     def padded_batch(self, rows: Sequence[Candidate]) -> dict[str, np.ndarray]:
         """Arrays for `qd.insert`, padded to the batch size (program id -1) to reuse one compile."""
         size = max(self.config.batch_size, len(rows))
@@ -225,8 +261,8 @@ class GenerationStep:
         The row goes into the store with the generation (its `info`), so metrics.jsonl can be
         rebuilt exactly for generations committed just before a kill.
         """
+        prepared, _ = self.gather(prepared, None)
         timings = dict(prepared.timings)
-        timings.update(self.evaluate(prepared))
         gen = prepared.generation
         faults.fault_point(gen, "insert")
         t0 = time.perf_counter()

@@ -58,10 +58,13 @@ class TimedOperator:
         if hasattr(self.operator, "sampler"):
             _ = self.operator.sampler
 
-    def mutate(self, parents: list[str], n: int, seed: int, parent_ids: list[int]) -> list[Any]:
+    def mutate(
+        self, parents: list[str], n: int, seed: int, parent_ids: list[int], offset: int = 0
+    ) -> list[Any]:
         self._decode = 0.0
         t0 = time.perf_counter()
-        children = self.operator.mutate(parents, n, seed, parent_ids=parent_ids)
+        kw = {"offset": offset} if offset else {}  # operators outside elmjax may lack it
+        children = self.operator.mutate(parents, n, seed, parent_ids=parent_ids, **kw)
         total = time.perf_counter() - t0
         if self.name == "gp":
             self.last_timings = {"apply": total}

@@ -57,6 +57,9 @@ class Prepared:
     generation: int
     candidates: list[Candidate]
     timings: dict[str, float]
+    #: the environment has scored the candidates already (a multi-process run scores each
+    #: process's shard before the shards are gathered)
+    scored: bool = False
 
 
 @dataclass

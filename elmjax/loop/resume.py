@@ -25,6 +25,7 @@ import numpy as np
 
 from elmjax import run_dir
 from elmjax.config import ConfigError, RunConfig, dump_config, parse_override
+from elmjax.loop.processes import is_launch_key
 
 #: config keys `--resume` may override: they change when a run stops or how it is shown, never
 #: what a generation computes (the pipeline schedule does not change results either).
@@ -47,7 +48,7 @@ def resume_config(out: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     if overrides:
         parsed = dict(parse_override(o) for o in overrides)
         for key in parsed:
-            if key not in RESUMABLE_KEYS:
+            if key not in RESUMABLE_KEYS and not is_launch_key(key):
                 raise ConfigError(
                     key,
                     "cannot change when resuming (it would change the run); "

@@ -20,6 +20,7 @@ from typing import Any
 from elmjax import faults, run_dir
 from elmjax.config import RunConfig
 from elmjax.evaluation import sandbox_limits, sandbox_preload
+from elmjax.loop import processes
 from elmjax.loop.generation import GenerationStep, resolve_seed_programs
 from elmjax.loop.guards import DiskFull, StopSignals, with_disk_guard
 from elmjax.loop.operator import make_mutation_operator
@@ -40,8 +41,11 @@ class ELM:
         force: bool = False,
         resume: bool = False,
         on_generation: Callable[[dict[str, Any]], None] | None = None,
+        cluster: Any = None,
     ):
         config.check()
+        # Join the other processes (if any) and turn on the compile cache before any JAX call.
+        self.cluster = processes.join(config) if cluster is None else cluster
         self.config = config
         if out is None:
             out = Path("runs") / time.strftime("elm-%Y%m%d-%H%M%S")
@@ -56,12 +60,19 @@ class ELM:
         # seed program that does not run) leaves nothing behind (`_discard_refused`).
         self._new_dir: Path | None = None
         self._new_config = False
+        processes.check_same_config(self.cluster, config)
         if resume:
-            run_dir.check_writable(self.out)
+            processes.on_leader(
+                self.cluster, lambda: run_dir.check_writable(self.out), "the directory check"
+            )
         else:
-            self._new_dir = first_missing(self.out)
-            self._new_config = not (self.out / run_dir.CONFIG).exists()
-            run_dir.prepare_new(self.out, config, force=force)
+
+            def prepare() -> None:
+                self._new_dir = first_missing(self.out)
+                self._new_config = not (self.out / run_dir.CONFIG).exists()
+                run_dir.prepare_new(self.out, config, force=force)
+
+            processes.on_leader(self.cluster, prepare, "the directory check")
 
     #: On an interrupt, return without waiting for a generation still being prepared (the CLI
     #: sets this and leaves with `os._exit`); otherwise `run` joins it (at most one generation's
@@ -84,9 +95,20 @@ class ELM:
 
         `overrides` (`key=value`) may only change when the run stops and how it is shown
         (`RESUMABLE_KEYS`: e.g. a larger budget to extend a finished run), never what a
-        generation computes; the run's config.yaml is updated with them.
+        generation computes; the run's config.yaml is updated with them. In a multi-process
+        run process 0 reads the run's config and sends it to the others, and the run must
+        resume with the number of processes it started with.
         """
-        return cls(resume_config(out, overrides), out, resume=True, **kw)
+        launch = processes.launch_config(overrides)
+        cluster = processes.join(launch)
+
+        def leader_config() -> dict[str, Any]:
+            processes.check_process_count(Path(out), cluster)
+            return resume_config(out, overrides).to_dict()
+
+        data = processes.on_leader(cluster, leader_config, "reading the run's config")
+        data["distributed"] = launch.to_dict()["distributed"]
+        return cls(RunConfig.from_dict(data), out, resume=True, cluster=cluster, **kw)
 
     @property
     def archive(self) -> Any:
@@ -106,11 +128,17 @@ class ELM:
         self.spec = run_dir.grid_spec(cfg, self.env)
         self.operator = make_mutation_operator(cfg, self.env)
         self.operator.load()  # a missing model fails now, not after the seeds are evaluated
-        self.store = run_dir.open_store(self.out / run_dir.STORE)
-        self.checkpoints = run_dir.open_checkpoints(
-            self.out / run_dir.CHECKPOINTS, cfg.keep_checkpoints
+        if self.cluster.leader:
+            self.store = run_dir.open_store(self.out / run_dir.STORE)
+            self.checkpoints = run_dir.open_checkpoints(
+                self.out / run_dir.CHECKPOINTS, cfg.keep_checkpoints
+            )
+        else:
+            self.store = processes.FollowerStore()
+            self.checkpoints = processes.FollowerCheckpoints()
+        self.step = GenerationStep(
+            cfg, self.env, seed_texts, self.spec, self.operator, self.store, self.cluster
         )
-        self.step = GenerationStep(cfg, self.env, seed_texts, self.spec, self.operator, self.store)
         self.timings_total: dict[str, float] = {}
 
     def _initial_state(self) -> None:
@@ -120,10 +148,7 @@ class ELM:
         if not self.resuming:
             self.window = ArchiveWindow.fresh(self.store, self.spec, self.config.lag)
         else:
-            self.window, next_generation = ArchiveWindow.restore(
-                self.store, self.checkpoints, self.spec, self.config.lag
-            )
-            last = restore_metrics(self.out)
+            self.window, next_generation, last = self._restore()
             if last is not None:
                 self.last_metrics = last
                 self.elapsed_before = float(last.get("elapsed", 0.0))
@@ -138,6 +163,45 @@ class ELM:
             log=self._log,
             checkpoint=self._checkpoint,
         )
+
+    def _restore(self) -> tuple[ArchiveWindow, int, dict[str, Any] | None]:
+        """The window of a killed run, its next generation and last metrics row: rebuilt by
+        process 0 from its checkpoint and store, and sent to the other processes."""
+        import jax.numpy as jnp
+
+        if self.cluster.leader:
+            window, next_generation = ArchiveWindow.restore(
+                self.store, self.checkpoints, self.spec, self.config.lag
+            )
+            last = restore_metrics(self.out)
+            if not self.cluster.multi:
+                return window, next_generation, last
+            state = (
+                {g: processes.to_host(a) for g, a in window.window.items()},
+                window.texts,
+                next_generation,
+                last,
+            )
+        else:
+            state = None
+        from elmjax.distributed import broadcast
+
+        archives, texts, next_generation, last = broadcast(
+            state, self.cluster, "restoring the archive window"
+        )
+        if self.cluster.leader:
+            return window, next_generation, last
+        import jax
+
+        restored = {g: jax.tree.map(jnp.asarray, a) for g, a in archives.items()}
+        archive = (
+            restored[max(restored)]
+            if restored
+            else ArchiveWindow.fresh(self.store, self.spec, self.config.lag).archive
+        )
+        follower = ArchiveWindow(self.store, self.config.lag, archive, restored)
+        follower.texts = dict(texts)
+        return follower, next_generation, last
 
     # -- driver -------------------------------------------------------------------------------
 
@@ -159,14 +223,16 @@ class ELM:
         self.metrics_log: run_dir.MetricsLog | None = None
         try:
             self._initial_state()
-            self._write_provenance()
-            self.metrics_log = run_dir.MetricsLog(self.out)
+            if self.cluster.leader:
+                self._write_provenance()
+                self.metrics_log = run_dir.MetricsLog(self.out)
             with SandboxPool(
                 sandbox_limits(self.config), preload=sandbox_preload(self.env)
             ) as pool:
                 self.step.pool = pool
                 self.step.limits = sandbox_limits(self.config)
-                with make_progress(self.config, self) as progress:
+                shown = self.config if self.cluster.leader else self._quiet_config()
+                with make_progress(shown, self) as progress:
                     self.progress = progress
                     status = self.pipeline.run()
         except DiskFull:
@@ -196,7 +262,7 @@ class ELM:
             archive=self.archive,
             elapsed=self._elapsed(),
         )
-        if status in ("done", "time_limit") and self.config.report:
+        if status in ("done", "time_limit") and self.config.report and self.cluster.leader:
             self._write_report()
         return result
 
@@ -250,10 +316,15 @@ class ELM:
         for stage, seconds in row["time"].items():
             self.timings_total[stage] = self.timings_total.get(stage, 0.0) + seconds
         self.last_metrics = row
-        self.metrics_log.write(row)
+        if self.metrics_log is not None:  # process 0 only
+            self.metrics_log.write(row)
         self.progress.update(row)
         if self.on_generation is not None:
             self.on_generation(row)
+
+    def _quiet_config(self) -> RunConfig:
+        """Processes other than 0 show no progress (process 0 shows the run's)."""
+        return self.config.replace({"progress": "never"})
 
     def _write_provenance(self) -> None:
         info = run_dir.provenance(
@@ -261,6 +332,7 @@ class ELM:
             run_dir.model_provenance(self.config),
             run_dir.store_schema_version(),
         )
+        info["processes"] = self.cluster.num_processes
         run_dir.write_provenance(self.out, info, resumed=self.resuming)
 
 

@@ -11,6 +11,10 @@ IPC and I/O waits; on a GPU it hides host work behind simulation and decoding.
 
 Only committed generations count: a stop (time limit, signal) while a host half is still
 running abandons that generation, and `--resume` recomputes it.
+
+In a multi-process run the processes stop together: each finishes its slice of the generation,
+and the stop reasons travel with the gathered slices (`GenerationStep.gather`); any reason on
+any process stops every process before that generation commits.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class Pipeline:
         cfg = self.config
         last = self.step.last_generation()
         prefetch = cfg.pipeline == "overlapped" and cfg.lag >= 1
+        joint = self.step.cluster.multi
         pending: dict[int, Future[Prepared]] = {}
         since_checkpoint = 0
         status = "done"
@@ -76,12 +81,16 @@ class Pipeline:
             while gen <= last:
                 if gen not in pending:
                     pending[gen] = self.submit(gen)
-                prepared, status = self.wait(pending.pop(gen))
+                prepared, status = self.wait(pending.pop(gen), joint)
                 if prepared is None:
                     break
                 # Generation gen+1 selects from A_{gen-lag}, which exists now (lag >= 1).
                 if prefetch and gen + 1 <= last and gen >= 1:
                     pending[gen + 1] = self.submit(gen + 1)
+                prepared, reason = self.step.gather(prepared, self.local_stop() if joint else None)
+                if reason:
+                    status = reason
+                    break
                 row = self.guard(self.step.commit, prepared, self.window, self.elapsed)
                 if gen == 0 and not np.any(np.asarray(self.window.archive.program_id) >= 0):
                     raise SeedError(
@@ -133,16 +142,24 @@ class Pipeline:
         self.threads = [t for t in self.threads if t.is_alive()] + [thread]
         return future
 
-    def wait(self, future: Future[Prepared]) -> tuple[Prepared | None, str]:
-        """The prepared generation, or (None, reason) when a signal or the time limit comes
-        first (checked 5 times a second while waiting)."""
+    def local_stop(self) -> str | None:
+        """This process's own reason to stop now (a signal, the time limit), or None."""
+        reason = self.stop_reason()
+        if reason:
+            return reason
         limit = self.config.time_limit
+        if limit is not None and self.elapsed() >= limit:
+            return "time_limit"
+        return None
+
+    def wait(self, future: Future[Prepared], joint: bool = False) -> tuple[Prepared | None, str]:
+        """The prepared generation, or (None, reason) when a signal or the time limit comes
+        first (checked 5 times a second while waiting). `joint` (a multi-process run): always
+        the prepared generation; the stop decision is taken together, after it."""
         while True:
-            reason = self.stop_reason()
+            reason = None if joint else self.local_stop()
             if reason:
                 return None, reason
-            if limit is not None and self.elapsed() >= limit:
-                return None, "time_limit"
             try:
                 return future.result(timeout=0.2), "done"
             except FutureTimeout:

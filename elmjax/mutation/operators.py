@@ -95,8 +95,14 @@ class Operator:
         n: int,
         seed: int,
         parent_ids: Sequence[int] | None = None,
+        offset: int = 0,
     ) -> list[Child]:
-        """`n` children per parent, children[i * n + j] from parents[i]."""
+        """`n` children per parent, children[i * n + j] from parents[i].
+
+        `offset` is the index of `parents[0]` in the whole generation's batch: a process of a
+        multi-process run mutates its own slice, and a child's random stream is drawn from
+        its index in the whole batch (the GP operator and the diff operator's commit messages
+        then give the same children however the batch is split)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -112,12 +118,12 @@ class GPOperator(Operator):
         self.steps = steps
         self.kinds = kinds
 
-    def mutate(self, parents, n, seed, parent_ids=None):
+    def mutate(self, parents, n, seed, parent_ids=None, offset=0):
         ids = _ids(parents, parent_ids)
         out = []
         for i, (pid, parent) in enumerate(zip(ids, parents)):
             for j in range(n):
-                rng = _rng(seed, i, j)
+                rng = _rng(seed, offset + i, j)
                 try:
                     text = parent
                     details = []
@@ -235,17 +241,17 @@ class DiffOperator(LMOperator):
         self.file_name = file_name
         self.messages = messages
 
-    def prompts(self, parents: Sequence[str], seed: int) -> list[tuple[str, str]]:
+    def prompts(self, parents: Sequence[str], seed: int, offset: int = 0) -> list[tuple[str, str]]:
         """(prompt, message) per parent; the message is drawn per parent from `messages`."""
         out = []
         for i, parent in enumerate(parents):
-            message = sample_message(_rng(seed, i, -1), self.messages)
+            message = sample_message(_rng(seed, offset + i, -1), self.messages)
             out.append((diff_prompt(parent, message, self.file_name), message))
         return out
 
-    def mutate(self, parents, n, seed, parent_ids=None):
+    def mutate(self, parents, n, seed, parent_ids=None, offset=0):
         ids = _ids(parents, parent_ids)
-        prompts = self.prompts(parents, seed)
+        prompts = self.prompts(parents, seed, offset)
         raw = self._sample([p for p, _ in prompts], n, seed, STOP)
         out = []
         for pid, parent, (prompt, message), samples in zip(ids, parents, prompts, raw):
@@ -301,7 +307,7 @@ class PromptOperator(LMOperator):
         comment = self.instruction.format(entry=self.entry)
         return f"{old}\n\n\n# {comment}\ndef {self.entry}("
 
-    def mutate(self, parents, n, seed, parent_ids=None):
+    def mutate(self, parents, n, seed, parent_ids=None, offset=0):
         ids = _ids(parents, parent_ids)
         prompts = [self.prompt(p) for p in parents]
         raw = self._sample(prompts, n, seed, FUNCTION_STOP)
@@ -329,12 +335,13 @@ class CrossoverOperator(LMOperator):
     def prompt(self, a: str, b: str) -> str:
         return f"# Program 1\n{a.rstrip()}\n\n\n# Program 2\n{b.rstrip()}\n\n\n# Program 3\n"
 
-    def mutate(self, parents, n, seed, parent_ids=None):
+    def mutate(self, parents, n, seed, parent_ids=None, offset=0):
+        # Partners come from the parents at hand (a process's slice in a multi-process run).
         ids = _ids(parents, parent_ids)
         pairs = []
         for i in range(len(parents)):
             others = [k for k in range(len(parents)) if k != i] or [i]
-            pairs.append((i, _rng(seed, i, -2).choice(others)))
+            pairs.append((i, _rng(seed, offset + i, -2).choice(others)))
         prompts = [self.prompt(parents[i], parents[k]) for i, k in pairs]
         raw = self._sample(prompts, n, seed, ("\n# Program 4", "\n# Program"))
         out = []

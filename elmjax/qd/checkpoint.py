@@ -36,8 +36,21 @@ class Checkpoint:
     tree: Any = None
 
 
+def _multi_process() -> bool:
+    """In a multi-process run only process 0 checkpoints, and orbax would take its
+    single-device arrays for shards of a global array: it saves and restores host (numpy)
+    arrays then, bit for bit the same values."""
+    return jax.process_count() > 1
+
+
 def _abstract(tree: Any) -> Any:
+    if _multi_process():
+        return jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), tree)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), tree)
+
+
+def _savable(tree: Any) -> Any:
+    return jax.tree.map(np.asarray, tree) if _multi_process() else tree
 
 
 class Checkpointer:
@@ -45,15 +58,23 @@ class Checkpointer:
 
     def __init__(self, directory: str | Path, max_to_keep: int = 3) -> None:
         self.directory = Path(directory).absolute()
+        self.directory.mkdir(parents=True, exist_ok=True)
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep,
-                create=True,
+                create=False,
                 cleanup_tmp_directories=True,
                 # Saves block until finalised: the loop records "checkpoint at generation k"
                 # only once it is really on disk.
                 enable_async_checkpointing=False,
+                # In a multi-process run only process 0 checkpoints (the archive is replicated
+                # and identical everywhere): orbax must not wait for the other processes.
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    primary_host=jax.process_index(), active_processes={jax.process_index()}
+                )
+                if jax.process_count() > 1
+                else ocp.options.MultiprocessingOptions(),
             ),
         )
 
@@ -76,11 +97,11 @@ class Checkpointer:
             has_tree=tree is not None,
         )
         items = {
-            "state": ocp.args.StandardSave({"archive": archive, "key": key_data}),
+            "state": ocp.args.StandardSave(_savable({"archive": archive, "key": key_data})),
             "meta": ocp.args.JsonSave(info),
         }
         if tree is not None:
-            items["tree"] = ocp.args.StandardSave(tree)
+            items["tree"] = ocp.args.StandardSave(_savable(tree))
         self._manager.save(int(generation), args=ocp.args.Composite(**items), force=True)
         self._manager.wait_until_finished()
 
@@ -111,7 +132,7 @@ class Checkpointer:
         items = {"meta": ocp.args.JsonRestore()}
         state_target = {
             "archive": _abstract(template),
-            "key": jax.ShapeDtypeStruct(tuple(meta["key_shape"]), np.uint32),
+            "key": _abstract(np.zeros(tuple(meta["key_shape"]), np.uint32)),
         }
         items["state"] = ocp.args.StandardRestore(state_target)
         if meta.get("has_tree"):
@@ -129,7 +150,7 @@ class Checkpointer:
             archive=archive,
             key=key,
             meta=meta,
-            tree=out["tree"] if meta.get("has_tree") else None,
+            tree=jax.tree.map(jax.numpy.asarray, out["tree"]) if meta.get("has_tree") else None,
         )
 
     def close(self) -> None:

@@ -37,6 +37,7 @@ from flax import struct
 from jax.sharding import Mesh, PartitionSpec
 
 from elmjax.envs.base import DescriptorSpace, Evaluation
+from elmjax.mesh import data_mesh
 from elmjax.sodarace import body as body_lib
 from elmjax.sodarace.body import Body
 from elmjax.sodarace.physics import (
@@ -161,14 +162,6 @@ def _sharded(params: SimParams, mesh: Mesh, terrain_def: Any) -> Any:
         return f(bodies, terrain)
 
     return jax.jit(run)
-
-
-def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh | None:
-    """A 1-D `data` mesh over the local devices, or None when there is only one."""
-    devices = list(devices if devices is not None else jax.local_devices())
-    if len(devices) < 2:
-        return None
-    return Mesh(np.asarray(devices), ("data",))
 
 
 def lanes_for(count: int, chunk: int, devices: int = 1) -> int:
