@@ -6,7 +6,8 @@ the program, the compile options, the backend and its version, so a cache direct
 between runs, or by the processes of one host, never hands back a wrong executable.
 
 `enable(setting)` takes the run config's `compile_cache`: "auto" (a user cache directory, see
-`default_directory`), a directory, or "off". Call it before the first compilation of the
+`default_directory`), a directory, or "off". "off" leaves JAX's own settings (its
+environment variables) alone. Call it before the first compilation of the
 process: JAX reads the setting when it first uses the cache.
 """
 
@@ -21,8 +22,9 @@ MIN_COMPILE_SECONDS = 0.2
 
 
 def default_directory() -> Path:
-    """$ELMJAX_CACHE_DIR, else $XDG_CACHE_HOME/elmjax/jax, else ~/.cache/elmjax/jax."""
-    explicit = os.environ.get("ELMJAX_CACHE_DIR")
+    """$ELMJAX_CACHE_DIR, else JAX's own $JAX_COMPILATION_CACHE_DIR, else
+    $XDG_CACHE_HOME/elmjax/jax, else ~/.cache/elmjax/jax."""
+    explicit = os.environ.get("ELMJAX_CACHE_DIR") or os.environ.get("JAX_COMPILATION_CACHE_DIR")
     if explicit:
         return Path(explicit)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -59,6 +61,7 @@ def enable(setting: str) -> Path | None:
         )
         return None
     jax.config.update("jax_compilation_cache_dir", str(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return directory

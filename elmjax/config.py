@@ -195,6 +195,8 @@ class MutationConfig:
     max_new_tokens: int = 384
     #: children sampled per prompt (they share one prefill); prompts = batch_size / this.
     children_per_prompt: int = 4
+    #: the LM's compute dtype: float32 (CPU) or bfloat16 (GPU, TPU: half the memory traffic).
+    dtype: str = "float32"
 
     def check(self) -> None:
         if self.operator not in OPERATORS:
@@ -214,6 +216,10 @@ class MutationConfig:
             raise ConfigError("mutation.max_new_tokens", "must be in [1, 8192]")
         if self.children_per_prompt < 1:
             raise ConfigError("mutation.children_per_prompt", "must be >= 1")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(
+                "mutation.dtype", f"must be float32, bfloat16 or float16, not {self.dtype!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -248,7 +254,8 @@ class DistributedConfig:
     (they say where a process runs, not what the run computes). All unset: one process, unless
     a TPU pod or a SLURM job with several tasks is detected (JAX's own auto-detection)."""
 
-    #: HOST:PORT of process 0's coordinator; process 0 binds exactly this address.
+    #: HOST:PORT of process 0's coordinator (process 0 binds exactly this address), or "auto":
+    #: let JAX find the cluster (TPU pod slice, SLURM, ...) and its coordinator.
     coordinator: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
@@ -258,7 +265,7 @@ class DistributedConfig:
     initialization_timeout: int = 120
 
     def check(self) -> None:
-        if self.coordinator is not None and not re.fullmatch(
+        if self.coordinator not in (None, "auto") and not re.fullmatch(
             r"\[?[^\s\]]+\]?:\d{1,5}", self.coordinator
         ):
             raise ConfigError(
@@ -275,7 +282,7 @@ class DistributedConfig:
                     f"must be in [0, {self.num_processes}), got {self.process_id}",
                 )
         given = [self.coordinator, self.num_processes, self.process_id]
-        if (self.num_processes or 1) > 1 and None in given:
+        if self.coordinator != "auto" and (self.num_processes or 1) > 1 and None in given:
             raise ConfigError(
                 "distributed.coordinator",
                 "several processes need distributed.coordinator, distributed.num_processes and "
@@ -328,7 +335,8 @@ class RunConfig:
     progress: str = "auto"
     #: JAX's persistent compilation cache, so restarts, resumes and pod workers do not compile
     #: the simulator and sampler again: "auto" (a user cache directory: $ELMJAX_CACHE_DIR, else
-    #: $XDG_CACHE_HOME/elmjax/jax, else ~/.cache/elmjax/jax), a directory, or "off".
+    #: $JAX_COMPILATION_CACHE_DIR, else $XDG_CACHE_HOME/elmjax/jax, else ~/.cache/elmjax/jax),
+    #: a directory, or "off". Launch-only, like `distributed`: not stored in config.yaml.
     compile_cache: str = "auto"
     env: EnvConfig = field(default_factory=EnvConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)

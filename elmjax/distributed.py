@@ -111,13 +111,14 @@ def initialize(
 ) -> Cluster:
     """Join the run's processes (`jax.distributed.initialize`) and say where this one stands.
 
-    All None and no detected cluster: one process, nothing to join (`SINGLE`). Process 0
-    binds exactly `coordinator` (JAX's default binds every interface). Must run before any
-    JAX computation of the process."""
+    All None and no detected cluster: one process, nothing to join (`SINGLE`). `coordinator`
+    "auto": JAX's own cluster detection (TPU pod slices, SLURM, ...). Process 0 binds exactly
+    `coordinator` (JAX's default binds every interface). Must run before any JAX computation of
+    the process."""
     import jax
 
-    explicit = coordinator is not None and (num_processes or 1) > 1
-    if not explicit and not cluster_detected():
+    explicit = coordinator not in (None, "auto") and (num_processes or 1) > 1
+    if not explicit and coordinator != "auto" and not cluster_detected():
         return SINGLE
     kw: dict[str, Any] = {
         "initialization_timeout": int(initialization_timeout),

@@ -27,6 +27,7 @@ def make_mutation_operator(config: RunConfig, env: Any = None) -> TimedOperator:
             top_p=m.top_p,
             top_k=m.top_k,
             max_new_tokens=m.max_new_tokens,
+            dtype=m.dtype,
         )
     )
 

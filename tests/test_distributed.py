@@ -1,0 +1,264 @@
+"""Scale-out: the mesh, several host devices, several processes on loopback, bad launches.
+
+The multi-device and multi-process runs are real `elmjax evolve` subprocesses (JAX fixes its
+device count and distributed state per process). They compare the program store, row by row,
+with a one-process, one-device run of the same config: same programs, same outcomes, same
+fitness bits, same cells, so the same archive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from elmjax.config import RunConfig, dump_config, load_config
+from elmjax.distributed import Cluster, DistributedError, agree, check_port_free
+
+ROOT = Path(__file__).resolve().parent.parent
+HEARTBEAT = 20  # seconds: distributed.heartbeat_timeout of the multi-process runs
+
+TINY = """\
+seed: 3
+budget: 33
+time_limit: null
+batch_size: 8
+lag: 1
+report: false
+progress: never
+checkpoint_every: 2
+env: {seconds: 2.0, chunk: 8}
+archive: {shape: [6, 6, 6]}
+mutation: {operator: gp, children_per_prompt: 2}
+sandbox: {workers: 1}
+"""
+
+# -- pieces ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("processes", [1, 2, 3, 8])
+def test_process_shards_partition_the_batch_in_order(processes):
+    for n in range(0, 40):
+        shards = [Cluster(p, processes).shard(n) for p in range(processes)]
+        covered = [i for lo, hi in shards for i in range(lo, hi)]
+        assert covered == list(range(n))  # disjoint, complete, in batch order
+        sizes = [hi - lo for lo, hi in shards]
+        assert max(sizes) - min(sizes) <= 1
+
+
+def test_joint_stop_takes_the_first_reason_in_process_order():
+    assert agree([None, None]) is None
+    assert agree([None, "time_limit", "interrupted"]) == "time_limit"
+
+
+def test_port_in_use_is_refused_before_jax_sees_it():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(DistributedError, match="in use"):
+            check_port_free(f"127.0.0.1:{port}")
+
+
+def test_distributed_keys_are_checked_and_never_stored(tmp_path):
+    with pytest.raises(ValueError, match="distributed.coordinator"):
+        load_config(None, ["distributed.num_processes=2"])  # no coordinator, no id
+    with pytest.raises(ValueError, match="distributed.process_id"):
+        load_config(
+            None,
+            [
+                "distributed.coordinator=127.0.0.1:1234",
+                "distributed.num_processes=2",
+                "distributed.process_id=2",
+            ],
+        )
+    config = load_config(
+        None,
+        [
+            "distributed.coordinator=10.0.0.1:1234",
+            "distributed.num_processes=2",
+            "distributed.process_id=1",
+            "compile_cache=/somewhere",
+        ],
+    )
+    dump_config(config, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert "distributed" not in text and "compile_cache" not in text
+    assert load_config(tmp_path / "config.yaml") == RunConfig()
+
+
+def test_compile_cache_setting_resolves(monkeypatch, tmp_path):
+    from elmjax import compile_cache
+
+    monkeypatch.setenv("ELMJAX_CACHE_DIR", str(tmp_path / "c"))
+    assert compile_cache.resolve("auto") == tmp_path / "c"
+    assert compile_cache.resolve("off") is None
+    assert compile_cache.resolve(str(tmp_path / "d")) == tmp_path / "d"
+
+
+def test_mesh_axes_are_auto_and_the_model_axis_divides_the_devices():
+    import jax
+    from jax.sharding import AxisType
+
+    from elmjax.mesh import DATA, MODEL, data_mesh, make_mesh
+
+    mesh = make_mesh()
+    assert mesh.axis_names == (DATA, MODEL)
+    assert mesh.shape[DATA] == len(jax.local_devices()) and mesh.shape[MODEL] == 1
+    assert all(t == AxisType.Auto for t in mesh.axis_types)
+    with pytest.raises(ValueError, match="divide"):
+        make_mesh(model=len(jax.local_devices()) + 1)
+    assert data_mesh(jax.local_devices()[:1]) is None  # one device: plain jit
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def evolve(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", **(env or {}))
+    return subprocess.Popen(
+        [sys.executable, "-m", "elmjax.cli", "evolve", *args],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
+def launch_two(args: list[str], port: int, env1: dict[str, str] | None = None) -> list:
+    keys = [
+        f"distributed.coordinator=127.0.0.1:{port}",
+        "distributed.num_processes=2",
+        f"distributed.heartbeat_timeout={HEARTBEAT}",
+    ]
+    procs = []
+    for pid in (0, 1):
+        sets = [a for k in [*keys, f"distributed.process_id={pid}"] for a in ("--set", k)]
+        procs.append(evolve([*args, *sets], env1 if pid == 1 else None))
+    return procs
+
+
+def store_rows(run: Path) -> list[tuple]:
+    db = sqlite3.connect(f"file:{run / 'programs.sqlite'}?mode=ro", uri=True)
+    try:
+        return db.execute(
+            "SELECT program_id, generation, batch_index, text, parents, outcome_kind, valid, "
+            "fitness, descriptor, cell, entered, status FROM programs ORDER BY program_id"
+        ).fetchall()
+    finally:
+        db.close()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tiny, tmp_path_factory) -> list[tuple]:
+    """The store of the run on one process and one device."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    code, err = finish(evolve(["--config", str(tiny), "--out", str(out)]))
+    assert code == 0, err[-3000:]
+    rows = store_rows(out)
+    assert len(rows) == 33 and any(r[6] for r in rows[1:])  # children, some valid
+    return rows
+
+
+@pytest.mark.slow
+def test_eight_host_devices_give_the_same_run_as_one(tiny, reference, tmp_path):
+    out = tmp_path / "run"
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    code, err = finish(evolve(["--config", str(tiny), "--out", str(out)], env))
+    assert code == 0, err[-3000:]
+    assert len(json.loads((out / "provenance.json").read_text())["devices"]) == 8
+    assert store_rows(out) == reference
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_same_run_as_one(tiny, reference, tmp_path):
+    out = tmp_path / "run"
+    procs = launch_two(["--config", str(tiny), "--out", str(out)], free_port())
+    results = [finish(p) for p in procs]
+    for code, err in results:
+        assert code == 0, err[-3000:]
+    assert store_rows(out) == reference
+    assert json.loads((out / "provenance.json").read_text())["processes"] == 2
+    assert "distributed" not in (out / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_a_killed_process_ends_the_other_and_the_run_resumes_whole(tiny, reference, tmp_path):
+    out = tmp_path / "run"
+    # process 1 dies (SIGKILL) while preparing generation 3; process 0 must notice and stop
+    procs = launch_two(
+        ["--config", str(tiny), "--out", str(out)],
+        free_port(),
+        env1={"ELMJAX_FAULT": "3:prepare"},
+    )
+    code1, _ = finish(procs[1])
+    assert code1 == -9
+    t0 = time.monotonic()
+    code0, err0 = finish(procs[0], timeout=HEARTBEAT + 120)  # bounded: never a hang
+    waited = time.monotonic() - t0
+    assert code0 == 4, err0[-3000:]
+    assert "lost contact with the other processes" in err0 and "--resume" in err0
+    assert waited < HEARTBEAT + 120
+    # a resume with another process count is refused, naming the count to use
+    code, err = finish(evolve(["--resume", str(out)]))
+    assert code == 1 and "started with 2 process(es)" in err, err[-2000:]
+    # both processes resume: nothing lost, nothing duplicated
+    procs = launch_two(["--resume", str(out)], free_port())
+    for code, err in [finish(p) for p in procs]:
+        assert code == 0, err[-3000:]
+    assert store_rows(out) == reference
+
+
+@pytest.mark.slow
+def test_bad_launches_get_clear_messages(tiny, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        procs = launch_two(["--config", str(tiny), "--out", str(tmp_path / "r")], port)
+        code0, err0 = finish(procs[0], timeout=120)
+        procs[1].kill()
+        procs[1].wait()
+    assert code0 == 1 and f"127.0.0.1:{port}" in err0 and "in use" in err0, err0[-2000:]
+    # JAX used before the run could join the others
+    code = (
+        "import jax.numpy as jnp; jnp.zeros(1).block_until_ready()\n"
+        "from elmjax import distributed\n"
+        "try:\n"
+        f"    distributed.initialize('127.0.0.1:{free_port()}', 2, 0, initialization_timeout=5)\n"
+        "except distributed.DistributedError as err:\n"
+        "    print(err)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "JAX was used before the multi-process run could be set up" in out.stdout, out.stderr
