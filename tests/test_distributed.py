@@ -262,3 +262,33 @@ def test_bad_launches_get_clear_messages(tiny, tmp_path):
         timeout=120,
     )
     assert "JAX was used before the multi-process run could be set up" in out.stdout, out.stderr
+
+
+@pytest.mark.slow
+def test_sampler_rows_over_eight_host_devices_sample_as_one_device():
+    code = (
+        "import json, jax\n"
+        "from elmjax.lm import load_model\n"
+        "from elmjax.lm.sampler import Sampler\n"
+        "model = load_model('elm-tiny')\n"
+        "prompts = [f'def make_walker():\\n    # walker {i}\\n' for i in range(8)]\n"
+        "kw = dict(max_new_tokens=12, temperature=0.8, top_p=0.95)\n"
+        "sharded = Sampler(model)\n"
+        "single = Sampler(model, mesh=None)\n"
+        "a = sharded.sample(prompts, 2, jax.random.key(5), **kw)\n"
+        "b = single.sample(prompts, 2, jax.random.key(5), **kw)\n"
+        "print(json.dumps({'devices': sharded.mesh.size, 'same': a == b, 'a': a[:2]}))\n"
+    )
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["devices"] == 8
+    assert got["same"], got["a"]

@@ -221,6 +221,10 @@ class Sampler:
     when it differs from `dtype` the sampler holds both copies.
     scan_layers: run the layers with `lax.scan` (compiles in constant time for deep models)
     instead of unrolled (faster decode; see model.py).
+    mesh: "auto" (`elmjax.mesh.data_mesh`: this process's devices, None for one), a mesh, or
+    None. With a mesh the parameters are replicated on every device and the rows of a batch
+    (when their number divides the device count) are split over its `data` axis; the samples
+    are the same as on one device.
     """
 
     def __init__(
@@ -233,19 +237,24 @@ class Sampler:
         batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS,
         add_special_tokens: bool = True,
         scan_layers: bool = False,
+        mesh: Any = "auto",
     ) -> None:
+        from elmjax.mesh import data_mesh, replicated
+
+        self.mesh = data_mesh() if isinstance(mesh, str) and mesh == "auto" else mesh
+        placement = replicated(self.mesh) if self.mesh is not None else None
         self.model = model
         self.config = model.config
         self.tokenizer = model.tokenizer
         self.dtype = jnp.dtype(dtype)
         layout = stack_layers if scan_layers else unstack_layers
-        self.params = jax.device_put(layout(cast_params(model.params, self.dtype)))
+        self.params = jax.device_put(layout(cast_params(model.params, self.dtype)), placement)
         self.prefill_dtype = jnp.dtype(prefill_dtype)
         if self.prefill_dtype == self.dtype:
             self.prefill_params = self.params
         else:
             self.prefill_params = jax.device_put(
-                layout(cast_params(model.params, self.prefill_dtype))
+                layout(cast_params(model.params, self.prefill_dtype)), placement
             )
         self.prompt_buckets = tuple(sorted(prompt_buckets))
         self.batch_buckets = tuple(sorted(batch_buckets))
@@ -263,6 +272,15 @@ class Sampler:
                 "cache_dtype",
             ),
         )
+
+    def _rows(self, array: np.ndarray) -> jax.Array:
+        """A batch-major array on the device(s): split over the mesh's `data` axis when there
+        is one and it divides the rows, else on the default device."""
+        if self.mesh is None or array.shape[0] % self.mesh.size:
+            return jnp.asarray(array)
+        from elmjax.mesh import rows_sharding
+
+        return jax.device_put(array, rows_sharding(self.mesh, array.ndim))
 
     def _eos_ids(self) -> list[int]:
         ids = set()
@@ -340,8 +358,8 @@ class Sampler:
             self.params,
             self.prefill_params,
             self.config,
-            jnp.asarray(tokens),
-            jnp.asarray(start),
+            self._rows(tokens),
+            self._rows(start),
             key,
             jnp.float32(max(temperature, 1e-6)),
             jnp.float32(top_p),
