@@ -74,6 +74,9 @@ class Cluster:
 
 SINGLE = Cluster()
 
+#: seconds the processes wait for each other when they exit (process 0 writes the report).
+SHUTDOWN_TIMEOUT = 600
+
 
 def cluster_detected() -> bool:
     """A launch JAX auto-detects: several SLURM tasks, or a multi-host TPU slice."""
@@ -123,9 +126,10 @@ def initialize(
     kw: dict[str, Any] = {
         "initialization_timeout": int(initialization_timeout),
         "heartbeat_timeout_seconds": int(heartbeat_timeout),
-        # At exit JAX waits for every process; a process that failed must not hold the others
-        # longer than a dead one would.
-        "shutdown_timeout_seconds": int(heartbeat_timeout),
+        # At exit JAX waits for every process: the others wait there while process 0 writes
+        # the report. A process that fails leaves at once (`os._exit`), and a dead one is found
+        # by the heartbeat, so this bound only matters for a live process that hangs.
+        "shutdown_timeout_seconds": SHUTDOWN_TIMEOUT,
     }
     if explicit:
         if process_id == 0:
