@@ -11,6 +11,7 @@ import math
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -384,3 +385,24 @@ def test_wrong_input_names_the_argument(argument, change):
     qd.insert(archive, **good)  # the unchanged batch is fine
     with pytest.raises(AssertionError, match=rf"qd\.insert: {argument}\b"):
         qd.insert(archive, **change(good))
+
+
+@pytest.mark.parametrize(
+    "field, broken",
+    [
+        ("archive.descriptor", lambda a: a.replace(descriptor=a.descriptor[:, :2])),
+        ("archive.program_id", lambda a: a.replace(program_id=a.program_id[:-1])),
+        ("archive.children", lambda a: a.replace(children=a.children.astype(jnp.float32))),
+        ("archive.n_valid", lambda a: a.replace(n_valid=a.n_valid[None])),
+    ],
+)
+def test_an_inconsistent_archive_is_named_by_every_entry_point(field, broken):
+    """An archive restored or built for another layout fails at the door of insert, metrics
+    and selection, naming the field, instead of being indexed with the wrong cells."""
+    bad = broken(qd.init(SPEC))
+    with pytest.raises(AssertionError, match=rf"qd\.insert: {field}\b"):
+        qd.insert(bad, *_batch(4))
+    with pytest.raises(AssertionError, match=rf"qd\.metrics: {field}\b"):
+        qd.metrics(bad)
+    with pytest.raises(AssertionError, match=rf"qd\.sample_cells: {field}\b"):
+        qd.sample_parents(bad, jax.random.key(0), 4)

@@ -233,6 +233,39 @@ def cells_of(archive: Archive, descriptor: jax.Array) -> jax.Array:
     return nearest_centroid(unit, cents, spec.candidate_chunk, spec.centroid_chunk)
 
 
+def check_archive(archive: Archive, where: str) -> None:
+    """An archive's own shapes agree with each other and with its spec (chex, at trace time):
+    `fitness [C]` float, `descriptor [C, D]` float with the spec's D, `program_id`, `children`,
+    `successes [C]` int, scalar counters, `tokens [C, L]` and `centroids [C, D]` when present.
+    Catches an archive restored or built for another layout before it is indexed with it."""
+    dim = archive.spec.dim
+    chex.assert_rank(archive.fitness, 1, custom_message=f"{where}: archive.fitness must be [C]")
+    num_cells = archive.fitness.shape[0]
+    chex.assert_type(archive.fitness, float, custom_message=f"{where}: archive.fitness dtype")
+    chex.assert_shape(
+        archive.descriptor,
+        (num_cells, dim),
+        custom_message=f"{where}: archive.descriptor must be [C={num_cells}, D={dim}]",
+    )
+    for name in ("program_id", "children", "successes"):
+        value = getattr(archive, name)
+        message = f"{where}: archive.{name} must be [C={num_cells}] int"
+        chex.assert_shape(value, (num_cells,), custom_message=message)
+        chex.assert_type(value, int, custom_message=message)
+    for name in ("n_evaluated", "n_valid", "last_n_evaluated", "last_n_valid"):
+        chex.assert_rank(getattr(archive, name), 0, custom_message=f"{where}: archive.{name}")
+    if archive.tokens is not None:
+        chex.assert_shape(
+            archive.tokens, (num_cells, None), custom_message=f"{where}: archive.tokens [C, L]"
+        )
+    if archive.centroids is not None:
+        chex.assert_shape(
+            archive.centroids,
+            (num_cells, dim),
+            custom_message=f"{where}: archive.centroids must be [C={num_cells}, D={dim}]",
+        )
+
+
 def _check_insert_args(
     archive: Archive,
     fitness: jax.Array,
@@ -247,11 +280,8 @@ def _check_insert_args(
     A batch with a wrong rank, length, descriptor width or id dtype would otherwise be
     broadcast or cast into a silently wrong archive, or fail deep inside a scatter.
     """
+    check_archive(archive, "qd.insert")
     num_cells, dim = archive.descriptor.shape
-    chex.assert_shape(archive.fitness, (num_cells,), custom_message="qd.insert: archive.fitness")
-    chex.assert_shape(
-        archive.program_id, (num_cells,), custom_message="qd.insert: archive.program_id"
-    )
     chex.assert_rank(fitness, 1, custom_message="qd.insert: fitness must be [B]")
     batch = fitness.shape[0]
     chex.assert_type(fitness, float, custom_message="qd.insert: fitness must be floating")

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from elmjax.qd.archive import Archive
+from elmjax.qd.archive import Archive, check_archive
 
 
 def _outside(archive: Archive) -> jax.Array:
@@ -33,6 +33,7 @@ def _outside(archive: Archive) -> jax.Array:
 def metrics(archive: Archive) -> dict[str, jax.Array]:
     """Scalars: coverage, num_filled, qd_score, max/mean fitness, validity (last batch, total),
     num_clipped (elites filed in an edge cell because their descriptor is out of range)."""
+    check_archive(archive, "qd.metrics")
     filled = archive.program_id >= 0
     num_filled = filled.sum(dtype=jnp.int32)
     fit = jnp.where(filled, archive.fitness, 0.0)

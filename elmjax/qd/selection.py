@@ -17,7 +17,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from elmjax.qd.archive import Archive
+from elmjax.qd.archive import Archive, check_archive
 
 METHODS = ("uniform", "curiosity")
 
@@ -37,6 +37,7 @@ def cell_weights(archive: Archive, method: str = "uniform") -> jax.Array:
 @partial(jax.jit, static_argnames=("n", "method"))
 def sample_cells(archive: Archive, key: jax.Array, n: int, method: str = "uniform") -> jax.Array:
     """`n` cell indices [n] int32 drawn with replacement; all -1 when the archive is empty."""
+    check_archive(archive, "qd.sample_cells")
     w = cell_weights(archive, method)
     cdf = jnp.cumsum(w)
     total = cdf[-1]
