@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from elmjax import faults, run_dir
+from elmjax import faults, run_dir, tracing
 from elmjax.config import load_config
 from elmjax.elm import ELM
 from elmjax.store import ProgramStore
@@ -175,6 +175,17 @@ def test_disk_full_stops_cleanly_with_checkpoint_intact(reference, tmp_path, mon
     result = ELM.resume(tmp_path / "run").run()
     assert result.status == "done"
     assert snapshot(tmp_path / "run") == snapshot(reference[0])
+
+
+def test_a_second_run_of_the_same_shapes_traces_nothing(reference, tmp_path):
+    """Every generation of the reference run compiled its programs (simulator rollout per size
+    bucket, archive insert per batch size); the same run again, in the same process, must reuse
+    all of them: no new jit objects per generation, no drifting static arguments or dtypes.
+    The snapshot check makes sure no retrace error was swallowed as a failed candidate."""
+    with tracing.max_traces(0):
+        result = ELM(config(), tmp_path / "again").run()
+    assert result.status == "done"
+    assert snapshot(tmp_path / "again") == snapshot(reference[0])
 
 
 def test_failed_candidates_are_stored_with_their_error(tmp_path):
