@@ -22,7 +22,7 @@ TEXTS = [f"def f{i}(x):\n    return x * {i % 10} + {i % 7}  # 123\n" for i in ra
 
 def test_permutation_is_inverted():
     w = np.arange(8 * 16 * 3, dtype=np.float32).reshape(8 * 16, 3)
-    assert np.array_equal(_permute_back(_permute(w, 8), 8), w)
+    chex.assert_trees_all_equal(_permute_back(_permute(w, 8), 8), w)
     assert not np.array_equal(_permute(w, 8), w)
 
 
@@ -98,8 +98,8 @@ def test_smollm2_matches_transformers_and_writes_code():
     sampler = Sampler(model, scan_layers=True, prompt_buckets=(16,), batch_buckets=(2,))
     got, _ = jax.jit(lambda p, x: forward(p, model.config, x))(sampler.params, np.array([ids]))
     # float32 both sides, same dequantized weights; 30 layers of reordered float32 sums
-    np.testing.assert_allclose(np.asarray(got), expected, atol=5e-4, rtol=0)
-    assert np.array_equal(np.argmax(got, -1), np.argmax(expected, -1))
+    chex.assert_trees_all_close(got, expected, atol=5e-4, rtol=0)
+    chex.assert_trees_all_equal(np.argmax(got, -1), np.argmax(expected, -1))
 
     prompts = ["def add(a, b):", "# Return the sum of a list of numbers\ndef total(xs):"]
     out = sampler.sample(prompts, 1, jax.random.key(0), 16, temperature=0.0, stop=["\n\n"])

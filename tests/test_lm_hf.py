@@ -74,7 +74,7 @@ def test_logits_and_greedy_match_transformers(tmp_path, tok, arch):
         expected = ref(torch.tensor(ids)).logits.numpy()
     got, _ = forward(model.params, model.config, ids)
     assert expected.std() > 0.5  # not near-uniform: the comparison means something
-    np.testing.assert_allclose(np.asarray(got), expected, atol=1e-4, rtol=0)
+    chex.assert_trees_all_close(got, expected, atol=1e-4, rtol=0)
 
     sampler = Sampler(model)
     result = sampler.sample_detailed(PROMPTS, 2, jax.random.key(0), 12, temperature=0.0)

@@ -76,7 +76,7 @@ def test_completion_mask_and_data_order(setup):
     d = TokenDataset(np.arange(10)[:, None].repeat(3, 1), np.ones((10, 3), bool))
     seen = np.concatenate([d.batch(s, 4, seed=1)[0][:, 0] for s in range(5)])
     assert sorted(seen[:10]) == list(range(10))  # each epoch is a permutation
-    assert np.array_equal(d.batch(3, 4, 1)[0], d.batch(3, 4, 1)[0])
+    chex.assert_trees_all_equal(d.batch(3, 4, 1), d.batch(3, 4, 1))
 
 
 def test_lora_trains_adapters_only(setup):
@@ -118,7 +118,7 @@ def test_data_sharded_over_eight_devices_matches_one(tmp_path):
     path = tmp_path / "p.npy"
     subprocess.run([sys.executable, "-c", _SHARDED, str(path)], env=env, check=True, timeout=300)
     one, eight = np.load(path)
-    np.testing.assert_allclose(eight, one, atol=1e-5)
+    chex.assert_trees_all_close(eight, one, atol=1e-5)
 
 
 class _Batches:
