@@ -406,3 +406,17 @@ def test_an_inconsistent_archive_is_named_by_every_entry_point(field, broken):
         qd.metrics(bad)
     with pytest.raises(AssertionError, match=rf"qd\.sample_cells: {field}\b"):
         qd.sample_parents(bad, jax.random.key(0), 4)
+
+
+def test_centroid_lookups_name_a_wrong_argument():
+    pts = np.random.default_rng(0).random((10, 3)).astype(np.float32)
+    cents = pts[:4]
+    index = qd.build_bucket_index(cents, 2)
+    with pytest.raises(AssertionError, match=r"qd\.nearest_centroid: centroids must be \[C, D=3\]"):
+        qd.nearest_centroid(pts, cents[:, :2])
+    with pytest.raises(AssertionError, match=r"qd\.nearest_centroid: points must be \[N, D\]"):
+        qd.nearest_centroid(pts[None], cents)
+    with pytest.raises(AssertionError, match=r"qd\.indexed_nearest_centroid: index must be"):
+        qd.indexed_nearest_centroid(pts, cents, index[:-1], 2)
+    with pytest.raises(AssertionError, match=r"qd\.indexed_nearest_centroid: unit_points\b"):
+        qd.indexed_nearest_centroid(pts.astype(np.int32), cents, index, 2)

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,6 +83,18 @@ def _pad_rows(x: jax.Array, multiple: int, value: float) -> jax.Array:
     return jnp.concatenate([x, jnp.full((pad,) + x.shape[1:], value, x.dtype)], axis=0)
 
 
+def _check_points(
+    points: jax.Array, centroids: jax.Array, where: str, p_name: str, c_name: str
+) -> None:
+    """points [N, D] and centroids [C, D] of one D, both floating (chex, at trace time)."""
+    chex.assert_rank(points, 2, custom_message=f"{where}: {p_name} must be [N, D]")
+    chex.assert_type(points, float, custom_message=f"{where}: {p_name} must be floating")
+    dim = points.shape[1]
+    message = f"{where}: {c_name} must be [C, D={dim}] floating"
+    chex.assert_shape(centroids, (None, dim), custom_message=message)
+    chex.assert_type(centroids, float, custom_message=message)
+
+
 @partial(jax.jit, static_argnames=("candidate_chunk", "centroid_chunk"))
 def nearest_centroid(
     points: jax.Array,
@@ -93,6 +106,7 @@ def nearest_centroid(
 
     Memory is bounded by candidate_chunk * centroid_chunk distances, independent of N and C.
     """
+    _check_points(points, centroids, "qd.nearest_centroid", "points", "centroids")
     n, d = points.shape
     c = centroids.shape[0]
     if n == 0:
@@ -200,6 +214,12 @@ def indexed_nearest_centroid(
     Same result as `nearest_centroid` on the same unit coordinates (points outside the cube are
     clipped to it first). Memory: candidate_chunk x K x D per step.
     """
+    where = "qd.indexed_nearest_centroid"
+    _check_points(unit_points, unit_centroids, where, "unit_points", "unit_centroids")
+    buckets = grid ** unit_points.shape[1]
+    message = f"{where}: index must be [grid**D={buckets}, K] int (build_bucket_index)"
+    chex.assert_shape(index, (buckets, None), custom_message=message)
+    chex.assert_type(index, int, custom_message=message)
     n, d = unit_points.shape
     if n == 0:
         return jnp.zeros((0,), jnp.int32)
