@@ -123,6 +123,15 @@ def normal_terrain(name: str) -> str:
     return name.lower().replace("-", "_")
 
 
+def _cache_setting(value: Any) -> str:
+    """`compile_cache`: YAML reads a bare `off` / `no` as false (and `on` as true)."""
+    if isinstance(value, bool):
+        return "auto" if value else "off"
+    if not isinstance(value, str):
+        raise TypeError(f'expected "auto", "off" or a directory, got {value!r}')
+    return value
+
+
 def _duration_field(default: float | None) -> Any:
     return field(default=default, metadata={"parse": parse_duration})
 
@@ -337,7 +346,7 @@ class RunConfig:
     #: the simulator and sampler again: "auto" (a user cache directory: $ELMJAX_CACHE_DIR, else
     #: $JAX_COMPILATION_CACHE_DIR, else $XDG_CACHE_HOME/elmjax/jax, else ~/.cache/elmjax/jax),
     #: a directory, or "off". Launch-only, like `distributed`: not stored in config.yaml.
-    compile_cache: str = "auto"
+    compile_cache: str = field(default="auto", metadata={"parse": _cache_setting})
     env: EnvConfig = field(default_factory=EnvConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     mutation: MutationConfig = field(default_factory=MutationConfig)

@@ -97,6 +97,7 @@ def test_distributed_keys_are_checked_and_never_stored(tmp_path):
 def test_compile_cache_setting_resolves(monkeypatch, tmp_path):
     from elmjax import compile_cache
 
+    assert load_config(None, ["compile_cache=off"]).compile_cache == "off"  # YAML: off = false
     monkeypatch.setenv("ELMJAX_CACHE_DIR", str(tmp_path / "c"))
     assert compile_cache.resolve("auto") == tmp_path / "c"
     assert compile_cache.resolve("off") is None
