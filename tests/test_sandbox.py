@@ -564,3 +564,15 @@ def test_a_program_that_leaves_state_behind_is_not_followed_in_its_process():
     with SandboxPool(dataclasses.replace(LIMITS, workers=1), preload=("sandbox_checks",)) as pool:
         results = pool.run([CLEAN] * 10, "f", "sandbox_checks:leave_something_behind")
         assert [r.value for r in results] == [0] * 10
+
+
+def test_a_finaliser_past_the_budget_is_the_programs_timeout_whatever_ran_before(pool):
+    """The garbage collector swallows the timer's exception inside a finaliser: the program
+    must still get `timeout`, after any predecessor in its process, and the next one run."""
+    trap = next(t for n, _, t in CASES if n == "finaliser_generator_hangs_next")
+    limits = dataclasses.replace(LIMITS, cpu_seconds=0.3)
+    for before in range(3):
+        batch = [SQUARE] * before + [trap, SQUARE]
+        results = run_walkers(pool, batch * 3, limits=limits)
+        assert [r.error.kind for r in results if not r.ok] == ["timeout"] * 3
+        assert sum(r.ok for r in results) == 3 * (before + 1)

@@ -104,7 +104,10 @@ def run_program(source: str, seed: int, job: dict[str, Any]) -> tuple[bytes, boo
         if ran_normally:
             gc.collect()
             clean = not _Clock.expired
-    except BaseException as exc:  # a finaliser past the budget; a second timer signal
+            if _Clock.expired:  # a finaliser the program left ran past its budget (the
+                # collector swallows the timer's exception, the clock does not forget)
+                data = _encode(_timeout(limits, time.perf_counter() - start))
+    except BaseException as exc:  # a second timer signal inside the handling code, at worst
         reply = _failure("timeout" if _Clock.expired else "crashed", type(exc).__name__)
         if _Clock.expired:
             reply["message"] = f"CPU time limit of {limits['cpu_seconds']:g} s exceeded"
@@ -208,6 +211,7 @@ def _describe(exc: BaseException, max_chars: int) -> str:
             line = tb.tb_lineno
         tb = tb.tb_next
     remaining = signal.getitimer(signal.ITIMER_PROF)[0]
+    expired = _Clock.expired  # the message's own budget running out is not the program's
     try:
         _Clock.armed = True
         signal.setitimer(signal.ITIMER_PROF, MESSAGE_CPU_SECONDS)
@@ -219,6 +223,7 @@ def _describe(exc: BaseException, max_chars: int) -> str:
         text = ""
     finally:  # the rest of the program's budget still covers its garbage collection
         signal.setitimer(signal.ITIMER_PROF, max(remaining, 0.0))
+        _Clock.expired = expired
     message = f"{name}: {text}" if text else name
     if line is not None:
         message = f"line {line}: {message}"
@@ -282,6 +287,12 @@ def _plain(value: Any, max_bytes: int) -> Any:
         if budget < 0:
             raise NotPlainData(f"result is larger than {max_bytes} bytes")
     return value
+
+
+def _timeout(limits: dict[str, Any], seconds: float) -> dict[str, Any]:
+    reply = _failure("timeout", f"CPU time limit of {limits['cpu_seconds']:g} s exceeded")
+    reply["seconds"] = seconds
+    return reply
 
 
 def _failure(kind: str, message: str) -> dict[str, Any]:
