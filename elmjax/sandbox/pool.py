@@ -22,30 +22,26 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
-import io
 import json
 import logging
 import math
-import multiprocessing
 import os
 import shutil
 import socket
 import struct
-import sys
 import tempfile
 import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
 from multiprocessing import connection as mp_connection
-from multiprocessing import context as mp_context
-from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
 from typing import Any
 
 from elmjax.sandbox.isolation import LAYERS, unprivileged_ids
 from elmjax.sandbox.replies import settle
 from elmjax.sandbox.results import ExecResult, Limits
 from elmjax.sandbox.schemas import schema_for
+from elmjax.sandbox.spawning import CONTEXT, PROCESS_CLASS, start_forkserver
 from elmjax.sandbox.worker import REPLY_OVERHEAD_BYTES, resolve, serve
 
 #: Seconds a new worker may take to start and lock down before the pool gives up on it.
@@ -65,66 +61,6 @@ SEND_TIMEOUT_SECONDS = 10.0
 
 _log = logging.getLogger("elmjax.sandbox")
 _WARNED: set[str] = set()
-
-_CONTEXT = multiprocessing.get_context("forkserver")
-_FORKSERVER_LOCK = threading.Lock()
-
-
-def _start_forkserver(preload: Sequence[str]) -> None:
-    """Start the fork server ourselves the first time, preloading only the worker module (not the
-    caller's `__main__`, which may have imported JAX) and with a fixed hash seed, so set and dict
-    orders inside programs do not change from run to run."""
-    server = forkserver._forkserver
-    with _FORKSERVER_LOCK:
-        if getattr(server, "_forkserver_pid", None) is not None:
-            return
-        _CONTEXT.set_forkserver_preload(["elmjax.sandbox.worker", *preload])
-        previous = os.environ.get("PYTHONHASHSEED")
-        os.environ["PYTHONHASHSEED"] = "0"
-        try:
-            server.ensure_running()
-        finally:
-            if previous is None:
-                os.environ.pop("PYTHONHASHSEED", None)
-            else:
-                os.environ["PYTHONHASHSEED"] = previous
-
-
-class _LeanPopen(popen_forkserver.Popen):
-    """Starts a forkserver child without re-importing the caller's `__main__` in it.
-
-    multiprocessing re-runs the caller's main script in every child it starts (so that functions
-    defined there can be unpickled). A worker needs nothing from it, and a main script that
-    imports JAX would cost each worker seconds and most of its memory limit. This overrides a
-    CPython 3.11-3.13 internal; on other versions `_PROCESS_CLASS` keeps the standard behaviour.
-    """
-
-    def _launch(self, process_obj: Any) -> None:
-        prep_data = spawn.get_preparation_data(process_obj._name)
-        prep_data.pop("init_main_from_path", None)
-        prep_data.pop("init_main_from_name", None)
-        buf = io.BytesIO()
-        mp_context.set_spawning_popen(self)
-        try:
-            reduction.dump(prep_data, buf)
-            reduction.dump(process_obj, buf)
-        finally:
-            mp_context.set_spawning_popen(None)
-        self.sentinel, w = forkserver.connect_to_new_process(self._fds)
-        _parent_w = os.dup(w)
-        self.finalizer = util.Finalize(self, util.close_fds, (_parent_w, self.sentinel))
-        with open(w, "wb", closefd=True) as f:
-            f.write(buf.getbuffer())
-        self.pid = forkserver.read_signed(self.sentinel)
-
-
-class _LeanProcess(mp_context.ForkServerProcess):
-    @staticmethod
-    def _Popen(process_obj: Any) -> Any:
-        return _LeanPopen(process_obj)
-
-
-_PROCESS_CLASS = _LeanProcess if (3, 11) <= sys.version_info[:2] <= (3, 13) else _CONTEXT.Process
 
 
 class _Worker:
@@ -201,7 +137,7 @@ class SandboxPool:
         self._batch = _Batch(self.limits, schema_for(""), 0)
         # the folder goes even if close() is never called (daemonic workers die with the caller)
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._root, True)
-        _start_forkserver(self.preload)
+        start_forkserver(self.preload)
 
     @property
     def isolation(self) -> dict[str, str]:
@@ -282,8 +218,8 @@ class SandboxPool:
         if self._ids is not None:
             with contextlib.suppress(OSError):  # root of a user namespace without `nobody`
                 os.chown(workdir, *self._ids)
-        parent_conn, child_conn = _CONTEXT.Pipe(duplex=True)
-        process = _PROCESS_CLASS(
+        parent_conn, child_conn = CONTEXT.Pipe(duplex=True)
+        process = PROCESS_CLASS(
             target=serve, args=(child_conn, workdir, self.preload, self.layers), daemon=True
         )
         process.start()
