@@ -111,15 +111,13 @@ def _time_elmjax(sampler, ids, new: int, repeats: int):
 
 def _accuracy(model, ids, sampler, out, out_f32):
     """Prefill logits vs float32 and greedy agreement with float32 elmjax."""
-    import jax
     import numpy as np
+    from flax import nnx
 
-    from elmjax.lm.model import forward
-
-    fwd = jax.jit(lambda p, x: forward(p, model.config, x, last_only=True)[0])
+    fwd = nnx.jit(lambda m, x: m(x, last_only=True)[0])
     x = np.asarray(ids[:1])
     diff = float(
-        np.abs(np.asarray(fwd(sampler.params, x)) - np.asarray(fwd(model.params, x))).max()
+        np.abs(np.asarray(fwd(sampler.decoder(), x)) - np.asarray(fwd(model.decoder, x))).max()
     )
     same = out == out_f32
     prefix = [int(np.argmin(r)) if not r.all() else len(r) for r in same]

@@ -206,6 +206,10 @@ class MutationConfig:
     children_per_prompt: int = 4
     #: the LM's compute dtype: float32 (CPU) or bfloat16 (GPU, TPU: half the memory traffic).
     dtype: str = "float32"
+    #: devices on the mesh's `model` axis that the LM's parameters are sharded over
+    #: (elmjax.mesh.make_mesh, rules in elmjax.lm.partitioning); 1 = replicated, right for
+    #: models that fit one device.
+    model_parallel: int = 1
 
     def check(self) -> None:
         if self.operator not in OPERATORS:
@@ -229,6 +233,8 @@ class MutationConfig:
             raise ConfigError(
                 "mutation.dtype", f"must be float32, bfloat16 or float16, not {self.dtype!r}"
             )
+        if self.model_parallel < 1:
+            raise ConfigError("mutation.model_parallel", "must be >= 1")
 
 
 @dataclass(frozen=True)

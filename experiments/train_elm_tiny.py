@@ -200,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    from elmjax.lm import LanguageModel, init_params, save_model
-    from elmjax.lm.model import count_params
+    from elmjax.lm import LanguageModel, init_decoder, save_model
+    from elmjax.lm.state import count_params
     from elmjax.lm.tokenizer import load_tokenizer
     from elmjax.lm.train import TokenDataset, TrainConfig, train
 
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     npz = np.load(work / "data.npz")
     data = TokenDataset(npz["tokens"], npz["loss_mask"])
     config = model_config(tok.get_vocab_size(), tok.token_to_id("<|endoftext|>"), args)
-    params = init_params(config, jax.random.key(args.seed))
+    decoder = init_decoder(config, jax.random.key(args.seed))
     tcfg = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -226,9 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             log.write(json.dumps(rec) + "\n")
         print(json.dumps(rec), flush=True)
 
-    params, history = train(
-        config,
-        params,
+    decoder, history = train(
+        decoder,
         data,
         tcfg,
         checkpoint_dir=work / "checkpoints",
@@ -242,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     tail = [r["loss"] for r in records[-10:]]
     summary = {
         "config": config.to_dict(),
-        "parameters": int(count_params(params)),
+        "parameters": int(count_params(decoder)),
         "train": {k: v for k, v in vars(tcfg).items()},
         "steps_done": last.get("step", 0),
         "final_loss": last.get("loss"),
@@ -251,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         "jax": jax.__version__,
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
     }
-    save_model(LanguageModel(config, params, tok, name="elm-tiny"), args.out)
+    save_model(LanguageModel(config, decoder, tok, name="elm-tiny"), args.out)
     (pathlib.Path(args.out) / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     shutil.copy(work / "eval_parents.json", pathlib.Path(args.out) / "eval_parents.json")
     print(json.dumps({k: summary[k] for k in ("parameters", "steps_done", "final_loss")}))

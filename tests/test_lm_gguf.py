@@ -11,10 +11,11 @@ import chex
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
-from elmjax.lm import LanguageModel, LMConfig, init_params
+from elmjax.lm import LanguageModel, LMConfig, init_decoder
 from elmjax.lm.gguf_import import _dequantize, _permute, _permute_back, load_gguf, write_gguf
-from elmjax.lm.model import flatten_params, forward
+from elmjax.lm.state import flat_state
 from elmjax.lm.tokenizer import train_bpe
 
 TEXTS = [f"def f{i}(x):\n    return x * {i % 10} + {i % 7}  # 123\n" for i in range(100)]
@@ -40,16 +41,16 @@ def test_written_gguf_loads_back_exactly(tmp_path):
         rope_theta=5e4,
         eos_token_id=tok.token_to_id("<|endoftext|>"),
     )
-    model = LanguageModel(cfg, init_params(cfg, jax.random.key(0), std=0.3), tok)
+    model = LanguageModel(cfg, init_decoder(cfg, jax.random.key(0), std=0.3), tok)
     write_gguf(model, tmp_path / "m.gguf")
     back = load_gguf(tmp_path / "m.gguf")
     assert back.config == cfg.replace(bos_token_id=None)
-    chex.assert_trees_all_equal(flatten_params(back.params), flatten_params(model.params))
+    chex.assert_trees_all_equal(flat_state(back.decoder), flat_state(model.decoder))
     ids = tok.encode(TEXTS[3]).ids
     assert back.tokenizer.encode(TEXTS[3]).ids == ids
     assert back.tokenizer.decode(ids) == TEXTS[3]
-    a, _ = forward(model.params, cfg, np.array([ids]))
-    b, _ = forward(back.params, back.config, np.array([ids]))
+    a, _ = model.decoder(np.array([ids]))
+    b, _ = back.decoder(np.array([ids]))
     chex.assert_trees_all_equal(a, b)
 
 
@@ -96,7 +97,7 @@ def test_smollm2_matches_transformers_and_writes_code():
     with torch.no_grad():
         expected = ref(torch.tensor([ids])).logits.numpy()
     sampler = Sampler(model, scan_layers=True, prompt_buckets=(16,), batch_buckets=(2,))
-    got, _ = jax.jit(lambda p, x: forward(p, model.config, x))(sampler.params, np.array([ids]))
+    got, _ = nnx.jit(lambda m, x: m(x))(sampler.decoder(), np.array([ids]))
     # float32 both sides, same dequantized weights; 30 layers of reordered float32 sums
     chex.assert_trees_all_close(got, expected, atol=5e-4, rtol=0)
     chex.assert_trees_all_equal(np.argmax(got, -1), np.argmax(expected, -1))

@@ -15,7 +15,6 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from elmjax.lm.hf import HFImportError, load_hf_dir  # noqa: E402
-from elmjax.lm.model import forward  # noqa: E402
 from elmjax.lm.sampler import Sampler  # noqa: E402
 from elmjax.lm.tokenizer import train_bpe  # noqa: E402
 
@@ -72,7 +71,7 @@ def test_logits_and_greedy_match_transformers(tmp_path, tok, arch):
     ids = np.array([tok.encode(TEXTS[5] + TEXTS[9]).ids[:40]])
     with torch.no_grad():
         expected = ref(torch.tensor(ids)).logits.numpy()
-    got, _ = forward(model.params, model.config, ids)
+    got, _ = model.decoder(ids)
     assert expected.std() > 0.5  # not near-uniform: the comparison means something
     chex.assert_trees_all_close(got, expected, atol=1e-4, rtol=0)
 
@@ -105,7 +104,7 @@ def test_load_model_caches_conversion_and_cli_converts(tmp_path, tok, monkeypatc
 
     from elmjax.lm import load_model
     from elmjax.lm.cli import models_command
-    from elmjax.lm.model import flatten_params
+    from elmjax.lm.state import flat_state
 
     monkeypatch.setenv("ELMJAX_CACHE", str(tmp_path / "cache"))
     src = tmp_path / "gpt2"
@@ -113,7 +112,7 @@ def test_load_model_caches_conversion_and_cli_converts(tmp_path, tok, monkeypatc
     first = load_model(str(src))
     assert list((tmp_path / "cache" / "models").iterdir())  # orbax cache written
     again = load_model(str(src))
-    chex.assert_trees_all_equal(flatten_params(again.params), flatten_params(first.params))
+    chex.assert_trees_all_equal(flat_state(again.decoder), flat_state(first.decoder))
 
     out = tmp_path / "converted"
     ns = argparse.Namespace(models_command="convert", name=str(src), out=str(out))

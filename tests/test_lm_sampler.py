@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from elmjax import tracing
-from elmjax.lm import LanguageModel, LMConfig, init_params
-from elmjax.lm.model import forward
+from elmjax.lm import LanguageModel, LMConfig, init_decoder
 from elmjax.lm.sampler import Sampler, generate
 from elmjax.lm.tokenizer import train_bpe
 
@@ -33,7 +34,7 @@ def model():
         eos_token_id=tok.token_to_id("<|endoftext|>"),
     )
     # large init: peaked distributions, so greedy ties are (practically) impossible
-    return LanguageModel(cfg, init_params(cfg, jax.random.key(1), std=0.6), tok)
+    return LanguageModel(cfg, init_decoder(cfg, jax.random.key(1), std=0.6), tok)
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +45,13 @@ def sampler(model):
 def _reference_greedy(model, prompt: str, steps: int) -> list[int]:
     """Greedy by re-running the cache-free forward on the whole sequence each step (right
     padding to one length: causal attention never sees the pads, and one program compiles)."""
-    fwd = jax.jit(lambda p, x: forward(p, model.config, x)[0])
+    fwd = nnx.jit(lambda m, x: m(x)[0])
     seq = model.tokenizer.encode(prompt).ids
     n = len(seq)
     buf = np.zeros((1, n + steps), np.int32)
     for _ in range(steps):
         buf[0, : len(seq)] = seq
-        seq.append(int(np.argmax(fwd(model.params, buf)[0, len(seq) - 1])))
+        seq.append(int(np.argmax(fwd(model.decoder, buf)[0, len(seq) - 1])))
     return seq[n:]
 
 
@@ -136,9 +137,8 @@ def _generate_args(sampler):
     tokens = np.zeros((2, 8), np.int32)
     tokens[:, -3:] = [5, 6, 7]
     return dict(
-        params=sampler.params,
-        prefill_params=sampler.prefill_params,
-        config=sampler.config,
+        state=sampler.state,
+        prefill_state=sampler.prefill_state,
         prompt_tokens=tokens,
         prompt_start=np.full((2,), 5, np.int32),
         key=jax.random.key(0),
@@ -163,13 +163,21 @@ STATIC = dict(n=2, max_new_tokens=3, greedy=True, use_top_k=False, use_top_p=Fal
         ("top_k", lambda a: np.float32(3)),
         ("stop_seqs", lambda a: a["stop_seqs"][0]),
         ("eos_ids", lambda a: a["eos_ids"][None]),
-        ("params", lambda a: {**a["params"], "embed": a["params"]["embed"][:, :5]}),
+        ("state", lambda a: _narrow_embedding(a["state"])),
     ],
 )
 def test_generate_names_a_wrong_argument(sampler, argument, bad):
     args = _generate_args(sampler)
     with pytest.raises(AssertionError, match=rf"sampler\.generate: {argument}\b"):
-        generate(**{**args, argument: bad(args)}, **STATIC)
+        generate(sampler.graph, **{**args, argument: bad(args)}, **STATIC)
+
+
+def _narrow_embedding(state):
+    """A copy of a decoder state whose embedding is [V, 5] instead of [V, d_model]."""
+    bad = jax.tree.map(lambda x: x, state)
+    var = bad["embed"]["embedding"]
+    bad["embed"]["embedding"] = var.replace(var.get_value()[:, :5])
+    return bad
 
 
 class GenerateVariantsTest(chex.TestCase):
@@ -192,13 +200,55 @@ class GenerateVariantsTest(chex.TestCase):
             max_seq_len=32,
             tie_embeddings=True,
         )
-        model = LanguageModel(cfg, init_params(cfg, jax.random.key(2), std=0.5), tok)
+        model = LanguageModel(cfg, init_decoder(cfg, jax.random.key(2), std=0.5), tok)
         sampler = Sampler(model, prompt_buckets=(8,), batch_buckets=(2,))
         cls.args = {**_generate_args(sampler), "top_k": np.int32(5)}
-        cls.config = cls.args.pop("config")
-        cls.expected = sampler._generate(config=cls.config, **cls.args, **cls.STATIC)
+        cls.graph = sampler.graph
+        cls.expected = sampler._generate(**cls.args, **cls.STATIC)
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_jit_and_eager_agree(self):
-        run = self.variant(lambda a: generate(config=self.config, **a, **self.STATIC))
+        run = self.variant(lambda a: generate(self.graph, **a, **self.STATIC))
         chex.assert_trees_all_equal(run(self.args), self.expected)
+
+
+def _choose_by_full_sort(logits, keys, temperature, top_p, top_k):
+    """The filter as defined: sort the whole vocabulary, keep the top_k, then the smallest
+    prefix of the renormalised survivors whose mass reaches top_p."""
+    logits = logits / temperature
+    ordered = -np.sort(-logits, axis=-1)
+    vocab = logits.shape[-1]
+    threshold = ordered[:, min(top_k, vocab) - 1] if top_k else np.full(len(logits), -np.inf)
+    masked = np.where(ordered >= threshold[:, None], ordered, -np.inf)
+    probs = np.exp(masked - masked.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    before = np.cumsum(probs, -1) - probs
+    smallest = np.where(before < top_p, ordered, np.inf).min(-1)
+    threshold = np.maximum(threshold, smallest)
+    final = np.where(logits >= threshold[:, None], logits, -np.inf)
+    return np.asarray(jax.vmap(jax.random.categorical)(keys, final))
+
+
+@pytest.mark.parametrize("flat_rows", [False, True])
+@pytest.mark.parametrize("top_k,top_p", [(0, 0.9), (5, 0.8), (40, 1.0), (200, 0.97), (0, 0.999)])
+def test_top_k_top_p_without_full_sort_equals_full_sort(top_k, top_p, flat_rows):
+    from elmjax.lm.choice import TOP_CANDIDATES, choose_tokens
+
+    rng = np.random.default_rng(top_k)
+    # peaked rows (the nucleus lies inside the top candidates: no sort) and, with flat_rows,
+    # rows where it does not (the full sort runs for the batch)
+    scale = np.where((np.arange(12) % 2 == 0) | (not flat_rows), 4.0, 0.05)[:, None]
+    logits = (rng.normal(size=(12, 1000)) * scale).astype(np.float32)
+    keys = jax.random.split(jax.random.key(top_k), 12)
+    got = choose_tokens(
+        jnp.asarray(logits),
+        keys,
+        jnp.float32(0.8),
+        jnp.float32(top_p),
+        jnp.int32(top_k),
+        False,
+        top_k > 0,
+        top_p < 1.0,
+    )
+    want = _choose_by_full_sort(logits, keys, 0.8, top_p, top_k)
+    assert TOP_CANDIDATES < 200 and np.array_equal(np.asarray(got), want)

@@ -13,10 +13,12 @@ import chex
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from elmjax import tracing
 from elmjax.lm.config import LMConfig
-from elmjax.lm.model import init_params
+from elmjax.lm.model import init_decoder
+from elmjax.lm.state import flat_state
 from elmjax.lm.tokenizer import train_bpe
 from elmjax.lm.train import (
     TokenDataset,
@@ -45,7 +47,12 @@ def setup():
         max_seq_len=64,
     )
     data = examples_from_texts(tok, TEXTS, 24)
-    return tok, cfg, init_params(cfg, jax.random.key(0)), data
+    return tok, cfg, init_decoder(cfg, jax.random.key(0)), data
+
+
+def _params(decoder, prefix: str = "") -> dict:
+    """A decoder's parameters by state path (those whose name starts with `prefix`)."""
+    return {k: v for k, v in flat_state(decoder).items() if k.startswith(prefix)}
 
 
 def _max_diff(a, b) -> float:
@@ -54,14 +61,14 @@ def _max_diff(a, b) -> float:
 
 def test_loss_decreases_and_resume_is_exact(setup, tmp_path):
     _, cfg, params, data = setup
-    full, hist = train(cfg, params, data, TCFG)
+    full, hist = train(params, data, TCFG)
     assert hist[-1]["loss"] < 0.7 * hist[0]["loss"]
     assert hist[0]["lr"] < TCFG.lr and all(np.isfinite(h["grad_norm"]) for h in hist)
     ckpt = tmp_path / "ckpt"
-    train(cfg, params, data, TCFG, checkpoint_dir=ckpt, stop_at=5)  # "killed" after step 5
-    resumed, rest = train(cfg, params, data, TCFG, checkpoint_dir=ckpt)
+    train(params, data, TCFG, checkpoint_dir=ckpt, stop_at=5)  # "killed" after step 5
+    resumed, rest = train(params, data, TCFG, checkpoint_dir=ckpt)
     assert rest[0]["step"] == 8  # continued, did not restart
-    chex.assert_trees_all_equal(resumed, full)
+    chex.assert_trees_all_equal(_params(resumed), _params(full))
 
 
 def test_completion_mask_and_data_order(setup):
@@ -72,7 +79,7 @@ def test_completion_mask_and_data_order(setup):
     assert not ds.loss_mask[0, :n_prompt].any() and ds.loss_mask[0, n_prompt]
     # changing a prompt token changes nothing the loss sees except through context
     toks = np.asarray(ds.tokens)
-    assert float(masked_loss(params, cfg, toks, ds.loss_mask)) > 0
+    assert float(masked_loss(params, toks, ds.loss_mask)) > 0
     d = TokenDataset(np.arange(10)[:, None].repeat(3, 1), np.ones((10, 3), bool))
     seen = np.concatenate([d.batch(s, 4, seed=1)[0][:, 0] for s in range(5)])
     assert sorted(seen[:10]) == list(range(10))  # each epoch is a permutation
@@ -82,18 +89,19 @@ def test_completion_mask_and_data_order(setup):
 def test_lora_trains_adapters_only(setup):
     _, cfg, params, data = setup
     tcfg = dataclasses.replace(TCFG, lora_rank=4, lr=3e-2)
-    merged, hist = train(cfg, params, data, tcfg)
+    merged, hist = train(params, data, tcfg)
     assert hist[-1]["loss"] < hist[0]["loss"]
-    chex.assert_trees_all_equal(merged["embed"], params["embed"])  # frozen
-    chex.assert_trees_all_equal(merged["layers"][0]["mlp"], params["layers"][0]["mlp"])
-    assert _max_diff(merged["layers"][0]["attn"]["q"], params["layers"][0]["attn"]["q"]) > 0
+    chex.assert_trees_all_equal(_params(merged, "embed"), _params(params, "embed"))  # frozen
+    chex.assert_trees_all_equal(_params(merged, "layers.0.mlp"), _params(params, "layers.0.mlp"))
+    assert _max_diff(_params(merged, "layers.0.attn.q"), _params(params, "layers.0.attn.q")) > 0
 
 
 _SHARDED = textwrap.dedent(
     """
     import sys, jax, numpy as np
     from elmjax.lm.config import LMConfig
-    from elmjax.lm.model import init_params
+    from elmjax.lm.model import init_decoder
+    from elmjax.lm.state import flat_state
     from elmjax.lm.train import TrainConfig, TokenDataset, data_mesh, train
     assert jax.device_count() == 8, jax.devices()
     cfg = LMConfig(arch="gpt2", vocab_size=64, d_model=32, n_layers=1, n_heads=2, d_mlp=64,
@@ -103,9 +111,9 @@ _SHARDED = textwrap.dedent(
     data = TokenDataset(rng.integers(0, 64, (32, 16)), np.ones((32, 16), bool))
     out = []
     for devices in (jax.devices()[:1], jax.devices()):
-        p, h = train(cfg, init_params(cfg, jax.random.key(0)), data,
+        p, h = train(init_decoder(cfg, jax.random.key(0)), data,
                      TrainConfig(steps=3, batch_size=8, log_every=1), mesh=data_mesh(devices))
-        out.append(np.concatenate([np.ravel(x) for x in jax.tree.leaves(p)]))
+        out.append(np.concatenate([np.ravel(x) for x in flat_state(p).values()]))
     np.save(sys.argv[1], np.stack(out))
     """
 )
@@ -140,7 +148,7 @@ def test_steps_after_the_first_never_retrace(setup):
     _, cfg, params, _ = setup
     tcfg = dataclasses.replace(TCFG, steps=4, log_every=1)
     with tracing.max_traces(1):  # one trace for the whole run, however many steps
-        _, hist = train(cfg, params, _Batches(_ok), tcfg)
+        _, hist = train(params, _Batches(_ok), tcfg)
     assert len(hist) == 4
     # the positive control: a batch of another length at step 2 is a second trace
     longer = _Batches(lambda s, b: _ok(s, b, 12 if s < 2 else 16))
@@ -148,7 +156,7 @@ def test_steps_after_the_first_never_retrace(setup):
         tracing.max_traces(1),
         pytest.raises(AssertionError, match="'train_step' is traced > 1 times"),
     ):
-        train(cfg, params, longer, tcfg)
+        train(params, longer, tcfg)
 
 
 @pytest.mark.parametrize(
@@ -164,19 +172,19 @@ def test_steps_after_the_first_never_retrace(setup):
 def test_a_wrong_batch_names_the_argument(setup, argument, make):
     _, cfg, params, _ = setup
     with pytest.raises((AssertionError, ValueError), match=rf"train step: {argument}\b"):
-        train(cfg, params, _Batches(make), dataclasses.replace(TCFG, steps=1))
+        train(params, _Batches(make), dataclasses.replace(TCFG, steps=1))
 
 
 def test_gpt2_batches_longer_than_its_positions_are_refused():
     cfg = LMConfig(
         arch="gpt2", vocab_size=64, d_model=16, n_layers=1, n_heads=2, d_mlp=32, max_seq_len=8
     )
-    params = init_params(cfg, jax.random.key(0))
+    params = init_decoder(cfg, jax.random.key(0))
     fits = _Batches(lambda s, b: (np.ones((b, 9), np.int32), np.ones((b, 9), bool)))
-    train(cfg, params, fits, dataclasses.replace(TCFG, steps=1))  # 8 inputs + 1 target
+    train(params, fits, dataclasses.replace(TCFG, steps=1))  # 8 inputs + 1 target
     too_long = _Batches(lambda s, b: (np.ones((b, 10), np.int32), np.ones((b, 10), bool)))
     with pytest.raises(ValueError, match=r"train step: tokens .* <= max_seq_len \+ 1 = 9"):
-        train(cfg, params, too_long, dataclasses.replace(TCFG, steps=1))
+        train(params, too_long, dataclasses.replace(TCFG, steps=1))
 
 
 class MaskedLossVariantsTest(chex.TestCase):
@@ -185,10 +193,11 @@ class MaskedLossVariantsTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_jit_and_eager_agree(self):
         cfg = LMConfig(arch="llama", vocab_size=64, d_model=16, n_layers=1, n_heads=2, d_mlp=32)
-        params = init_params(cfg, jax.random.key(0))
+        decoder = init_decoder(cfg, jax.random.key(0))
         tokens, mask = _ok(0, 4, 10)
         tokens, mask = tokens % 64, mask & (np.arange(10) % 3 > 0)
-        loss = self.variant(lambda p, t, m: masked_loss(p, cfg, t, m))
+        graph, state = nnx.split(decoder)
+        loss = self.variant(lambda s, t, m: masked_loss(nnx.merge(graph, s), t, m))
         chex.assert_trees_all_close(
-            loss(params, tokens, mask), masked_loss(params, cfg, tokens, mask), rtol=1e-6
+            loss(state, tokens, mask), masked_loss(decoder, tokens, mask), rtol=1e-6
         )

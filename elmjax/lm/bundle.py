@@ -1,11 +1,15 @@
-"""A language model as one value (config + params + tokenizer) and its on-disk format.
+"""A language model as one value (config + nnx decoder + tokenizer) and its on-disk format.
 
 The elmjax model directory (what `save_model` writes and `elm-tiny` ships as):
 
-    config.json         {"format": "elmjax-lm", "version": 1, "config": LMConfig fields}
-    model.safetensors   parameters under `flatten_params` names (`layers.0.attn.q.w`), float32
-                        or bfloat16 as saved
+    config.json         {"format": "elmjax-lm", "version": 2, "config": LMConfig fields}
+    model.safetensors   parameters under their NNX state paths (`layers.0.attn.q.kernel`, see
+                        `model.flat_state`), float32 or bfloat16 as saved
     tokenizer.json      Hugging Face `tokenizers` file
+
+Version 1 (the shipped elm-tiny bundle, and orbax caches written before the NNX decoder) named
+the tensors after the old dict layout (`layers.0.attn.q.w`, `embed`); they load through
+`model.legacy_to_state_name`, so those files are read as they are, never rewritten.
 
 Safetensors rather than an orbax checkpoint for shipped models: one small file, readable
 without JAX, and the same reader serves Hugging Face imports. The cache of converted weights
@@ -25,11 +29,12 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from elmjax.lm.config import LMConfig
-from elmjax.lm.model import Params, flatten_params, unflatten_params
+from elmjax.lm.model import Decoder
+from elmjax.lm.state import decoder_from_flat, flat_state
 from elmjax.lm.tokenizer import load_tokenizer, save_tokenizer
 
 FORMAT = "elmjax-lm"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -37,13 +42,13 @@ class LanguageModel:
     """What `load_model` returns and `Sampler` / `train` consume."""
 
     config: LMConfig
-    params: Params
+    decoder: Decoder  # a flax.nnx module (float32 parameters as loaded)
     tokenizer: Tokenizer
     name: str = "model"
     source: str = ""  # where it came from (path, hub id), for provenance
 
-    def __iter__(self) -> Any:  # `config, params, tokenizer = load_model(name)`
-        return iter((self.config, self.params, self.tokenizer))
+    def __iter__(self) -> Any:  # `config, decoder, tokenizer = load_model(name)`
+        return iter((self.config, self.decoder, self.tokenizer))
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:
@@ -75,7 +80,7 @@ def save_model(
     if weights == "orbax":
         import orbax.checkpoint as ocp
 
-        flat = {k: jnp.asarray(v) for k, v in flatten_params(model.params).items()}
+        flat = {k: jnp.asarray(v) for k, v in flat_state(model.decoder).items()}
         if dtype is not None:
             flat = {k: v.astype(dtype) for k, v in flat.items()}
         with ocp.StandardCheckpointer() as ckpt:
@@ -84,7 +89,7 @@ def save_model(
         return directory
     if weights != "safetensors":
         raise ValueError(f"weights must be 'safetensors' or 'orbax', got {weights!r}")
-    flat = flatten_params(model.params)
+    flat = flat_state(model.decoder)
     if dtype is not None:
         flat = {k: np.asarray(jnp.asarray(v).astype(dtype)) for k, v in flat.items()}
     if any(v.dtype == jnp.bfloat16 for v in flat.values()):
@@ -143,11 +148,12 @@ def load_saved_model(directory: str | os.PathLike, name: str | None = None) -> L
             flat = ckpt.restore(os.path.join(os.path.abspath(directory), "params"))
     else:
         flat = load_file(os.path.join(directory, "model.safetensors"))
-    params = unflatten_params(flat)
+    legacy = meta.get("version", 1) < 2
+    decoder = decoder_from_flat(config, flat, jnp.float32, legacy=legacy)
     tok = load_tokenizer(os.path.join(directory, "tokenizer.json"))
     return LanguageModel(
         config,
-        params,
+        decoder,
         tok,
         name=name or meta.get("name", os.path.basename(directory)),
         source=meta.get("source") or directory,

@@ -1,6 +1,8 @@
 """`elmjax models list | info NAME | convert NAME [--out DIR]`.
 
-See docs/architecture.md, "Command line".
+See docs/architecture.md, "Command line". `info` prints a JSON summary (name, source, parameter
+count, vocabulary, config, the logical -> mesh axis rules) and then the flax.nnx module tree
+with every parameter's shape, dtype and partitioning.
 """
 
 from __future__ import annotations
@@ -30,16 +32,19 @@ def models_command(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if cmd == "info":
-        from elmjax.lm.model import count_params
+        from elmjax.lm.partitioning import LOGICAL_RULES, module_tree
+        from elmjax.lm.state import count_params
 
         info = {
             "name": model.name,
             "source": str(model.source),
-            "parameters": count_params(model.params),
+            "parameters": count_params(model.decoder),
             "vocab": model.tokenizer.get_vocab_size(),
             "config": model.config.to_dict(),
+            "partitioning_rules": {logical: mesh for logical, mesh in LOGICAL_RULES},
         }
         print(json.dumps(info, indent=2))
+        print("\n".join(module_tree(model.decoder)))
         return 0
     if cmd == "convert":
         from elmjax.lm.bundle import save_model

@@ -11,13 +11,12 @@ import chex
 import jax
 
 from elmjax.lm.config import LMConfig
-from elmjax.lm.model import Params
+from elmjax.lm.model import Decoder
 
 
 def check_generate_args(
-    params: Params,
-    prefill_params: Params,
-    config: LMConfig,
+    model: Decoder,
+    prefill_model: Decoder,
     prompt_tokens: jax.Array,
     prompt_start: jax.Array,
     temperature: jax.Array,
@@ -28,7 +27,8 @@ def check_generate_args(
 ) -> None:
     """`sampler.generate`: prompt_tokens [P, L] int, prompt_start [P] int, scalar
     temperature / top_p (float) and top_k (int), stop_seqs [K, M] int, eos_ids [E] int, and
-    params whose embedding is [V, d_model] of `config`."""
+    decoders (merged from the states passed in) whose embedding is [V, d_model] of their
+    config."""
     where = "sampler.generate"
     chex.assert_rank(prompt_tokens, 2, custom_message=f"{where}: prompt_tokens must be [P, L]")
     chex.assert_type(prompt_tokens, int, custom_message=f"{where}: prompt_tokens must be integer")
@@ -50,15 +50,15 @@ def check_generate_args(
     chex.assert_type(stop_seqs, int, custom_message=f"{where}: stop_seqs must be integer")
     chex.assert_rank(eos_ids, 1, custom_message=f"{where}: eos_ids must be [E]")
     chex.assert_type(eos_ids, int, custom_message=f"{where}: eos_ids must be integer")
-    for name, tree in (("params", params), ("prefill_params", prefill_params)):
-        chex.assert_rank(
-            tree["embed"], 2, custom_message=f"{where}: {name}['embed'] must be [V, D]"
-        )
+    for name, decoder in (("state", model), ("prefill_state", prefill_model)):
+        embedding = decoder.embed.embedding[...]
+        d = decoder.config.d_model
+        chex.assert_rank(embedding, 2, custom_message=f"{where}: {name} embedding must be [V, D]")
         chex.assert_axis_dimension(
-            tree["embed"],
+            embedding,
             1,
-            config.d_model,
-            custom_message=f"{where}: {name}['embed'] must be [V, d_model={config.d_model}]",
+            d,
+            custom_message=f"{where}: {name} embedding must be [V, d_model={d}]",
         )
 
 

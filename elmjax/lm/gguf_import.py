@@ -21,6 +21,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 
 from elmjax.lm.bundle import LanguageModel
 from elmjax.lm.config import LMConfig
+from elmjax.lm.state import decoder_from_nested, flat_state
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
 
@@ -115,7 +116,7 @@ def _dequantize(tensor: Any) -> np.ndarray:
 
 
 def read_params(reader: Any, config: LMConfig) -> dict[str, Any]:
-    """Parameters in model.py's layout ([in, out] weights), float32 numpy."""
+    """The `Decoder` state as a nested dict ([in, out] kernels), float32 numpy."""
     arch = _field(reader, "general.architecture")
     raw = {t.name: t for t in reader.tensors}
 
@@ -128,12 +129,12 @@ def read_params(reader: Any, config: LMConfig) -> dict[str, Any]:
         w = get(f"{name}.weight")  # [out, in]
         if permute_heads is not None:
             w = _permute_back(w, permute_heads)
-        p = {"w": np.ascontiguousarray(w.T)}
+        p = {"kernel": np.ascontiguousarray(w.T)}
         if f"{name}.bias" in raw:
             b = get(f"{name}.bias")
             if permute_heads is not None:
                 b = _permute_back(b, permute_heads)
-            p["b"] = b
+            p["bias"] = b
         return p
 
     # llama.cpp permutes Q/K for the llama architecture only (qwen2 uses NEOX-style rope as is)
@@ -159,7 +160,7 @@ def read_params(reader: Any, config: LMConfig) -> dict[str, Any]:
             }
         )
     params: dict[str, Any] = {
-        "embed": get("token_embd.weight"),
+        "embed": {"embedding": get("token_embd.weight")},
         "layers": layers,
         "final_norm": {"scale": get("output_norm.weight")},
     }
@@ -234,7 +235,6 @@ def read_tokenizer(reader: Any) -> Tokenizer:
 def load_gguf(path: str | os.PathLike, name: str | None = None) -> LanguageModel:
     """Config, dequantized float32 parameters and tokenizer of a GGUF file."""
     import gguf
-    import jax.numpy as jnp
 
     path = os.fspath(path)
     try:
@@ -242,13 +242,10 @@ def load_gguf(path: str | os.PathLike, name: str | None = None) -> LanguageModel
     except (OSError, ValueError) as e:
         raise GGUFError(f"cannot read GGUF {path}: {e}") from e
     config = read_config(reader)
-    params = read_params(reader, config)
-    import jax
-
-    params = jax.tree.map(jnp.asarray, params)
+    decoder = decoder_from_nested(config, read_params(reader, config))
     tok = read_tokenizer(reader)
     return LanguageModel(
-        config, params, tok, name=name or os.path.basename(path), source=os.path.abspath(path)
+        config, decoder, tok, name=name or os.path.basename(path), source=os.path.abspath(path)
     )
 
 
@@ -256,12 +253,10 @@ def write_gguf(model: LanguageModel, path: str | os.PathLike) -> None:
     """Write a Llama-architecture model as float32 GGUF (Q/K permuted as llama.cpp expects)."""
     import gguf
 
-    from elmjax.lm.model import unstack_layers
-
     cfg = model.config
     if cfg.arch != "llama":
         raise GGUFError("write_gguf supports the llama architecture only")
-    params = unstack_layers(model.params)
+    flat = flat_state(model.decoder)
     w = gguf.GGUFWriter(os.fspath(path), "llama")
     w.add_block_count(cfg.n_layers)
     w.add_context_length(cfg.max_seq_len)
@@ -277,30 +272,30 @@ def write_gguf(model: LanguageModel, path: str | os.PathLike) -> None:
     def add(name: str, x: Any) -> None:
         w.add_tensor(name, np.ascontiguousarray(np.asarray(x, np.float32)))
 
-    def add_lin(name: str, p: dict, permute_heads: int | None = None) -> None:
-        wt = np.asarray(p["w"], np.float32).T  # [out, in]
+    def add_lin(name: str, path: str, permute_heads: int | None = None) -> None:
+        wt = np.asarray(flat[f"{path}.kernel"], np.float32).T  # [out, in]
         if permute_heads is not None:
             wt = _permute(wt, permute_heads)
         add(f"{name}.weight", wt)
-        if "b" in p:
-            b = np.asarray(p["b"], np.float32)
+        if f"{path}.bias" in flat:
+            b = np.asarray(flat[f"{path}.bias"], np.float32)
             add(f"{name}.bias", _permute(b, permute_heads) if permute_heads else b)
 
-    add("token_embd.weight", params["embed"])
-    for i, lp in enumerate(params["layers"]):
-        b = f"blk.{i}"
-        add(f"{b}.attn_norm.weight", lp["ln1"]["scale"])
-        add_lin(f"{b}.attn_q", lp["attn"]["q"], cfg.n_heads)
-        add_lin(f"{b}.attn_k", lp["attn"]["k"], cfg.kv_heads)
-        add_lin(f"{b}.attn_v", lp["attn"]["v"])
-        add_lin(f"{b}.attn_output", lp["attn"]["o"])
-        add(f"{b}.ffn_norm.weight", lp["ln2"]["scale"])
-        add_lin(f"{b}.ffn_gate", lp["mlp"]["gate"])
-        add_lin(f"{b}.ffn_up", lp["mlp"]["up"])
-        add_lin(f"{b}.ffn_down", lp["mlp"]["down"])
-    add("output_norm.weight", params["final_norm"]["scale"])
+    add("token_embd.weight", flat["embed.embedding"])
+    for i in range(cfg.n_layers):
+        b, lp = f"blk.{i}", f"layers.{i}"
+        add(f"{b}.attn_norm.weight", flat[f"{lp}.ln1.scale"])
+        add_lin(f"{b}.attn_q", f"{lp}.attn.q", cfg.n_heads)
+        add_lin(f"{b}.attn_k", f"{lp}.attn.k", cfg.kv_heads)
+        add_lin(f"{b}.attn_v", f"{lp}.attn.v")
+        add_lin(f"{b}.attn_output", f"{lp}.attn.o")
+        add(f"{b}.ffn_norm.weight", flat[f"{lp}.ln2.scale"])
+        add_lin(f"{b}.ffn_gate", f"{lp}.mlp.gate")
+        add_lin(f"{b}.ffn_up", f"{lp}.mlp.up")
+        add_lin(f"{b}.ffn_down", f"{lp}.mlp.down")
+    add("output_norm.weight", flat["final_norm.scale"])
     if not cfg.tie_embeddings:
-        add_lin("output", params["lm_head"])
+        add_lin("output", "lm_head")
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -1,6 +1,6 @@
 """Import Hugging Face model directories (config.json + safetensors) for Llama, GPT-2, CodeGen.
 
-Each architecture's tensor names are mapped onto model.py's layout; linear weights are
+Each architecture's tensor names are mapped onto the `Decoder`'s state paths; linear weights are
 transposed from PyTorch's [out, in] to our [in, out] (GPT-2's Conv1D is already [in, out]).
 CodeGen's fused `qkv_proj` is the subtle one: its rows are grouped for mp_num = 4 model-parallel
 shards, each shard holding [q | v | k] (in that order) for its d/4 slice, so the rows are
@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 
 from elmjax.lm.bundle import LanguageModel
 from elmjax.lm.config import LMConfig
+from elmjax.lm.state import decoder_from_nested
 
 LLAMA_TYPES = ("llama", "mistral", "qwen2")
 CODEGEN_MP_NUM = 4
@@ -164,7 +165,7 @@ def _strip(tensors: dict[str, np.ndarray], prefixes: tuple[str, ...]) -> dict[st
 
 
 def params_from_hf(config: LMConfig, tensors: dict[str, np.ndarray]) -> dict[str, Any]:
-    """model.py parameters from Hugging Face tensor names (float32 numpy)."""
+    """The `Decoder` state as a nested dict (float32 numpy) from Hugging Face tensor names."""
     t = dict(tensors)
 
     def take(name: str) -> np.ndarray:
@@ -174,9 +175,9 @@ def params_from_hf(config: LMConfig, tensors: dict[str, np.ndarray]) -> dict[str
 
     def lin(name: str, bias: bool, transpose: bool = True) -> dict[str, np.ndarray]:
         w = take(f"{name}.weight")
-        p = {"w": np.ascontiguousarray(w.T if transpose else w)}
+        p = {"kernel": np.ascontiguousarray(w.T if transpose else w)}
         if bias:
-            p["b"] = take(f"{name}.bias")
+            p["bias"] = take(f"{name}.bias")
         return p
 
     def ln(name: str) -> dict[str, np.ndarray]:
@@ -207,7 +208,7 @@ def params_from_hf(config: LMConfig, tensors: dict[str, np.ndarray]) -> dict[str
                     },
                 }
             )
-        params = {"embed": take("embed_tokens.weight"), "final_norm": ln("norm")}
+        params = {"embed": {"embedding": take("embed_tokens.weight")}, "final_norm": ln("norm")}
     elif config.arch == "gpt2":
         t = _strip(t, ("transformer.",))
         d = config.d_model
@@ -219,9 +220,9 @@ def params_from_hf(config: LMConfig, tensors: dict[str, np.ndarray]) -> dict[str
                 {
                     "ln1": ln(f"{b}.ln_1"),
                     "attn": {
-                        "q": {"w": w[:, :d].copy(), "b": bias[:d]},
-                        "k": {"w": w[:, d : 2 * d].copy(), "b": bias[d : 2 * d]},
-                        "v": {"w": w[:, 2 * d :].copy(), "b": bias[2 * d :]},
+                        "q": {"kernel": w[:, :d].copy(), "bias": bias[:d]},
+                        "k": {"kernel": w[:, d : 2 * d].copy(), "bias": bias[d : 2 * d]},
+                        "v": {"kernel": w[:, 2 * d :].copy(), "bias": bias[2 * d :]},
                         "o": lin(f"{b}.attn.c_proj", True, transpose=False),
                     },
                     "ln2": ln(f"{b}.ln_2"),
@@ -234,8 +235,8 @@ def params_from_hf(config: LMConfig, tensors: dict[str, np.ndarray]) -> dict[str
             for k in (f"{b}.attn.bias", f"{b}.attn.masked_bias"):
                 t.pop(k, None)
         params = {
-            "embed": take("wte.weight"),
-            "pos_embed": take("wpe.weight"),
+            "embed": {"embedding": take("wte.weight")},
+            "pos_embed": {"embedding": take("wpe.weight")},
             "final_norm": ln("ln_f"),
         }
     else:  # codegen
@@ -250,9 +251,9 @@ def params_from_hf(config: LMConfig, tensors: dict[str, np.ndarray]) -> dict[str
                 {
                     "ln1": ln(f"{b}.ln_1"),
                     "attn": {
-                        "q": {"w": np.ascontiguousarray(q.T)},
-                        "k": {"w": np.ascontiguousarray(k.T)},
-                        "v": {"w": np.ascontiguousarray(v.T)},
+                        "q": {"kernel": np.ascontiguousarray(q.T)},
+                        "k": {"kernel": np.ascontiguousarray(k.T)},
+                        "v": {"kernel": np.ascontiguousarray(v.T)},
                         "o": lin(f"{b}.attn.out_proj", False),
                     },
                     "mlp": {
@@ -263,7 +264,7 @@ def params_from_hf(config: LMConfig, tensors: dict[str, np.ndarray]) -> dict[str
             )
             for key in (f"{b}.attn.causal_mask", f"{b}.attn.masked_bias"):
                 t.pop(key, None)
-        params = {"embed": take("wte.weight"), "final_norm": ln("ln_f")}
+        params = {"embed": {"embedding": take("wte.weight")}, "final_norm": ln("ln_f")}
     params["layers"] = layers
     if config.tie_embeddings:
         t.pop("lm_head.weight", None)
@@ -293,16 +294,12 @@ def load_hf_tokenizer(directory: str) -> Tokenizer:
 
 def load_hf_dir(directory: str | os.PathLike, name: str | None = None) -> LanguageModel:
     """A Hugging Face model directory -> LanguageModel with float32 parameters."""
-    import jax
-    import jax.numpy as jnp
-
     directory = os.fspath(directory)
     with open(os.path.join(directory, "config.json")) as f:
         hf = json.load(f)
     config = config_from_hf(hf)
-    params = params_from_hf(config, read_safetensors(directory))
-    params = jax.tree.map(jnp.asarray, params)
+    decoder = decoder_from_nested(config, params_from_hf(config, read_safetensors(directory)))
     tok = load_hf_tokenizer(directory)
     return LanguageModel(
-        config, params, tok, name=name or os.path.basename(directory.rstrip("/")), source=directory
+        config, decoder, tok, name=name or os.path.basename(directory.rstrip("/")), source=directory
     )

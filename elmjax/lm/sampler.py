@@ -6,11 +6,17 @@ One call samples `n` completions for each of a batch of prompts:
    a batch bucket, so shapes (and therefore compiled programs) repeat across generations.
 2. One prefill per prompt fills the KV cache; the cache and the last logits are then repeated
    `n` times along the batch axis, so the n samples of a prompt share its prefill.
-3. A `lax.while_loop` decodes one token per step for all rows, with temperature, top-k and top-p,
+3. `lax.while_loop`s decode one token per step for all rows, with temperature, top-k and top-p,
    until every row has emitted EOS or a stop token sequence, or `max_new_tokens` is reached.
-   Finished rows keep running (static shapes) but their output is frozen.
+   Finished rows keep running (static shapes) but their output is frozen. The decode runs in
+   length buckets of the cache (`decode_windows`): each loop attends only to the part of the
+   cache that can be filled by its last step, not to the whole padded cache.
 4. On the host, text is decoded and cut at the first exact stop string (the device check on
    token sequences only ends rows early; a stop string tokenized differently is still caught).
+
+The decoder is a `flax.nnx` module: the sampler splits it once into (graph, state) and the
+jit-compiled `generate` merges the graph with the state it is given, so parameters are traced
+arrays (never baked-in constants) and one compiled program serves every call of a shape.
 
 Randomness is per row: row r (prompt i, sample j) draws step s from fold_in(fold_in(key, r), s),
 so a row's sample depends only on the key, its prompt and its index, never on the batch padding
@@ -27,23 +33,21 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from elmjax import tracing
 from elmjax.lm.bundle import LanguageModel
-from elmjax.lm.config import LMConfig
+from elmjax.lm.choice import choose_tokens
 from elmjax.lm.contracts import check_generate_args
-from elmjax.lm.model import (
-    Params,
-    cast_params,
-    forward,
-    init_cache,
-    stack_layers,
-    unstack_layers,
-)
+from elmjax.lm.model import init_cache
+from elmjax.lm.partitioning import shard_state
+from elmjax.lm.state import cast_state, stack_layers, unstack_layers
+from elmjax.mesh import DATA
 
 DEFAULT_PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 MAX_STOP_TOKENS = 8  # longest stop token sequence checked on device (longer ones: host only)
+MIN_WINDOW_STEPS = 32  # decode steps below which a cache-length bucket is not worth a loop
 
 
 @dataclasses.dataclass
@@ -63,35 +67,22 @@ def _bucket(value: int, buckets: Sequence[int]) -> int:
     return value
 
 
-def _choose(
-    logits: jax.Array,
-    keys: jax.Array,
-    temperature: jax.Array,
-    top_p: jax.Array,
-    top_k: jax.Array,
-    greedy: bool,
-    use_top_k: bool,
-    use_top_p: bool,
-) -> jax.Array:
-    """Next token per row from float32 logits [B, V]."""
-    if greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits / temperature
-    if use_top_k or use_top_p:
-        sorted_logits = -jnp.sort(-logits, axis=-1)  # descending
-        threshold = jnp.full(logits.shape[:1], -jnp.inf)
-        if use_top_k:
-            kth = jnp.take(sorted_logits, jnp.clip(top_k - 1, 0, logits.shape[-1] - 1), axis=-1)
-            threshold = jnp.maximum(threshold, kth)
-        if use_top_p:
-            masked = jnp.where(sorted_logits >= threshold[:, None], sorted_logits, -jnp.inf)
-            probs = jax.nn.softmax(masked, axis=-1)
-            before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each entry
-            keep = before < top_p  # the top entry always kept
-            smallest_kept = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1)
-            threshold = jnp.maximum(threshold, smallest_kept)
-        logits = jnp.where(logits >= threshold[:, None], logits, -jnp.inf)
-    return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
+def decode_windows(prompt_len: int, max_new_tokens: int) -> tuple[tuple[int, int], ...]:
+    """(last decode step + 1, cache slots attended) of each decode loop.
+
+    Step s writes cache slot prompt_len + s, so a loop ending at step e needs slots
+    [0, prompt_len + e). Long decodes run in three loops (to a quarter, a half and all of
+    max_new_tokens), shorter ones in two or one: each loop is compiled separately, so a few
+    buckets keep compile time low while the attention reads on average little more than the
+    filled part of the cache.
+    """
+    if max_new_tokens >= 4 * MIN_WINDOW_STEPS:
+        ends = (max_new_tokens // 4, max_new_tokens // 2, max_new_tokens)
+    elif max_new_tokens >= 2 * MIN_WINDOW_STEPS:
+        ends = (max_new_tokens // 2, max_new_tokens)
+    else:
+        ends = (max_new_tokens,)
+    return tuple((e, prompt_len + e) for e in ends)
 
 
 def _repeat_rows(x: jax.Array, n: int, axis: int) -> jax.Array:
@@ -100,9 +91,9 @@ def _repeat_rows(x: jax.Array, n: int, axis: int) -> jax.Array:
 
 @tracing.checked
 def generate(
-    params: Params,
-    prefill_params: Params,
-    config: LMConfig,
+    graph: nnx.GraphDef,
+    state: nnx.State,
+    prefill_state: nnx.State,
     prompt_tokens: jax.Array,
     prompt_start: jax.Array,
     key: jax.Array,
@@ -119,10 +110,11 @@ def generate(
     use_top_p: bool,
     cache_dtype: Any = jnp.float32,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Device part of sampling (pure; jit with the keyword arguments static).
+    """Device part of sampling (pure; jit with `graph` bound and the keywords static).
 
-    `prefill_params` run the prompt (compute bound: float32 is fastest on CPUs without bf16
-    units), `params` run the decode loop (memory bound: bfloat16 weights halve the bytes).
+    `graph` is the decoder's `nnx.GraphDef`; `prefill_state` runs the prompt (compute bound:
+    float32 is fastest on CPUs without bf16 units), `state` runs the decode loop (memory
+    bound: bfloat16 weights halve the bytes).
 
     prompt_tokens [P, L] left-padded, prompt_start [P] first real slot of each row;
     stop_seqs [K, M] int32 right-aligned, left-padded with -1 (rows of all -1 are unused);
@@ -131,13 +123,16 @@ def generate(
 
     Prefill and decode are one compiled program, so `tracing.checked` bounds both.
     """
+    model = nnx.merge(graph, state)
+    prefill_model = nnx.merge(graph, prefill_state)
+    config = model.config
     check_generate_args(
-        params, prefill_params, config, prompt_tokens, prompt_start, temperature, top_p, top_k,
+        model, prefill_model, prompt_tokens, prompt_start, temperature, top_p, top_k,
         stop_seqs, eos_ids,
     )  # fmt: skip
     num_prompts, prompt_len = prompt_tokens.shape
     rows = num_prompts * n
-    scanned = not isinstance(params["layers"], (list, tuple))
+    scanned = model.scanned
     cache = init_cache(
         config,
         num_prompts,
@@ -147,7 +142,7 @@ def generate(
         scanned=scanned,
     )
     positions = jnp.maximum(jnp.arange(prompt_len)[None, :] - prompt_start[:, None], 0)
-    logits, cache = forward(prefill_params, config, prompt_tokens, positions, cache, last_only=True)
+    logits, cache = prefill_model(prompt_tokens, positions, cache, last_only=True, fresh_cache=True)
     batch_axis = 1 if scanned else 0
     rep = functools.partial(_repeat_rows, n=n)
     cache = cache.replace(
@@ -158,7 +153,7 @@ def generate(
     logits = rep(logits, axis=0)
     row_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(rows))
     choose = functools.partial(
-        _choose,
+        choose_tokens,
         temperature=temperature,
         top_p=top_p,
         top_k=top_k,
@@ -182,31 +177,37 @@ def generate(
         jnp.full((rows,), max_new_tokens, jnp.int32),
     )
 
-    def cond(state: Any) -> jax.Array:
-        _, _, step, done, _, _ = state
-        return (step < max_new_tokens) & ~jnp.all(done)
+    def loop(end: int, window: int) -> tuple[Any, Any]:
+        def cond(carry: Any) -> jax.Array:
+            _, _, step, done, _, _ = carry
+            return (step < end) & ~jnp.all(done)
 
-    def body(state: Any) -> Any:
-        cache, tok, step, done, out, lengths = state
-        tok = jnp.where(done, -1, tok)
-        out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, m - 1 + step))
-        window = jax.lax.dynamic_slice(out, (0, step), (rows, m))  # last m tokens
-        stop_hit = (
-            jnp.all((window[:, None, :] == stop_seqs[None]) | (stop_seqs[None] < 0), axis=-1)
-            & jnp.any(stop_seqs >= 0, axis=-1)[None]
-        )
-        ended = jnp.any(tok[:, None] == eos_ids[None], axis=-1) | jnp.any(stop_hit, axis=-1)
-        ended = ended & ~done
-        lengths = jnp.where(ended, step + 1, lengths)
-        done = done | ended
-        position = (prompt_len + step) - cache.start
-        logits, cache = forward(
-            params, config, jnp.maximum(tok, 0)[:, None], position[:, None], cache
-        )
-        nxt = choose(logits[:, 0], step_keys(step + 1))
-        return cache, nxt, step + 1, done, out, lengths
+        def body(carry: Any) -> Any:
+            cache, tok, step, done, out, lengths = carry
+            tok = jnp.where(done, -1, tok)
+            out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, m - 1 + step))
+            last = jax.lax.dynamic_slice(out, (0, step), (rows, m))  # last m tokens
+            stop_hit = (
+                jnp.all((last[:, None, :] == stop_seqs[None]) | (stop_seqs[None] < 0), axis=-1)
+                & jnp.any(stop_seqs >= 0, axis=-1)[None]
+            )
+            ended = jnp.any(tok[:, None] == eos_ids[None], axis=-1) | jnp.any(stop_hit, axis=-1)
+            ended = ended & ~done
+            lengths = jnp.where(ended, step + 1, lengths)
+            done = done | ended
+            position = (prompt_len + step) - cache.start
+            logits, cache = model(
+                jnp.maximum(tok, 0)[:, None], position[:, None], cache, window=window
+            )
+            nxt = choose(logits[:, 0], step_keys(step + 1))
+            return cache, nxt, step + 1, done, out, lengths
 
-    _, _, steps, done, out, lengths = jax.lax.while_loop(cond, body, state0)
+        return cond, body
+
+    carry = state0
+    for end, window in decode_windows(prompt_len, max_new_tokens):
+        carry = jax.lax.while_loop(*loop(end, window), carry)
+    _, _, steps, done, out, lengths = carry
     lengths = jnp.minimum(lengths, steps)
     return out[:, m - 1 :], lengths, done
 
@@ -221,10 +222,12 @@ class Sampler:
     when it differs from `dtype` the sampler holds both copies.
     scan_layers: run the layers with `lax.scan` (compiles in constant time for deep models)
     instead of unrolled (faster decode; see model.py).
-    mesh: "auto" (`elmjax.mesh.data_mesh`: this process's devices, None for one), a mesh, or
-    None. With a mesh the parameters are replicated on every device and the rows of a batch
-    (when their number divides the device count) are split over its `data` axis; the samples
-    are the same as on one device.
+    mesh: "auto" (`elmjax.mesh.data_mesh`: this process's devices, None for one; with
+    `model_parallel` > 1, `elmjax.mesh.make_mesh(model_parallel)`), a mesh, or None. With a
+    mesh the parameters are laid out by the rule table of `partitioning.py` (replicated unless
+    the mesh has a `model` axis wider than 1, which splits heads, MLP and vocabulary) and the
+    rows of a batch (when their number divides the `data` axis) are split over `data`; XLA
+    partitions the whole compiled sampler, and the samples are the same as on one device.
     """
 
     def __init__(
@@ -238,32 +241,37 @@ class Sampler:
         add_special_tokens: bool = True,
         scan_layers: bool = False,
         mesh: Any = "auto",
+        model_parallel: int = 1,
     ) -> None:
-        from elmjax.mesh import data_mesh, replicated
+        from elmjax.mesh import data_mesh, make_mesh
 
-        self.mesh = data_mesh() if isinstance(mesh, str) and mesh == "auto" else mesh
-        placement = replicated(self.mesh) if self.mesh is not None else None
         self.model = model
         self.config = model.config
         self.tokenizer = model.tokenizer
         self.dtype = jnp.dtype(dtype)
         layout = stack_layers if scan_layers else unstack_layers
-        self.params = jax.device_put(layout(cast_params(model.params, self.dtype)), placement)
+        # split once: the graph is bound into the jitted function, the states are its inputs
+        self.graph, state = nnx.split(layout(model.decoder))
+        if isinstance(mesh, str) and mesh == "auto":
+            mesh = make_mesh(model_parallel) if model_parallel > 1 else data_mesh()
+        self.mesh = mesh
+
+        def place(s: Any) -> Any:  # sharded over the mesh's `model` axis, or on one device
+            return jax.device_put(s) if mesh is None else shard_state(s, mesh)
+
+        self.state = place(cast_state(state, self.dtype))
         self.prefill_dtype = jnp.dtype(prefill_dtype)
         if self.prefill_dtype == self.dtype:
-            self.prefill_params = self.params
+            self.prefill_state = self.state
         else:
-            self.prefill_params = jax.device_put(
-                layout(cast_params(model.params, self.prefill_dtype)), placement
-            )
+            self.prefill_state = place(cast_state(state, self.prefill_dtype))
         self.prompt_buckets = tuple(sorted(prompt_buckets))
         self.batch_buckets = tuple(sorted(batch_buckets))
         self.add_special_tokens = add_special_tokens
         self.eos_ids = self._eos_ids()
         self._generate = jax.jit(
-            generate,
+            functools.partial(generate, self.graph),
             static_argnames=(
-                "config",
                 "n",
                 "max_new_tokens",
                 "greedy",
@@ -273,14 +281,9 @@ class Sampler:
             ),
         )
 
-    def _rows(self, array: np.ndarray) -> jax.Array:
-        """A batch-major array on the device(s): split over the mesh's `data` axis when there
-        is one and it divides the rows, else on the default device."""
-        if self.mesh is None or array.shape[0] % self.mesh.size:
-            return jnp.asarray(array)
-        from elmjax.mesh import rows_sharding
-
-        return jax.device_put(array, rows_sharding(self.mesh, array.ndim))
+    def decoder(self, prefill: bool = False) -> Any:
+        """The decoder as this sampler runs it (decode or prefill dtype, its layer layout)."""
+        return nnx.merge(self.graph, self.prefill_state if prefill else self.state)
 
     def _eos_ids(self) -> list[int]:
         ids = set()
@@ -291,6 +294,15 @@ class Sampler:
             if i is not None:
                 ids.add(int(i))
         return sorted(ids)
+
+    def _rows(self, array: np.ndarray) -> jax.Array:
+        """A batch-major array on the device(s): split over the mesh's `data` axis when there
+        is one and it divides the rows, else on the default device."""
+        if self.mesh is None or array.shape[0] % self.mesh.shape[DATA]:
+            return jnp.asarray(array)
+        from elmjax.mesh import rows_sharding
+
+        return jax.device_put(array, rows_sharding(self.mesh, array.ndim))
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens).ids
@@ -355,9 +367,8 @@ class Sampler:
             stop_ids = self.stop_array(())
         greedy = temperature == 0
         out, lengths, stopped = self._generate(
-            self.params,
-            self.prefill_params,
-            self.config,
+            self.state,
+            self.prefill_state,
             self._rows(tokens),
             self._rows(start),
             key,

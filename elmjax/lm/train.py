@@ -3,7 +3,7 @@
 Usage (e.g. training the built-in `elm-tiny` model from scratch)::
 
     import jax
-    from elmjax.lm import LMConfig, LanguageModel, init_params, save_model
+    from elmjax.lm import LMConfig, LanguageModel, init_decoder, save_model
     from elmjax.lm.tokenizer import train_bpe
     from elmjax.lm.train import TrainConfig, examples_from_texts, examples_from_pairs, train
 
@@ -11,23 +11,27 @@ Usage (e.g. training the built-in `elm-tiny` model from scratch)::
     cfg = LMConfig(arch="llama", vocab_size=tok.get_vocab_size(), d_model=256, n_layers=4,
                    n_heads=4, d_mlp=768, max_seq_len=512, tie_embeddings=True,
                    eos_token_id=tok.token_to_id("<|endoftext|>"))
-    params = init_params(cfg, jax.random.key(0))
+    decoder = init_decoder(cfg, jax.random.key(0))              # a flax.nnx module
     data = examples_from_texts(tok, texts, seq_len=512)          # loss on every real token
     # or: examples_from_pairs(tok, [(prompt, completion), ...], 512)  # loss on completions only
-    params, history = train(cfg, params, data, TrainConfig(steps=2000, batch_size=16, lr=1e-3),
-                            checkpoint_dir="/tmp/elm-tiny-ckpt")  # rerun the same call to resume
-    save_model(LanguageModel(cfg, params, tok, name="elm-tiny"), "elmjax/lm/models/elm-tiny")
+    decoder, history = train(cfg, decoder, data, TrainConfig(steps=2000, batch_size=16, lr=1e-3),
+                             checkpoint_dir="/tmp/elm-tiny-ckpt")  # rerun the same call to resume
+    save_model(LanguageModel(cfg, decoder, tok, name="elm-tiny"), "elmjax/lm/models/elm-tiny")
 
 `history` is a list of {"step", "loss", "lr", "grad_norm"} dicts (one per `log_every` steps).
-Interrupt at any time: calling `train` again with the same `checkpoint_dir` restores params,
-optimizer state, step and data position from the last orbax checkpoint and continues exactly
-(bitwise the same parameters as an uninterrupted run on the same machine), and `time_limit_s`
-stops cleanly after a checkpoint.
+Interrupt at any time: calling `train` again with the same `checkpoint_dir` restores the
+trained parameters and the `nnx.Optimizer` state (step included) and the data position from the
+last orbax checkpoint and continues exactly (bitwise the same parameters as an uninterrupted run
+on the same machine), and `time_limit_s` stops cleanly after a checkpoint.
 
 Why these choices: the data order is a pure function of (seed, step), so the data position is
-the step and resume needs no iterator state; LoRA is a low-rank pytree added to frozen weights
-inside the loss (so the forward pass stays the one in model.py); a `data` mesh axis shards the
-batch and replicates parameters, which is all a <1B model needs.
+the step and resume needs no iterator state. The decoder is split once into (graph, trained
+state, frozen state); the jitted step merges them, differentiates with `nnx.value_and_grad`
+over the trained variables and applies `nnx.Optimizer` (optax AdamW underneath). LoRA wraps the
+targeted `nnx.Linear` layers in `nnx.LoRA` modules (adapter weights are `nnx.LoRAParam`, the
+only variables trained) and merges a @ b back into the kernels at the end. A `data` mesh axis
+shards the batch; parameters follow the partitioning rules (replicated unless the mesh has a
+`model` axis wider than 1).
 """
 
 from __future__ import annotations
@@ -43,14 +47,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tokenizers import Tokenizer
 
 from elmjax import tracing
-from elmjax.lm.config import LMConfig
 from elmjax.lm.contracts import check_train_batch
-from elmjax.lm.model import Params, forward, unstack_layers
+from elmjax.lm.model import Decoder
+from elmjax.lm.partitioning import state_shardings
+from elmjax.lm.state import unstack_layers
+from elmjax.mesh import DATA
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +73,7 @@ class TrainConfig:
     clip_norm: float = 1.0  # global gradient norm
     seed: int = 0  # data order
     lora_rank: int = 0  # 0 = full fine-tuning
-    lora_alpha: float = 16.0
+    lora_alpha: float = 16.0  # adapters scaled by alpha / rank (folded into a's init)
     lora_targets: tuple[str, ...] = ("q", "k", "v", "o")  # attention / MLP projection names
     log_every: int = 10
     checkpoint_every: int = 100
@@ -164,41 +171,62 @@ def examples_from_texts(
 # ----------------------------------------------------------------------------- LoRA
 
 
-def init_lora(params: Params, key: jax.Array, rank: int, targets: Sequence[str]) -> Params:
-    """Low-rank adapters {layer: {name: {"a": [in, r], "b": [r, out]}}} for targeted weights.
+def _scaled_normal(std: float) -> Any:
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+        return (jax.random.normal(key, shape, jnp.float32) * std).astype(dtype)
 
-    `b` starts at zero so the adapted model starts exactly at the base model.
+    return init
+
+
+def add_lora(
+    decoder: Decoder, rank: int, alpha: float, targets: Sequence[str], key: jax.Array
+) -> Decoder:
+    """Wrap each targeted projection (`q`, `k`, `v`, `o`, `gate`, `up`, `down`, `fc_in`,
+    `fc_out`) of every layer in an `nnx.LoRA` module, in place; returns the decoder.
+
+    `b` starts at zero, so the adapted model starts exactly at the base model. `nnx.LoRA` has
+    no scaling factor, so alpha / rank is folded into `a`'s initial scale (a ~ N(0, 1 / n_in)
+    times alpha / rank), which makes the initial update of W + a @ b the usual scaled one.
+    Adapter weights keep the partitioning of the kernel they adapt (a: its input axis,
+    b: its output axis).
     """
-    layers = unstack_layers(params)["layers"]
-    lora: dict[str, Any] = {}
-    for i, lp in enumerate(layers):
-        entry = {}
-        for group in ("attn", "mlp"):
-            for name, p in lp.get(group, {}).items():
-                if name in targets:
-                    n_in, n_out = p["w"].shape
-                    k = jax.random.fold_in(key, i * 64 + len(entry))
-                    entry[f"{group}.{name}"] = {
-                        "a": jax.random.normal(k, (n_in, rank), jnp.float32) / np.sqrt(n_in),
-                        "b": jnp.zeros((rank, n_out), jnp.float32),
-                    }
-        lora[str(i)] = entry
-    return lora
+    if decoder.scanned:
+        raise ValueError("add_lora needs the unrolled layer layout (model.unstack_layers)")
+    rngs = nnx.Rngs(params=key)
+    scale = alpha / rank
+    for block in decoder.layers:
+        for group in (block.attn, block.mlp):
+            for name in targets:
+                linear = getattr(group, name, None)
+                if not isinstance(linear, nnx.Linear):
+                    continue
+                n_in, n_out = linear.kernel.shape
+                axes = linear.kernel.get_metadata().get("out_sharding") or (None, None)
+                lora = nnx.LoRA(
+                    n_in,
+                    rank,
+                    n_out,
+                    base_module=linear,
+                    a_initializer=_scaled_normal(scale / np.sqrt(n_in)),
+                    a_metadata={"out_sharding": (axes[0], None), "eager_sharding": False},
+                    b_metadata={"out_sharding": (None, axes[1]), "eager_sharding": False},
+                    rngs=rngs,
+                )
+                setattr(group, name, lora)
+    return decoder
 
 
-def merge_lora(params: Params, lora: Params, scale: float) -> Params:
-    """Base weights + scale * a @ b for every adapted weight (differentiable in `lora`)."""
-    params = unstack_layers(params)
-    layers = []
-    for i, lp in enumerate(params["layers"]):
-        lp = {g: dict(v) if isinstance(v, dict) else v for g, v in lp.items()}
-        for full_name, ab in lora.get(str(i), {}).items():
-            group, name = full_name.split(".")
-            p = dict(lp[group][name])
-            p["w"] = p["w"] + (scale * ab["a"] @ ab["b"]).astype(p["w"].dtype)
-            lp[group] = {**lp[group], name: p}
-        layers.append(lp)
-    return {**params, "layers": layers}
+def merge_lora(decoder: Decoder) -> Decoder:
+    """Fold every `nnx.LoRA` adapter into its base kernel (W + a @ b) and unwrap it, in place."""
+    for block in decoder.layers:
+        for group in (block.attn, block.mlp):
+            for name, child in list(vars(group).items()):
+                if isinstance(child, nnx.LoRA):
+                    base = child.base_module
+                    delta = child.lora_a[...] @ child.lora_b[...]
+                    base.kernel[...] = base.kernel[...] + delta.astype(base.kernel.dtype)
+                    setattr(group, name, base)
+    return decoder
 
 
 # ----------------------------------------------------------------------------- training
@@ -224,11 +252,9 @@ def make_optimizer(tcfg: TrainConfig) -> optax.GradientTransformation:
     )
 
 
-def masked_loss(
-    params: Params, config: LMConfig, tokens: jax.Array, loss_mask: jax.Array
-) -> jax.Array:
+def masked_loss(decoder: Decoder, tokens: jax.Array, loss_mask: jax.Array) -> jax.Array:
     """Mean next-token cross entropy over positions where loss_mask is set."""
-    logits, _ = forward(params, config, tokens[:, :-1])
+    logits, _ = decoder(tokens[:, :-1])
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
     m = loss_mask[:, 1:].astype(jnp.float32)
@@ -251,9 +277,32 @@ def _checkpoint_manager(directory: str, keep: int) -> Any:
     )
 
 
+def _place(state: Any, shardings: Any) -> Any:
+    """Every variable of an nnx state put on its sharding (committed, so the jitted step sees
+    the same input shardings on every call)."""
+    return jax.tree.map(
+        lambda v, s: v.replace(jax.device_put(v.get_value(), s)),
+        state,
+        shardings,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
+
+
+def _leaf_names(state: Any) -> list[str]:
+    """Stable names of a state's leaves (checkpoint keys): `0.layers.3.attn.q.kernel...`."""
+
+    def part(k: Any) -> str:
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return str(k)
+
+    paths = jax.tree_util.tree_flatten_with_path(state)[0]
+    return [".".join(part(k) for k in path) for path, _ in paths]
+
+
 def train(
-    config: LMConfig,
-    params: Params,
+    decoder: Decoder,
     data: TokenDataset,
     tcfg: TrainConfig = TrainConfig(),
     *,
@@ -261,84 +310,80 @@ def train(
     mesh: Mesh | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
     stop_at: int | None = None,
-) -> tuple[Params, list[dict[str, Any]]]:
-    """Train `params` on `data` for `tcfg.steps` steps; returns (params, history).
+) -> tuple[Decoder, list[dict[str, Any]]]:
+    """Train a copy of `decoder` on `data` for `tcfg.steps` steps; returns (decoder, history).
 
-    With `checkpoint_dir`, state is saved every `checkpoint_every` steps and at the end, and a
-    call that finds a checkpoint there resumes from it. With LoRA (`lora_rank > 0`) the returned
-    params have the adapters merged in. `mesh` (default: all devices on a `data` axis) shards
-    each batch over `data`; the batch size must be a multiple of the number of devices.
-    `stop_at` ends this call after that step (checkpointed) without changing the schedule,
-    as an interruption would.
+    With `checkpoint_dir`, the trained variables and the optimizer state are saved with orbax
+    every `checkpoint_every` steps and at the end, and a call that finds a checkpoint there
+    resumes from it. With LoRA (`lora_rank > 0`) the returned decoder has the adapters merged
+    in. `mesh` (default: all devices on a `data` axis) shards each batch over `data`; the batch
+    size must be a multiple of the `data` axis size. `stop_at` ends this call after that step
+    (checkpointed) without changing the schedule, as an interruption would.
     """
     import orbax.checkpoint as ocp
 
+    config = decoder.config
     mesh = mesh or data_mesh()
-    n_dev = mesh.shape["data"]
+    n_dev = mesh.shape[DATA]
     if tcfg.batch_size % n_dev:
         raise ValueError(f"batch_size {tcfg.batch_size} not a multiple of {n_dev} data devices")
     replicated = NamedSharding(mesh, P())
-    batch_sharding = NamedSharding(mesh, P("data"))
+    batch_sharding = NamedSharding(mesh, P(DATA))
 
-    # a private copy: the step donates its buffers, the caller's params must stay valid
-    base = jax.device_put(
-        jax.tree.map(lambda x: jnp.array(x, copy=True), unstack_layers(params)), replicated
-    )
-    lora_scale = tcfg.lora_alpha / max(tcfg.lora_rank, 1)
+    # a private copy: the step donates its buffers, the caller's decoder must stay valid
+    graph, state = nnx.split(unstack_layers(decoder))
+    model = nnx.merge(graph, jax.tree.map(lambda x: jnp.array(x, copy=True), state))
     use_lora = tcfg.lora_rank > 0
     if use_lora:
-        trainable = init_lora(base, jax.random.key(tcfg.seed), tcfg.lora_rank, tcfg.lora_targets)
-    else:
-        trainable, base = base, None
-
-    def combine(t: Params, frozen: Params | None) -> Params:
-        return merge_lora(frozen, t, lora_scale) if use_lora else t
-
-    trainable = jax.device_put(trainable, replicated)
-    optimizer = make_optimizer(tcfg)
-    # committed and replicated like everything the step returns, so step 2 reuses step 1's program
-    opt_state = jax.device_put(optimizer.init(trainable), replicated)
-    step = 0
+        add_lora(
+            model, tcfg.lora_rank, tcfg.lora_alpha, tcfg.lora_targets, jax.random.key(tcfg.seed)
+        )
+    wrt = nnx.LoRAParam if use_lora else nnx.Param
+    optimizer = nnx.Optimizer(model, make_optimizer(tcfg), wrt=wrt)
+    trained_filter = nnx.Any(wrt, nnx.OptState)
+    graph, trained, frozen = nnx.split((model, optimizer), trained_filter, ...)
+    trained_sharding = state_shardings(trained, mesh)
+    trained = _place(trained, trained_sharding)
+    frozen = _place(frozen, state_shardings(frozen, mesh))
 
     manager = None
     if checkpoint_dir is not None:
         manager = _checkpoint_manager(os.fspath(checkpoint_dir), tcfg.keep_checkpoints)
         latest = manager.latest_step()
         if latest is not None:
+            leaves, treedef = jax.tree.flatten(trained)
             target = {
-                "trainable": trainable,
-                "opt_state": opt_state,
-                "step": np.zeros((), np.int64),
+                "state": dict(zip(_leaf_names(trained), leaves)),
                 "data_position": np.zeros((), np.int64),
             }
             abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
             restored = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
-            trainable = jax.device_put(restored["trainable"], replicated)
-            opt_state = jax.device_put(restored["opt_state"], replicated)
-            step = int(restored["step"])
-            if int(restored["data_position"]) != step * tcfg.batch_size:
+            values = [restored["state"][name] for name in _leaf_names(trained)]
+            trained = _place(jax.tree.unflatten(treedef, values), trained_sharding)
+            position = int(restored["data_position"])
+            if position != latest * tcfg.batch_size:
                 raise ValueError("checkpoint data position does not match its step and batch size")
+    step = int(jax.device_get(nnx.merge(graph, trained, frozen)[1].step[...]))
 
-    def loss_fn(t: Params, frozen: Params | None, tokens: jax.Array, mask: jax.Array) -> jax.Array:
-        return masked_loss(combine(t, frozen), config, tokens, mask)
-
-    @functools.partial(jax.jit, out_shardings=replicated, donate_argnums=(0, 1))
+    @functools.partial(
+        jax.jit, out_shardings=(trained_sharding, replicated, replicated), donate_argnums=(0,)
+    )
     @tracing.checked
-    def train_step(
-        t: Params, o: Any, frozen: Params | None, tokens: jax.Array, mask: jax.Array
-    ) -> Any:
+    def train_step(trained: Any, frozen: Any, tokens: jax.Array, mask: jax.Array) -> Any:
         check_train_batch(config, tokens, mask)
-        loss, grads = jax.value_and_grad(loss_fn)(t, frozen, tokens, mask)
-        updates, o = optimizer.update(grads, o, t)
-        return optax.apply_updates(t, updates), o, loss, optax.tree.norm(grads)
+        model, optimizer = nnx.merge(graph, trained, frozen)
+        loss, grads = nnx.value_and_grad(
+            lambda m: masked_loss(m, tokens, mask), argnums=nnx.DiffState(0, wrt)
+        )(model)
+        optimizer.update(model, grads)
+        _, trained, _ = nnx.split((model, optimizer), trained_filter, ...)
+        return trained, loss, optax.tree.norm(grads)
 
     def save(step_: int) -> None:
         if manager is None:
             return
         state = {
-            "trainable": trainable,
-            "opt_state": opt_state,
-            "step": np.asarray(step_, np.int64),
+            "state": dict(zip(_leaf_names(trained), jax.tree.leaves(trained))),
             "data_position": np.asarray(step_ * tcfg.batch_size, np.int64),
         }
         manager.save(step_, args=ocp.args.StandardSave(state), force=True)
@@ -359,7 +404,7 @@ def train(
         tokens, mask = data.batch(step, tcfg.batch_size, tcfg.seed)
         tokens = jax.device_put(tokens, batch_sharding)
         mask = jax.device_put(mask, batch_sharding)
-        trainable, opt_state, loss, gnorm = train_step(trainable, opt_state, base, tokens, mask)
+        trained, loss, gnorm = train_step(trained, frozen, tokens, mask)
         step += 1
         if step % tcfg.log_every == 0 or step == tcfg.steps:
             rec = {
@@ -381,5 +426,5 @@ def train(
         save(step)
     if manager is not None:
         manager.close()
-    final = combine(trainable, base)
-    return jax.device_get(final), history
+    model, _ = nnx.merge(graph, trained, frozen)
+    return (merge_lora(model) if use_lora else model), history

@@ -28,6 +28,7 @@ def make_mutation_operator(config: RunConfig, env: Any = None) -> TimedOperator:
             top_k=m.top_k,
             max_new_tokens=m.max_new_tokens,
             dtype=m.dtype,
+            model_parallel=m.model_parallel,
         )
     )
 

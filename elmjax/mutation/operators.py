@@ -158,6 +158,7 @@ class LMOperator(Operator):
         dtype: str = "float32",
         entry: str = "make_walker",
         sampler: Any = None,
+        model_parallel: int = 1,
     ) -> None:
         model = model if model is not None else DEFAULT_MODELS[self.name]
         self._model = model
@@ -168,6 +169,7 @@ class LMOperator(Operator):
         self.max_new_tokens = max_new_tokens or self.default_max_new_tokens
         self.dtype = dtype
         self.entry = entry
+        self.model_parallel = model_parallel
         self._sampler = sampler
 
     @property
@@ -181,7 +183,7 @@ class LMOperator(Operator):
                 from elmjax.lm import load_model
 
                 model = load_model(model)
-            self._sampler = Sampler(model, dtype=self.dtype)
+            self._sampler = Sampler(model, dtype=self.dtype, model_parallel=self.model_parallel)
         return self._sampler
 
     def _sample(
