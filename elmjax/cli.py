@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write an animated GIF of the first program's run (real time, scale bar, legend)",
     )
+    p.add_argument(
+        "--physics",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a simulator parameter (any SimParams field, e.g. substeps=12); repeatable",
+    )
 
     models = ", ".join(BUILTIN_MODELS)
     p = sub.add_parser(

@@ -272,3 +272,201 @@ def test_exploding_body_is_invalid_not_nan():
     final, _ = run(SimParams(), body, FLAT, 60, 0, s0)
     assert bool(final.alive[0]) and not bool(final.alive[1])
     assert np.isfinite(np.asarray(final.vx)).all()
+
+
+# ---- conservation laws, muscle limits, validity and diagnostics (issue: physics that rewards
+# walking, not solver artifacts) -------------------------------------------------------------------
+
+
+def _random_walker(rng: random.Random, n: int, muscles: bool = True) -> dict:
+    """A connected random body: a spanning chain plus random extra connections."""
+    joints = [[rng.uniform(-15, 15), rng.uniform(0, 20)] for _ in range(n)]
+    pairs = [(k, k + 1) for k in range(n - 1)]
+    pairs += [(rng.randrange(n), rng.randrange(n)) for _ in range(2 * n)]
+    springs = []
+    for i, j in pairs:
+        if i == j or (i, j) in [s[:2] for s in springs]:
+            continue
+        if muscles and rng.random() < 0.6:
+            springs.append((i, j, rng.uniform(-20, 20), rng.uniform(0, 1)))
+        else:
+            springs.append((i, j))
+    return walker(joints, springs)
+
+
+@functools.cache
+def _bodies_for_laws() -> list[dict]:
+    rng = random.Random(7)
+    seeds = seed_walkers()
+    return [seeds["galloper"], seeds["wheel"], seeds["runner"]] + [
+        _random_walker(rng, n) for n in (3, 5, 8, 12, 16)
+    ]
+
+
+def _energy_scan(params, body, s0, frames):
+    """Per frame: state-velocity momentum (x, y) [F, B], kinetic + potential energy [F, B],
+    and centre-of-mass height [F, B]."""
+    from elmjax.sodarace.physics import step
+
+    mass = body.mass
+
+    def frame(s, _):
+        s = step(params, body, s, FLAT)
+        px = jnp.sum(mass * s.vx, axis=0)
+        py = jnp.sum(mass * s.vy, axis=0)
+        ke = 0.5 * jnp.sum(mass * (s.vx**2 + s.vy**2), axis=0)
+        pe = params.gravity * jnp.sum(mass * s.y, axis=0)
+        cy = jnp.sum(mass * s.y, axis=0) / jnp.sum(mass, axis=0)
+        return s, (px, py, ke + pe, cy)
+
+    return jax.jit(lambda s: jax.lax.scan(frame, s, None, length=frames)[1])(s0)
+
+
+def test_free_flight_centre_of_mass_accelerates_at_g_whatever_the_muscles_do():
+    params = SimParams()
+    walkers = _bodies_for_laws()
+    body = pack(walkers, (16, 64))
+    s0 = lifted(body, 400.0)
+    spin = 4.0  # rad/s, plus the muscles already beating
+    cx, cy = centre_of_mass_x(body, s0.x), centre_of_mass_x(body, s0.y)
+    s0 = s0.replace(vx=-(s0.y - cy) * spin + 5.0, vy=(s0.x - cx) * spin + 30.0, t=s0.t + 1.0)
+    _, _, _, com_y = _energy_scan(params, body, s0, 120)  # 2 s: still far above the ground
+    com_y = np.asarray(com_y, np.float64)
+    accel = np.diff(com_y, 2, axis=0) / params.dt**2  # [F - 2, B]
+    assert np.abs(accel / -params.gravity - 1.0).max() < 0.01, np.abs(accel + params.gravity).max()
+    # horizontally: no acceleration at all (a fitted line, float32 positions near 400 units)
+    com_x = np.asarray(_energy_scan(params, body, s0, 120)[0], np.float64)  # momentum x
+    np.testing.assert_allclose(com_x, com_x[:1].repeat(len(com_x), 0), rtol=1e-3, atol=1e-2)
+
+
+def test_internal_forces_change_no_momentum_without_contact():
+    params = SimParams(gravity=0.0)
+    body = pack(_bodies_for_laws(), (16, 64))
+    s0 = lifted(body, 400.0, vx=3.0, vy=-2.0)
+    px, py, _, _ = _energy_scan(params, body, s0, 300)
+    mass = np.asarray(body.mass).sum(0)
+    for p, v in ((np.asarray(px), 3.0), (np.asarray(py), -2.0)):
+        # momentum per unit mass stays the initial velocity to float32 rounding over 5 s of strokes
+        np.testing.assert_allclose(p / mass, v, atol=2e-3)
+
+
+def test_passive_bodies_never_gain_energy():
+    rng = random.Random(3)
+    seeds = seed_walkers()
+    passive = [
+        {
+            **w,
+            "muscles": [[i, j, {"type": "distance", "amplitude": 0.0}] for i, j, _ in w["muscles"]],
+        }
+        for w in (seeds["wheel"], seeds["galloper"], seeds["runner"])
+    ] + [_random_walker(rng, n, muscles=False) for n in (4, 7, 11, 16)]
+    body = pack(passive, (16, 64))
+    for damping in (0.0, SimParams().damping):
+        params = SimParams(damping=damping)
+        s0 = lifted(body, 15.0, vx=8.0)  # dropped, sliding: lands, bounces, rubs, settles
+        cx, cy = centre_of_mass_x(body, s0.x), centre_of_mass_x(body, s0.y)
+        s0 = s0.replace(vx=s0.vx - (s0.y - cy) * 2.0, vy=(s0.x - cx) * 2.0)
+        _, _, energy, _ = _energy_scan(params, body, s0, 240)
+        energy = np.asarray(energy, np.float64)
+        mass = np.asarray(body.mass).sum(0)
+        # E(t) never exceeds any earlier E by more than float32 noise (per unit mass)
+        rise = (energy - np.maximum.accumulate(energy, axis=0)) / mass
+        assert rise.max() < 1e-2, rise.max()
+
+
+def test_muscle_force_is_capped():
+    # two joints far apart in empty space, one huge-amplitude muscle: the ends accelerate at most
+    # at cap / mass, however far the target is
+    cap = 300.0
+    params = SimParams(gravity=0.0, muscle_force=cap, stroke_speed=1e6, ramp=0.0, damping=0.0)
+    w = walker([(0, 0), (40, 0)], [(0, 1, 100.0, 0.25)])
+    body = pack([w], (8, 16))
+    _, (xs, _) = run(params, body, FLAT, 30, 1, lifted(body, 400.0))
+    x1 = np.asarray(xs, np.float64)[:, 1, 0]
+    mass = float(body.mass[1, 0])
+    accel = np.abs(np.diff(x1, 2)) / params.dt**2
+    assert accel.max() <= cap / mass * 1.02
+    assert accel.max() > 0.5 * cap / mass  # and the cap is actually reached
+
+
+def test_stroke_speed_is_limited_and_paper_amplitudes_stay_distinct():
+    from elmjax.sodarace.physics import stroke_alpha
+
+    p = SimParams()
+    omega = 2 * math.pi * p.frequency
+    rest = jnp.asarray([[5.0], [10.0], [30.0], [100.0]])
+    amps = jnp.asarray([[2.0, 5.0, 10.0, 100.0]])
+    alpha = np.asarray(stroke_alpha(p, amps, rest))
+    assert (np.asarray(rest) * alpha * omega < p.stroke_speed).all()
+    assert (np.diff(alpha, axis=1) > 0).all()  # 2 < 5 < 10 < 100 for every length
+    assert (alpha[:2, 1] - alpha[:2, 0] > 0.03).all() and (alpha[:2, 2] - alpha[:2, 1] > 0.03).all()
+
+
+def test_disconnected_bodies_are_invalid():
+    from elmjax.sodarace.walker import WalkerError
+
+    two_pieces = {
+        "joints": [[0, 0], [10, 0], [10, 10], [30, 0], [40, 0]],
+        "muscles": [
+            [0, 1, {"type": "distance"}],
+            [1, 2, {"type": "muscle", "amplitude": 5.0, "phase": 0.0}],
+            [3, 4, {"type": "muscle", "amplitude": 5.0, "phase": 0.5}],
+        ],
+    }
+    ev = _short_eval().evaluate([two_pieces, SQUARE])
+    assert not ev.valid[0] and ev.fitness[0] == 0.0 and ev.error[0].startswith("disconnected")
+    assert ev.valid[1]
+    with pytest.raises(WalkerError, match="disconnected"):
+        walker([(0, 0), (10, 0), (30, 0), (40, 0)], [(0, 1), (2, 3, 5.0, 0.0)])
+
+
+def test_bones_the_solver_cannot_hold_are_invalid_with_a_reason():
+    soft = SimParams(seconds=1.0, bone_compliance=0.05)  # rubber bones: they sag under gravity
+    ev = Sodarace(params=soft, chunk=4).evaluate([SQUARE, SQUARE])
+    assert not ev.valid.any()
+    assert all(e.startswith("bone_error") for e in ev.error)
+    assert (ev.extras["bone_error"] > soft.max_bone_error).all()  # diagnostics kept
+    ok = Sodarace(params=SimParams(seconds=1.0), chunk=4).evaluate([SQUARE])
+    assert ok.valid[0] and ok.extras["bone_error"][0] < 1e-3
+
+
+def test_diagnostics_of_simple_motions():
+    from elmjax.sodarace.env import DIAGNOSTICS
+
+    params = SimParams(seconds=1.0)
+    env = Sodarace(params=params, chunk=4)
+    seeds = seed_walkers()
+    passive = {**SQUARE}
+    ev = env.evaluate([passive, seeds["galloper"]])
+    for name in DIAGNOSTICS:
+        assert ev.extras[name].dtype == np.float32 and np.isfinite(ev.extras[name]).all()
+    # a passive square resting on the ground: always touching, never moving, no muscle work
+    assert ev.extras["airborne_fraction"][0] == 0.0
+    assert ev.extras["peak_speed"][0] < 0.5
+    assert ev.extras["muscle_work"][0] == 0.0
+    assert ev.extras["muscle_work"][1] > 0.0
+    # dropped from 50 units: airborne until it lands after sqrt(2 h / g) = 1.01 s
+    body = pack([SQUARE], (8, 16))
+    from elmjax.sodarace.physics import diagnostics
+
+    s0 = lifted(body, 50.0)
+    final, _ = run(params, body, FLAT, 54, 0, s0)  # 0.9 s of free fall
+    d = diagnostics(params, body, s0, final)
+    assert float(d.airborne_fraction[0]) == 1.0
+    assert float(d.peak_speed[0]) == pytest.approx(params.gravity * 0.9, rel=0.02)
+
+
+def test_physics_overrides_and_identity():
+    from elmjax.sodarace.physics import physics_identity, with_overrides
+
+    p = with_overrides(SimParams(), {"substeps": "12", "friction": "0.5", "contact": "smooth"})
+    assert (p.substeps, p.friction, p.contact) == (12, 0.5, "smooth")
+    with pytest.raises(ValueError, match="unknown physics parameter"):
+        with_overrides(SimParams(), {"gravityy": "1"})
+    with pytest.raises(ValueError, match="substeps must be int"):
+        with_overrides(SimParams(), {"substeps": "2.5"})
+    with pytest.raises(ValueError, match="relaxation"):
+        with_overrides(SimParams(), {"relaxation": "3"})
+    a, b = physics_identity(SimParams()), physics_identity(p)
+    assert a["version"] == b["version"] and a["params_hash"] != b["params_hash"]
+    assert physics_identity(SimParams()) == a

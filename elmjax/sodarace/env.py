@@ -10,8 +10,11 @@ validity per walker in input order:
   along x over `SimParams.seconds`;
 * descriptor = (height, width, mass) from `walker.descriptors` (the `descriptor` entry of each
   checked result), so `elmjax exec` and the archive agree;
-* valid = the walker packed and never left the finite world; an invalid walker has fitness 0 and
-  an error string.
+* valid = the walker packed, is one connected piece, never left the finite world and held its
+  bones; an invalid walker has fitness 0 and an error string that starts with its reason
+  (`invalid walker`, `disconnected`, `exploded`, `bone_error`);
+* extras = `dx` and the physical diagnostics of every evaluation, valid or not
+  (`airborne_fraction`, `peak_speed`, `bone_error`, `muscle_work`; see `physics.Diagnostics`).
 
 Every lane of the simulator is independent (no operation mixes lanes, no reduction runs across
 the batch axis), so a walker's result is bitwise independent of its batch neighbours, its
@@ -43,13 +46,17 @@ from elmjax.sodarace.body import Body
 from elmjax.sodarace.physics import (
     SimParams,
     SimState,
-    bone_length_error,
     centre_of_mass_x,
+    diagnostics,
     init_state,
     rollout,
 )
 from elmjax.sodarace.terrain import Terrain, get_terrain
-from elmjax.sodarace.walker import check_walker
+from elmjax.sodarace.walker import check_walker, disconnected_joints
+
+#: The physical diagnostics every evaluation reports (`Evaluation.extras`, the program store,
+#: `elmjax simulate --json`), in this order.
+DIAGNOSTICS = ("airborne_fraction", "peak_speed", "bone_error", "muscle_work")
 
 #: Descriptor ranges. Seeds span height 7-16, width 10-20 and mass 39-140; walkers may reach
 #: 200 x 200 units (coordinates within +-100), but the grid's resolution goes where evolution
@@ -74,8 +81,12 @@ class BodyResult:
     """Per-lane outcome of a batch simulation (arrays [B])."""
 
     dx: jax.Array  # centre-of-mass travel along x (units); 0 where not valid
-    valid: jax.Array  # packed and stayed finite and in bounds
+    valid: jax.Array  # packed, stayed finite and in bounds, and bones held (max_bone_error)
+    alive: jax.Array  # stayed finite and in bounds (not exploded)
     bone_error: jax.Array  # largest relative bone-length error at the end
+    airborne_fraction: jax.Array  # share of frames with no joint touching a surface
+    peak_speed: jax.Array  # largest centre-of-mass speed (units/s)
+    muscle_work: jax.Array  # positive muscle work per unit mass (units^2/s^2)
 
 
 @struct.dataclass
@@ -95,11 +106,21 @@ def _run(
     start = init_state(body, terrain)
     final, path = rollout(params, body, terrain, record_every=record_every, state=start)
     dx = centre_of_mass_x(body, final.x) - centre_of_mass_x(body, start.x)
-    valid = final.alive & jnp.isfinite(dx)
+    diag = diagnostics(params, body, start, final)
+    alive = final.alive & jnp.isfinite(dx)
+    valid = alive & (diag.bone_error <= params.max_bone_error)
+
+    def finite(a: jax.Array) -> jax.Array:
+        return jnp.where(jnp.isfinite(a), a, 0.0)
+
     result = BodyResult(
         dx=jnp.where(valid, dx, 0.0),
         valid=valid,
-        bone_error=jnp.where(valid, bone_length_error(body, final.x, final.y), 0.0),
+        alive=alive,
+        bone_error=finite(diag.bone_error),
+        airborne_fraction=finite(diag.airborne_fraction),
+        peak_speed=finite(diag.peak_speed),
+        muscle_work=finite(diag.muscle_work),
     )
     return result, start, final, path
 
@@ -154,7 +175,7 @@ def _sharded(params: SimParams, mesh: Mesh, terrain_def: Any) -> Any:
     def run(bodies: Body, terrain: Terrain) -> BodyResult:
         in_specs = (jax.tree.map(spec, bodies), jax.tree.map(lambda _: PartitionSpec(), terrain))
         out_specs = BodyResult(
-            dx=PartitionSpec("data"), valid=PartitionSpec("data"), bone_error=PartitionSpec("data")
+            **{f: PartitionSpec("data") for f in BodyResult.__dataclass_fields__}
         )
         f = jax.shard_map(
             functools.partial(_simulate, params), mesh=mesh, in_specs=in_specs, out_specs=out_specs
@@ -181,9 +202,12 @@ def simulate_walkers(
     params: SimParams | None = None,
     chunk: int | None = None,
     mesh: Mesh | None | str = "auto",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
-    """Simulate walkers (dict form or Walker) of any sizes: (dx, valid, bone_error, errors).
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], list[str | None]]:
+    """Simulate walkers (dict form or Walker) of any sizes: (dx, valid, diagnostics, errors).
 
+    `diagnostics` maps each name of `DIAGNOSTICS` to a float32 array (0 for a walker that was
+    never simulated; kept for one that was simulated and found invalid). `errors[k]` starts with
+    the reason: `invalid walker`, `disconnected`, `exploded` or `bone_error`.
     Walkers are grouped by size bucket, each bucket simulated in chunks of at most `chunk`
     lanes (default 128 per device; see `lanes_for`), the last chunk padded with inert lanes.
     """
@@ -196,15 +220,24 @@ def simulate_walkers(
     n = len(walkers)
     dx = np.zeros(n, np.float32)
     valid = np.zeros(n, bool)
-    bone = np.zeros(n, np.float32)
+    diag = {name: np.zeros(n, np.float32) for name in DIAGNOSTICS}
     errors: list[str | None] = [None] * n
     ok: list[int] = []
     for k, w in enumerate(walkers):
         try:
             body_lib.bucket_for(*body_lib.sizes(w))
-            ok.append(k)
+            data = body_lib.as_dict(w)
+            loose = disconnected_joints(len(data["joints"]), data["muscles"])
         except Exception as e:  # malformed or oversized: recorded, never raised
             errors[k] = f"invalid walker: {e}"[:300]
+            continue
+        if loose:
+            errors[k] = (
+                f"disconnected: joints {loose[:8]} are not connected to joint 0 "
+                "(a walker must be one piece)"
+            )
+            continue
+        ok.append(k)
     ok_walkers = [walkers[k] for k in ok]
     for bucket, idx in body_lib.group_by_bucket(ok_walkers):
         lanes = lanes_for(len(idx), chunk, n_dev)
@@ -235,10 +268,21 @@ def simulate_walkers(
             rows = np.asarray([ok[k] for k in part], np.int64)
             dx[rows] = np.asarray(out.dx)[:m]
             valid[rows] = np.asarray(out.valid)[:m]
-            bone[rows] = np.asarray(out.bone_error)[:m]
-            for r in rows[~np.asarray(out.valid)[:m]]:
-                errors[r] = "exploded: the body left the finite world (non-finite or |x|,|y| > 1e4)"
-    return dx, valid, bone, errors
+            for name in DIAGNOSTICS:
+                diag[name][rows] = np.asarray(getattr(out, name))[:m]
+            alive = np.asarray(out.alive)[:m]
+            for r, lives, fine in zip(rows, alive, np.asarray(out.valid)[:m]):
+                if not lives:
+                    errors[r] = (
+                        "exploded: the body left the finite world (non-finite or "
+                        f"|x|,|y| > {params.max_coordinate:g})"
+                    )
+                elif not fine:
+                    errors[r] = (
+                        f"bone_error: a bone ended {diag['bone_error'][r]:.1%} off its length "
+                        f"(bound {params.max_bone_error:.0%}); the solver cannot hold this body"
+                    )
+    return dx, valid, diag, errors
 
 
 def record_walker(
@@ -310,7 +354,7 @@ class Sodarace:
         the Environment protocol: a stochastic terrain would draw from it)."""
         del seed
         walkers = [_walker_of(r) for r in results]
-        dx, valid, bone, errors = simulate_walkers(
+        dx, valid, diag, errors = simulate_walkers(
             walkers, self.terrain, self.params, self.chunk, self.mesh
         )
         n = len(walkers)
@@ -339,7 +383,7 @@ class Sodarace:
             descriptor=descriptor,
             valid=valid,
             error=errors,
-            extras={"dx": dx, "bone_error": bone},
+            extras={"dx": dx, **diag},
         )
 
 

@@ -3,29 +3,68 @@
 Integrator: extended position-based dynamics (XPBD; Macklin, Mueller & Chentanez 2016) with
 substeps (Macklin et al. 2019, "Small steps in physics simulation"). Each substep predicts
 positions with gravity and damping (semi-implicit Euler), then runs a few Jacobi iterations that
-project every spring onto its (time-varying) length, with joints moving by the average of their
-springs' corrections, and projects joints out of ground, walls and ceiling with Coulomb friction.
+project every spring onto its (time-varying) length and projects joints out of ground, walls and
+ceiling with Coulomb friction.
 
-Why XPBD and not force-based springs with substeps: bones must stay rigid. A force-based spring
-stiff enough for 2% bone-length error needed 6 explicit substeps per 1/60 s frame in the
-prototype and still rang; XPBD with zero compliance holds bones to the error reported by
-`bone_length_error` with 3 substeps x 2 iterations and cannot blow up from stiffness (a
-constraint projection is bounded by the constraint's violation). Jacobi (not Gauss-Seidel)
-because every spring is solved in parallel: one gather and one merged scatter-add per iteration.
-Measured in benchmarks/sim_vs_openelm.py.
+**Internal forces conserve momentum.** Every spring's correction is applied equal and opposite
+to its two joints, weighted by inverse mass, with ONE Jacobi factor per spring,
+`relaxation / max(degree_i, degree_j)` (never one per joint: the earlier per-joint
+`relaxation / degree` gave the two ends of a spring different impulses, so a body in free flight
+pushed its own centre of mass around; evolution found and exploited that). The XPBD multiplier
+accumulates exactly the scaled increment that moved the joints, so a muscle's compliance and the
+force read from the multiplier (`lambda / h^2`) are the ones configured. Damping acts only on
+the non-rigid part of the joints' velocities (tissue losses), so it changes neither momentum nor
+angular momentum and in free flight the centre of mass follows gravity exactly; optional
+`air_drag` (default 0) damps the body as a whole.
+
+**Muscles are physically limited** (all `SimParams` fields with unit and reason):
+
+* stroke: target length `L0 * (1 + alpha * sin(omega t + 2 pi phase))`, with
+  `alpha = max_stretch * tanh(amplitude / amplitude_scale)` (the paper's 2, 5 and 10 are legal
+  and distinct);
+* stroke speed: `alpha` is shrunk smoothly so the peak target speed `L0 * alpha * omega` stays
+  below `stroke_speed` (units/s): a long muscle cannot move its ends arbitrarily fast just because
+  it is long (the old model let stroke speed grow with length, so size paid by itself);
+* force cap: the muscle's multiplier is clamped to `muscle_force * h^2`, i.e. its force to
+  `muscle_force` (force units). Every connection has the same cross-section (mass per length is
+  `RHO`), hence the same peak force; a muscle that cannot reach its target within the cap lags.
+
+Compared with OpenELM's Box2D Sodarace (muscles are soft distance joints at 3 Hz with damping
+ratio 0.3, linear damping 1.1 /s, and Box2D clamps translation to 2 world units per step, i.e. a
+speed cap of 120 units/s at 60 Hz): we keep bones rigid (XPBD, zero compliance) instead of soft
+joints because the descriptor and the paper's listings treat "distance" connections as bones; we
+bound muscles by force and stroke speed, which are physical, instead of by softness and a
+translation clamp, which are solver artifacts (the clamp alone stops nothing that tumbles slower
+than 120 units/s); our linear damping acts only on motion relative to the centre of mass, because
+Box2D's 1.1 /s drag on the whole body would mean a 1 m walker falling through syrup (real air drag
+on it is ~0.01 /s) and would break the free-flight law `a_com = g` that the tests check.
+
+Why XPBD and not force-based springs with substeps: bones must stay rigid and the solve cannot
+blow up from stiffness (a projection is bounded by the constraint's violation). Jacobi (not
+Gauss-Seidel) because every spring is solved in parallel: one gather and one merged scatter-add
+per iteration. Measured in benchmarks/sim_vs_openelm.py and experiments/physics_audit.py.
+
+Diagnostics (`Diagnostics`), accumulated in the same scan as the score: the share of 60 Hz frames
+in which no joint is within `touch_distance` of a surface (`airborne_fraction`), the largest
+centre-of-mass speed between frames (`peak_speed`, units/s), the muscles' positive mechanical work
+per unit mass (`muscle_work`, units^2/s^2), and the largest relative bone-length error at the
+final frame (`bone_error`).
 
 Layout: batch-last (see body.py). State never becomes non-finite: a body whose joints leave
 `max_coordinate` or go non-finite is frozen where it was and flagged `alive = False`; evaluation
-reports it invalid.
+reports it invalid (`exploded`).
 
 Units: length in "units" (walker coordinates; one unit reads as 0.1 m), time in seconds, mass in
-walker mass units (1 per joint).
+walker mass units (1 per joint plus RHO per unit of connection), force in mass * units/s^2.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +72,10 @@ from flax import struct
 
 from elmjax.sodarace.body import Body
 from elmjax.sodarace.terrain import Terrain, ceiling_height, floor_and_slope
+
+#: Bump when a change to this module changes any score: part of a run's physics identity
+#: (`physics_identity`), so a run is never resumed under other physics.
+PHYSICS_VERSION = 2
 
 
 @struct.dataclass
@@ -44,36 +87,56 @@ class SimParams:
 
     #: Frame length (s). 60 Hz, Box2D's (and OpenELM's) usual step; muscles and recording use it.
     dt: float = struct.field(pytree_node=False, default=1.0 / 60.0)
-    #: XPBD substeps per frame. 3 keeps bone-length error ~1% at 1/180 s (measured, see module).
-    substeps: int = struct.field(pytree_node=False, default=3)
-    #: Jacobi constraint iterations per substep. 2 was the fastest setting whose bone error stays
-    #: within a few percent; substeps buy more rigidity per FLOP than iterations (Macklin 2019).
+    #: XPBD substeps per frame. Chosen for converged scores: elite scores and rankings at this
+    #: setting agree with the 12-substep reference (experiments/physics_audit.py).
+    substeps: int = struct.field(pytree_node=False, default=4)
+    #: Jacobi constraint iterations per substep; substeps buy more rigidity per FLOP than
+    #: iterations (Macklin 2019).
     iterations: int = struct.field(pytree_node=False, default=2)
-    #: Over-relaxation of the averaged Jacobi update (1 = plain averaging). Averaging alone
-    #: under-corrects joints shared by several springs; 1.5 recovers most of Gauss-Seidel's rate.
+    #: Over-relaxation of the per-spring Jacobi factor `relaxation / max(deg_i, deg_j)`
+    #: (dimensionless). Dividing by the larger degree is safe but under-corrects; 1.5 recovers
+    #: much of Gauss-Seidel's rate and stays below the divergence bound of 2.
     relaxation: float = struct.field(pytree_node=False, default=1.5)
     #: Simulated time T (s) of an evaluation: 10 s by default, i.e. 10 muscle periods.
     seconds: float = struct.field(pytree_node=False, default=10.0)
     #: Gravity (units/s^2): 9.81 m/s^2 with one unit = 0.1 m. Walkers are 1-3 m tall.
     gravity: float = struct.field(pytree_node=False, default=98.1)
-    #: Linear velocity damping (1/s): air drag and joint losses; settles bounces in ~2 s without
-    #: masking gait dynamics (a 1 Hz stroke loses ~10% of its speed per period).
-    damping: float = struct.field(pytree_node=False, default=0.1)
+    #: Damping (1/s) of the non-rigid part of joint velocities (what is left after the centre of
+    #: mass's velocity and the body's mean spin): tissue and joint losses. It changes neither
+    #: momentum nor angular momentum (free flight stays a parabola, rolling is not braked);
+    #: 1 /s settles a wobble within a few strokes without masking a 1 Hz gait.
+    damping: float = struct.field(pytree_node=False, default=1.0)
+    #: Air drag (1/s) on the whole body. 0: for a 1-3 m walker at a few m/s real drag is ~0.01 /s,
+    #: and any drag would bend the free-flight parabola.
+    air_drag: float = struct.field(pytree_node=False, default=0.0)
     #: Muscle frequency (Hz). One stroke per second: a walker's natural ~1 Hz gait at this size,
     #: and 10 strokes in T.
     frequency: float = struct.field(pytree_node=False, default=1.0)
-    #: Largest relative length change of a muscle (dimensionless): L in [0.5, 1.5] * L0 at most.
-    max_stretch: float = struct.field(pytree_node=False, default=0.5)
-    #: Program amplitude at which the stretch reaches tanh(1) = 76% of `max_stretch`. The paper
-    #: uses 2, 5 and 10: stretches 0.12, 0.28 and 0.42, legal and distinct, saturating beyond.
+    #: Largest relative length change of a muscle (dimensionless): L in [0.7, 1.3] * L0 at most,
+    #: the working range of a vertebrate muscle (about +-30% of its rest length).
+    max_stretch: float = struct.field(pytree_node=False, default=0.3)
+    #: Program amplitude (dimensionless) at which the stretch reaches tanh(1) = 76% of
+    #: `max_stretch`. The paper's 2, 5 and 10 give stretches 0.07, 0.17 and 0.26: legal and
+    #: distinct, saturating beyond.
     amplitude_scale: float = struct.field(pytree_node=False, default=8.0)
+    #: Peak stroke speed (units/s) of a muscle's target length: 30 units/s = 3 m/s, the top
+    #: shortening speed of a fast 30 cm muscle (~10 rest lengths/s). Without it a long muscle's
+    #: stroke speed grows with its length, so size paid by itself. Applied smoothly:
+    #: alpha -> alpha * v / sqrt(v^2 + (L0 alpha omega)^2), still strictly increasing in alpha.
+    stroke_speed: float = struct.field(pytree_node=False, default=30.0)
+    #: Force cap (mass * units/s^2) of one muscle, pulling or pushing. 2000 = the weight of a
+    #: 20-mass-unit load (a small seed weighs 40-140): several muscles together can lift and
+    #: swing the body, one cannot fling it. Same for every muscle: all connections share one
+    #: cross-section (mass per length RHO), and muscle force scales with cross-section.
+    muscle_force: float = struct.field(pytree_node=False, default=2000.0)
     #: Time (s) over which muscle stretch ramps from 0 to full: a muscle whose phase starts it
     #: mid-stroke would otherwise jerk the body in the first frame.
     ramp: float = struct.field(pytree_node=False, default=0.25)
     #: XPBD compliance of passive connections (units/force); 0 = rigid bones.
     bone_compliance: float = struct.field(pytree_node=False, default=0.0)
-    #: XPBD compliance of muscles; 0 = they follow their target length as hard as bones.
-    muscle_compliance: float = struct.field(pytree_node=False, default=1.0e-5)
+    #: XPBD compliance of muscles (units/force): 1e-4 is a stiff tendon (a 2000-force pull
+    #: stretches it 0.2 units); the force cap, not softness, bounds what a muscle can do.
+    muscle_compliance: float = struct.field(pytree_node=False, default=1.0e-4)
     #: Coulomb friction coefficient (dimensionless), isotropic: the same both ways along the
     #: surface. 1.0 is rubber on concrete; enough grip that a pushing foot does not slip.
     friction: float = struct.field(pytree_node=False, default=1.0)
@@ -82,6 +145,11 @@ class SimParams:
     contact: str = struct.field(pytree_node=False, default="hard")
     #: Softplus width (units) of smooth contact: the surface is felt ~this far above it.
     smooth_width: float = struct.field(pytree_node=False, default=0.05)
+    #: A joint "touches" a surface within this distance (units) of it; diagnostics only.
+    touch_distance: float = struct.field(pytree_node=False, default=0.05)
+    #: Validity bound (dimensionless) on the final relative length error of any bone: a body
+    #: whose bones the solver cannot hold to 10% is not the rigid body it claims to be.
+    max_bone_error: float = struct.field(pytree_node=False, default=0.1)
     #: |x|, |y| (units) beyond which a body counts as exploded (walkers start within +-100).
     max_coordinate: float = struct.field(pytree_node=False, default=1.0e4)
 
@@ -94,9 +162,68 @@ class SimParams:
         return self.dt / self.substeps
 
 
+def params_dict(params: SimParams) -> dict[str, Any]:
+    """Every field of `params` by name (plain Python values)."""
+    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+
+
+def with_overrides(params: SimParams, overrides: dict[str, Any]) -> SimParams:
+    """`params` with fields replaced by name; string values (from `KEY=VALUE` on a command line)
+    are converted to the field's type. Raises ValueError naming an unknown or malformed key."""
+    fields = {f.name: f for f in dataclasses.fields(params)}
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise ValueError(f"unknown physics parameter {key!r}; choose from {sorted(fields)}")
+        kind = type(getattr(params, key))
+        try:
+            if kind is bool:
+                raise TypeError
+            changes[key] = kind(value) if not isinstance(value, kind) else value
+            if kind is int and isinstance(value, str) and str(changes[key]) != value.strip():
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"physics parameter {key} must be {kind.__name__}, got {value!r}"
+            ) from None
+    out = params.replace(**changes)
+    check_params(out)
+    return out
+
+
+def check_params(params: SimParams) -> None:
+    """Raise ValueError for a setting the simulator cannot honour."""
+    positive = ("dt", "seconds", "frequency", "stroke_speed", "muscle_force", "max_coordinate")
+    for key in positive:
+        if not getattr(params, key) > 0:
+            raise ValueError(f"physics parameter {key} must be > 0, got {getattr(params, key)}")
+    if params.substeps < 1 or params.iterations < 1:
+        raise ValueError("physics parameters substeps and iterations must be >= 1")
+    if not 0 < params.relaxation < 2:
+        raise ValueError(f"physics parameter relaxation must be in (0, 2), got {params.relaxation}")
+    nonneg = ("gravity", "damping", "air_drag", "max_stretch", "ramp", "bone_compliance",
+              "muscle_compliance", "friction", "touch_distance", "max_bone_error")  # fmt: skip
+    for key in nonneg:
+        if not getattr(params, key) >= 0:
+            raise ValueError(f"physics parameter {key} must be >= 0, got {getattr(params, key)}")
+    if params.contact not in ("hard", "smooth"):
+        raise ValueError(
+            f"physics parameter contact must be hard or smooth, got {params.contact!r}"
+        )
+
+
+def physics_identity(params: SimParams) -> dict[str, Any]:
+    """What makes two runs' scores comparable: the module's `PHYSICS_VERSION` and a hash of every
+    `SimParams` field. Stored in a run's provenance; a resume under another identity is refused."""
+    text = json.dumps(params_dict(params), sort_keys=True, default=repr)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return {"version": PHYSICS_VERSION, "params_hash": digest, "params": params_dict(params)}
+
+
 @struct.dataclass
 class SimState:
-    """Positions and velocities of a batch (batch-last), time, and the alive flag."""
+    """Positions and velocities of a batch (batch-last), time, the alive flag, and the running
+    diagnostics (see `Diagnostics`)."""
 
     x: jax.Array  # [J, B] joint x (units)
     y: jax.Array  # [J, B] joint y (units)
@@ -105,22 +232,47 @@ class SimState:
     t: jax.Array  # () simulated time (s)
     alive: jax.Array  # [B] bool: finite and within bounds so far
     modulation: jax.Array  # [S, B] multiplies each muscle's stretch (1 = as programmed)
+    airborne_frames: jax.Array  # [B] frames so far in which no joint touched a surface
+    peak_speed: jax.Array  # [B] largest centre-of-mass speed between frames so far (units/s)
+    muscle_work: jax.Array  # [B] positive mechanical work of all muscles so far (mass units^2/s^2)
+
+
+@struct.dataclass
+class Diagnostics:
+    """Physical diagnostics of a rollout, per body [B] (definitions in the module docstring)."""
+
+    airborne_fraction: jax.Array  # share of 60 Hz frames with no joint within touch_distance
+    peak_speed: jax.Array  # largest centre-of-mass speed (units/s)
+    bone_error: jax.Array  # largest relative bone-length error at the final frame
+    muscle_work: jax.Array  # positive muscle work per unit mass (units^2/s^2)
 
 
 def muscle_stretch(params: SimParams, amplitude: jax.Array) -> jax.Array:
     """Relative stretch alpha of a muscle: `max_stretch * tanh(amplitude / amplitude_scale)`.
 
     Saturating, odd (a negative amplitude is the same stroke half a period later) and smooth, so
-    gradients with respect to amplitude exist everywhere.
+    gradients with respect to amplitude exist everywhere. Before the stroke-speed limit
+    (`stroke_alpha`).
     """
     return params.max_stretch * jnp.tanh(amplitude / params.amplitude_scale)
 
 
+def stroke_alpha(params: SimParams, amplitude: jax.Array, rest: jax.Array) -> jax.Array:
+    """Relative stretch after the stroke-speed limit: `alpha * v / sqrt(v^2 + (L0 alpha w)^2)`,
+    so the peak target speed `L0 * alpha' * w` stays below `stroke_speed` = v. Smooth, odd and
+    strictly increasing in alpha, so distinct amplitudes stay distinct."""
+    alpha = muscle_stretch(params, amplitude)
+    omega = 2.0 * jnp.pi * params.frequency
+    v = params.stroke_speed
+    speed = rest * alpha * omega
+    return alpha * v / jnp.sqrt(v * v + speed * speed)
+
+
 def target_length(params: SimParams, body: Body, t: jax.Array, modulation: jax.Array) -> jax.Array:
-    """Rest length of every spring at time t: L0 * (1 + alpha sin(omega t + 2 pi phase))."""
+    """Rest length of every spring at time t: L0 * (1 + alpha' sin(omega t + 2 pi phase))."""
     omega = 2.0 * jnp.pi * params.frequency
     ramp = jnp.clip(t / params.ramp, 0.0, 1.0) if params.ramp > 0 else 1.0
-    alpha = muscle_stretch(params, body.amplitude) * body.is_muscle * modulation * ramp
+    alpha = stroke_alpha(params, body.amplitude, body.rest) * body.is_muscle * modulation * ramp
     return body.rest * (1.0 + alpha * jnp.sin(omega * t + 2.0 * jnp.pi * body.phase))
 
 
@@ -147,9 +299,10 @@ def placement(body: Body, terrain: Terrain) -> tuple[jax.Array, jax.Array]:
 
 
 def init_state(body: Body, terrain: Terrain) -> SimState:
-    """Rest state at t = 0 (see `placement`)."""
+    """Rest state at t = 0 (see `placement`), diagnostics zeroed."""
     x, y = placement(body, terrain)
     zeros = jnp.zeros_like(x)
+    lanes = jnp.zeros(x.shape[-1:], x.dtype)
     return SimState(
         x=x,
         y=y,
@@ -158,13 +311,35 @@ def init_state(body: Body, terrain: Terrain) -> SimState:
         t=jnp.zeros((), x.dtype),
         alive=jnp.asarray(body.valid, bool),
         modulation=jnp.ones_like(body.rest),
+        airborne_frames=lanes,
+        peak_speed=lanes,
+        muscle_work=lanes,
     )
 
 
+def total_mass(body: Body) -> jax.Array:
+    """Mass of each body [B] (at least 1e-12, so an empty padding lane divides safely)."""
+    return jnp.maximum(jnp.sum(body.mass, axis=0), 1e-12)
+
+
 def centre_of_mass_x(body: Body, x: jax.Array) -> jax.Array:
-    """Mass-weighted mean x per body [B] (0 for an empty padding lane)."""
-    total = jnp.sum(body.mass, axis=0)
-    return jnp.sum(body.mass * x, axis=0) / jnp.maximum(total, 1e-12)
+    """Mass-weighted mean x per body [B] (0 for an empty padding lane). Works for y too."""
+    return jnp.sum(body.mass * x, axis=0) / total_mass(body)
+
+
+def touching(
+    params: SimParams, terrain: Terrain, body: Body, x: jax.Array, y: jax.Array
+) -> jax.Array:
+    """[B] bool: some real joint is within `touch_distance` of the floor, ceiling or a wall."""
+    h, slope = floor_and_slope(terrain, x)
+    gap = (y - h) / jnp.sqrt(1.0 + slope * slope)
+    near = gap <= params.touch_distance
+    if "ceiling" in terrain.features:
+        near = near | (ceiling_height(terrain, x) - y <= params.touch_distance)
+    if "walls" in terrain.features:
+        near = near | (x - terrain.wall_left <= params.touch_distance)
+        near = near | (terrain.wall_right - x <= params.touch_distance)
+    return jnp.any(near & (body.joint_mask > 0), axis=0)
 
 
 # ---- the step ------------------------------------------------------------------------------------
@@ -185,6 +360,11 @@ def spring_solver(params: SimParams, body: Body) -> SpringSolver:
     """One Jacobi XPBD iteration over all springs: `(x, y, lam, target, alpha_tilde) -> (x, y,
     lam)`, with everything that depends only on the body (end weights, indices) computed once.
 
+    Momentum: spring s moves its ends by `-w_i * k_s * dlam * n` and `+w_j * k_s * dlam * n`
+    with one factor `k_s = relaxation / max(deg_i, deg_j)`; mass times displacement sums to zero,
+    so no spring moves the centre of mass. `lam` accumulates `k_s * dlam`, the increment actually
+    applied, and muscles' `lam` is clamped to `muscle_force * h^2` (the force cap).
+
     Layout: gather both ends of every spring (flat per-lane indices), then scatter-add the
     corrections back with one merged flat scatter; work ~ springs. (A dense all-pairs variant,
     contracting with each body's [S, J] incidence matrix, was 15x slower here even at 16 joints:
@@ -194,7 +374,10 @@ def spring_solver(params: SimParams, body: Body) -> SpringSolver:
     si, sj = body.spring_i, body.spring_j
     wi, wj = _gather(body.inv_mass, si), _gather(body.inv_mass, sj)
     w_sum = wi + wj
-    scale = params.relaxation / body.degree
+    degree = jnp.maximum(_gather(body.degree, si), _gather(body.degree, sj))
+    scale = params.relaxation / degree * body.spring_mask
+    h = params.substep_dt
+    cap = jnp.where(body.is_muscle > 0, params.muscle_force * h * h, jnp.inf).astype(w_sum.dtype)
     lane = jnp.arange(B, dtype=si.dtype)
     flat = jnp.concatenate([si * B + lane, sj * B + lane], axis=0).reshape(-1)
     signed_w = jnp.concatenate([-wi, wj], axis=0)
@@ -209,7 +392,7 @@ def spring_solver(params: SimParams, body: Body) -> SpringSolver:
             axis=-1,
         ).reshape(-1, 2)
         corr = jnp.zeros((J * B, 2), px.dtype).at[flat].add(vals).reshape(J, B, 2)
-        return scale * corr[..., 0], scale * corr[..., 1]
+        return corr[..., 0], corr[..., 1]
 
     def solve(
         x: jax.Array, y: jax.Array, lam: jax.Array, target: jax.Array, alpha_tilde: jax.Array
@@ -218,9 +401,11 @@ def spring_solver(params: SimParams, body: Body) -> SpringSolver:
         length = jnp.sqrt(dx * dx + dy * dy + 1e-12)
         c = length - target
         denom = w_sum + alpha_tilde
-        dlam = -(c + alpha_tilde * lam) / jnp.where(denom > 0, denom, 1.0) * body.spring_mask
-        cx, cy = apply(dlam * dx / length, dlam * dy / length)
-        return x + cx, y + cy, lam + dlam
+        dlam = -(c + alpha_tilde * lam) / jnp.where(denom > 0, denom, 1.0)
+        new_lam = jnp.clip(lam + scale * dlam, -cap, cap)
+        applied = new_lam - lam
+        cx, cy = apply(applied * dx / length, applied * dy / length)
+        return x + cx, y + cy, new_lam
 
     return solve
 
@@ -281,16 +466,17 @@ class Prepared(NamedTuple):
     """Per-body constants of a rollout, computed once instead of once per substep."""
 
     solve: SpringSolver
-    stroke_sin: jax.Array  # [S, B] L0 * alpha * cos(2 pi phase): coefficient of sin(omega t)
-    stroke_cos: jax.Array  # [S, B] L0 * alpha * sin(2 pi phase): coefficient of cos(omega t)
+    stroke_sin: jax.Array  # [S, B] L0 * alpha' * cos(2 pi phase): coefficient of sin(omega t)
+    stroke_cos: jax.Array  # [S, B] L0 * alpha' * sin(2 pi phase): coefficient of cos(omega t)
     alpha_tilde: jax.Array  # [S, B] XPBD compliance / h^2
+    total_mass: jax.Array  # [B]
 
 
 def prepare(params: SimParams, body: Body) -> Prepared:
     """Hoist everything that depends only on the body out of the time loop. The muscle target
     uses sin(wt + p) = sin(wt) cos(p) + cos(wt) sin(p), so a substep costs two scalar
     transcendentals instead of one per spring."""
-    alpha = muscle_stretch(params, body.amplitude) * body.is_muscle * body.rest
+    alpha = stroke_alpha(params, body.amplitude, body.rest) * body.is_muscle * body.rest
     angle = 2.0 * jnp.pi * body.phase
     h = params.substep_dt
     compliance = jnp.where(body.is_muscle > 0, params.muscle_compliance, params.bone_compliance)
@@ -299,6 +485,7 @@ def prepare(params: SimParams, body: Body) -> Prepared:
         stroke_sin=alpha * jnp.cos(angle),
         stroke_cos=alpha * jnp.sin(angle),
         alpha_tilde=(compliance / (h * h)).astype(body.rest.dtype),
+        total_mass=total_mass(body),
     )
 
 
@@ -310,15 +497,46 @@ def _target(params: SimParams, body: Body, prep: Prepared, t: jax.Array, mod: ja
     return body.rest + (ramp * mod) * stroke
 
 
+def _lengths(body: Body, x: jax.Array, y: jax.Array) -> jax.Array:
+    dx = _gather(x, body.spring_j) - _gather(x, body.spring_i)
+    dy = _gather(y, body.spring_j) - _gather(y, body.spring_i)
+    return jnp.sqrt(dx * dx + dy * dy + 1e-12)
+
+
+def _damp_deformation(
+    params: SimParams, body: Body, prep: Prepared, state: SimState
+) -> tuple[jax.Array, jax.Array]:
+    """Velocities with their non-rigid part decayed by exp(-damping * h): tissue losses.
+
+    The rigid part (centre-of-mass velocity plus the best-fit spin, omega = L / I about the
+    centre of mass) is kept, so damping changes neither momentum nor angular momentum: a body in
+    free flight still follows the gravity parabola, and a rolling wheel is not braked by it.
+    """
+    keep = jnp.exp(-params.damping * params.substep_dt)
+    m = body.mass
+    vcx = jnp.sum(m * state.vx, axis=0) / prep.total_mass
+    vcy = jnp.sum(m * state.vy, axis=0) / prep.total_mass
+    rx = state.x - jnp.sum(m * state.x, axis=0) / prep.total_mass
+    ry = state.y - jnp.sum(m * state.y, axis=0) / prep.total_mass
+    spin = jnp.sum(m * (rx * (state.vy - vcy) - ry * (state.vx - vcx)), axis=0)
+    inertia = jnp.sum(m * (rx * rx + ry * ry), axis=0)
+    omega = spin / jnp.maximum(inertia, 1e-9)
+    rigid_x = vcx - omega * ry
+    rigid_y = vcy + omega * rx
+    return rigid_x + (state.vx - rigid_x) * keep, rigid_y + (state.vy - rigid_y) * keep
+
+
 def substep(
     params: SimParams, body: Body, terrain: Terrain, state: SimState, prep: Prepared
 ) -> SimState:
     """One XPBD substep of length dt / substeps (`prep` from `prepare`)."""
     h = params.substep_dt
     m = body.joint_mask
-    keep = jnp.exp(-params.damping * h)
-    vx = state.vx * keep
-    vy = (state.vy - params.gravity * h) * keep
+    vx, vy = _damp_deformation(params, body, prep, state)
+    vy = vy - params.gravity * h
+    if params.air_drag > 0:
+        drag = jnp.exp(-params.air_drag * h)
+        vx, vy = vx * drag, vy * drag
     vx, vy = vx * m, vy * m
     x_start, y_start = state.x, state.y
     x = x_start + vx * h
@@ -335,8 +553,19 @@ def substep(
         return x, y, lam
 
     lam0 = jnp.zeros_like(body.rest)
-    x, y, _ = jax.lax.fori_loop(0, params.iterations, iteration, (x, y, lam0))
-    return state.replace(x=x, y=y, vx=(x - x_start) / h, vy=(y - y_start) / h, t=t_next)
+    x, y, lam = jax.lax.fori_loop(0, params.iterations, iteration, (x, y, lam0))
+    # The muscle's force over the substep is lam / h^2 along the spring (tension when lam < 0),
+    # so its work is lam * (L_end - L_start) / h^2; count the positive part of each muscle.
+    stretch = _lengths(body, x, y) - _lengths(body, x_start, y_start)
+    work = jnp.maximum(lam * stretch, 0.0) * body.is_muscle / (h * h)
+    return state.replace(
+        x=x,
+        y=y,
+        vx=(x - x_start) / h,
+        vy=(y - y_start) / h,
+        t=t_next,
+        muscle_work=state.muscle_work + jnp.sum(work, axis=0),
+    )
 
 
 def step(params: SimParams, body: Body, state: SimState, terrain: Terrain) -> SimState:
@@ -355,19 +584,29 @@ def _frame(
         & jnp.all(jnp.isfinite(new.vx) & jnp.isfinite(new.vy), axis=0)
         & jnp.all((jnp.abs(new.x) < params.max_coordinate), axis=0)
         & jnp.all((jnp.abs(new.y) < params.max_coordinate), axis=0)
+        & jnp.isfinite(new.muscle_work)
     )
     alive = state.alive & ok
 
     def pick(a_new: jax.Array, a_old: jax.Array) -> jax.Array:
         return jnp.where(alive, a_new, a_old)
 
+    # Diagnostics of the frame, on the state it ends in (frozen bodies keep their last values).
+    x, y = pick(new.x, state.x), pick(new.y, state.y)
+    step_x = centre_of_mass_x(body, x - state.x)
+    step_y = centre_of_mass_x(body, y - state.y)
+    speed = jnp.sqrt(step_x * step_x + step_y * step_y) / params.dt
+    airborne = ~touching(params, terrain, body, x, y)
     zero = jnp.zeros_like(state.vx)
     return new.replace(
-        x=pick(new.x, state.x),
-        y=pick(new.y, state.y),
+        x=x,
+        y=y,
         vx=pick(new.vx, zero),
         vy=pick(new.vy, zero),
         alive=alive,
+        airborne_frames=state.airborne_frames + airborne.astype(x.dtype),
+        peak_speed=jnp.maximum(state.peak_speed, jnp.where(alive, speed, 0.0)),
+        muscle_work=pick(new.muscle_work, state.muscle_work),
     )
 
 
@@ -418,6 +657,17 @@ def bone_length_error(body: Body, x: jax.Array, y: jax.Array) -> jax.Array:
     bone = body.spring_mask * (1.0 - body.is_muscle)
     err = jnp.abs(length - body.rest) / jnp.maximum(body.rest, 1e-6) * bone
     return jnp.max(err, axis=0)
+
+
+def diagnostics(params: SimParams, body: Body, start: SimState, final: SimState) -> Diagnostics:
+    """The diagnostics of the rollout from `start` to `final` (see `Diagnostics`)."""
+    frames = jnp.maximum(jnp.round((final.t - start.t) / params.dt), 1.0)
+    return Diagnostics(
+        airborne_fraction=(final.airborne_frames - start.airborne_frames) / frames,
+        peak_speed=final.peak_speed,
+        bone_error=bone_length_error(body, final.x, final.y),
+        muscle_work=(final.muscle_work - start.muscle_work) / total_mass(body),
+    )
 
 
 def simulate_dx(params: SimParams, body: Body, terrain: Terrain) -> tuple[jax.Array, jax.Array]:

@@ -261,6 +261,33 @@ def validate(walker: Walker) -> None:
         raise WalkerError(
             f"joint {worst} has more than MAX_MUSCLES_PER_JOINT={MAX_MUSCLES_PER_JOINT}"
         )
+    loose = disconnected_joints(n, [(m.i, m.j) for m in walker.muscles])
+    if loose:
+        raise WalkerError(
+            f"disconnected: joints {loose[:8]} are not connected to joint 0 "
+            "(a walker must be one piece)"
+        )
+
+
+def disconnected_joints(num_joints: int, connections: Any) -> list[int]:
+    """Joints not reachable from joint 0 through connections (`(i, j, ...)` rows), ascending.
+
+    Empty for a walker in one piece. Loose pieces are not a body: they would move a gait into
+    other descriptor cells without being part of it."""
+    parent = list(range(num_joints))
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for c in connections:
+        a, b = int(c[0]), int(c[1])
+        if 0 <= a < num_joints and 0 <= b < num_joints:
+            parent[root(a)] = root(b)
+    base = root(0) if num_joints else 0
+    return [k for k in range(num_joints) if root(k) != base]
 
 
 def descriptors(walker: Walker) -> tuple[float, float, float]:
