@@ -4,7 +4,8 @@
 RUN_DIR/
   config.yaml        the whole recipe; `--resume` reads it back
   provenance.json    elmjax commit, jax/jaxlib/flax versions, XLA flags, devices, model + sha256,
-                     store schema version, start time, command line
+                     store schema version, physics identity (Sodarace: version + SimParams
+                     hash; resume refuses another), start time, command line
   programs.sqlite    every candidate ever evaluated (the journal, `elmjax.store`)
   checkpoints/       orbax checkpoints (archive window, generation)
   metrics.jsonl      one JSON object per generation
@@ -182,6 +183,7 @@ def provenance(
         "model": model,
         "operator": config.mutation.operator,
         "store_schema_version": store_schema,
+        "physics": physics_provenance(config),
         "seed": config.seed,
         "command": sys.argv,
         "started_unix": time.time(),
@@ -290,15 +292,62 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 # -- opening a run: the pieces its config names ---------------------------------------------------
 
 
+def sim_params(config: RunConfig) -> Any:
+    """The simulator's `SimParams` of a Sodarace config (`env.seconds`, then `env.physics`)."""
+    from elmjax.sodarace.physics import SimParams, with_overrides
+
+    return with_overrides(SimParams(seconds=config.env.seconds), dict(config.env.physics))
+
+
+def physics_provenance(config: RunConfig) -> dict[str, Any] | None:
+    """The run's physics identity (`physics.physics_identity`); None for domains without one."""
+    if config.env.name != "sodarace":
+        return None
+    from elmjax.sodarace.physics import physics_identity
+
+    return physics_identity(sim_params(config))
+
+
+def check_physics(path: Path, config: RunConfig) -> None:
+    """Refuse to resume a run made under other physics (or whose physics is not recorded):
+    scores from two simulators in one archive compare nothing."""
+    current = physics_provenance(config)
+    if current is None:
+        return
+    try:
+        recorded = json.loads((path / PROVENANCE).read_text()).get("physics")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    now = f"version {current['version']}, parameters {current['params_hash']}"
+    if not isinstance(recorded, dict):
+        raise RunDirError(
+            f"{path} records no physics identity in {PROVENANCE} (made by an elmjax older than "
+            f"physics version 2?); this elmjax simulates physics {now}. Its scores would not be "
+            "comparable: start a new run instead of resuming"
+        )
+    if (recorded.get("version"), recorded.get("params_hash")) != (
+        current["version"],
+        current["params_hash"],
+    ):
+        old = recorded.get("params") or {}
+        changed = sorted(k for k in current["params"] if old.get(k) != current["params"][k])
+        raise RunDirError(
+            f"{path} was made under physics version {recorded.get('version')}, parameters "
+            f"{recorded.get('params_hash')}; this elmjax simulates physics {now}"
+            + (f" (differs in: {', '.join(changed)})" if changed and old else "")
+            + ". Its scores would not be comparable: resume it with the elmjax that made it, "
+            "or start a new run"
+        )
+
+
 def make_environment(config: RunConfig) -> Any:
     """The `Environment` a config names (`env.name`), built the same way for a run and its report."""
     if config.env.name == "sodarace":
         from elmjax.sodarace.env import Sodarace
-        from elmjax.sodarace.physics import SimParams
 
         return Sodarace(
             terrain=config.env.terrain,
-            params=SimParams(seconds=config.env.seconds),
+            params=sim_params(config),
             chunk=config.env.chunk or None,
         )
     from elmjax.envs.parity import Parity

@@ -33,7 +33,23 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+#: 2: the physical diagnostics of every Sodarace evaluation got their own columns
+#: (`airborne_fraction`, `peak_speed`, `bone_error`, `muscle_work`); a version-1 store is
+#: upgraded in place when opened (the new columns are NULL for its rows).
+SCHEMA_VERSION = 2
+
+#: Columns added by each schema version after 1, with their SQL type (in-place upgrade).
+_ADDED_COLUMNS = {
+    2: (
+        ("airborne_fraction", "REAL"),
+        ("peak_speed", "REAL"),
+        ("bone_error", "REAL"),
+        ("muscle_work", "REAL"),
+    ),
+}
+
+#: The simulator's diagnostics, stored as columns (NULL where the domain reports none).
+DIAGNOSTIC_COLUMNS = ("airborne_fraction", "peak_speed", "bone_error", "muscle_work")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -60,7 +76,11 @@ CREATE TABLE IF NOT EXISTS programs (
     dx              REAL,
     seconds         REAL,               -- wall time to run and check the program
     tokens          BLOB,               -- int32 token ids (optional)
-    extras          TEXT                -- JSON object of anything else
+    extras          TEXT,               -- JSON object of anything else
+    airborne_fraction REAL,             -- share of frames with no joint touching a surface
+    peak_speed      REAL,               -- largest centre-of-mass speed (units/s)
+    bone_error      REAL,               -- largest relative bone-length error at the end
+    muscle_work     REAL                -- positive muscle work per unit mass (units^2/s^2)
 );
 CREATE INDEX IF NOT EXISTS programs_generation ON programs (generation, batch_index);
 CREATE INDEX IF NOT EXISTS programs_cell ON programs (cell);
@@ -98,6 +118,10 @@ class ProgramRecord:
     seconds: float | None = None
     tokens: list[int] | None = None
     extras: dict[str, Any] | None = None
+    airborne_fraction: float | None = None
+    peak_speed: float | None = None
+    bone_error: float | None = None
+    muscle_work: float | None = None
     generation: int = -1
     batch_index: int = -1
 
@@ -131,6 +155,8 @@ def _to_row(rec: ProgramRecord) -> tuple:
     d["entered"] = int(bool(rec.entered))
     d["fitness"] = _finite_or_none(rec.fitness)
     d["dx"] = _finite_or_none(rec.dx)
+    for name in DIAGNOSTIC_COLUMNS:
+        d[name] = _finite_or_none(d[name])
     # float32 -> float64 -> repr is exact, so replay sees the very same descriptor.
     d["descriptor"] = (
         None if rec.descriptor is None else json.dumps([float(v) for v in rec.descriptor])
@@ -187,6 +213,9 @@ class ProgramStore:
                     if stmt.strip():
                         self._db.execute(stmt)
                 rows = self._db.execute("SELECT version FROM schema_version").fetchall()
+                if rows and 1 <= rows[0][0] < SCHEMA_VERSION:
+                    self._upgrade(rows[0][0])
+                    rows = [(SCHEMA_VERSION,)]
                 if not rows:
                     self._db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
                 elif rows[0][0] != SCHEMA_VERSION:
@@ -198,6 +227,16 @@ class ProgramStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def _upgrade(self, version: int) -> None:
+        """Add the columns of every later schema version (inside `_create_schema`'s
+        transaction, so a failed upgrade leaves the store as it was)."""
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(programs)").fetchall()}
+        for v in range(version + 1, SCHEMA_VERSION + 1):
+            for name, kind in _ADDED_COLUMNS.get(v, ()):
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE programs ADD COLUMN {name} {kind}")
+        self._db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     def _recover(self) -> list[int]:
         """Delete rows of generations that have no completion marker; return those generations."""

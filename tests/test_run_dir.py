@@ -80,3 +80,32 @@ def test_a_run_that_never_began_can_be_started_again(tmp_path):
     other = load_config(None, ["seed=5"])
     run_dir.prepare_new(path, other)  # no --force needed: nothing was computed
     assert run_dir.load_run_config(path) == other
+
+
+def test_physics_keys_in_config_and_on_the_command_line():
+    config = load_config(None, ["env.physics.substeps=12", "env.physics.friction=0.5"])
+    assert config.env.physics == {"substeps": 12, "friction": 0.5}
+    params = run_dir.sim_params(config)
+    assert (params.substeps, params.friction, params.seconds) == (12, 0.5, 10.0)
+    from elmjax.config import ConfigError
+
+    with pytest.raises(ConfigError, match="env.physics.*unknown physics parameter 'gravityy'"):
+        load_config(None, ["env.physics.gravityy=1"])
+    assert RunConfig.from_dict(config.to_dict()) == config  # survives config.yaml
+
+
+def test_resume_under_other_or_unrecorded_physics_is_refused(tmp_path):
+    config = RunConfig()
+    path = run_dir.prepare_new(tmp_path / "run", config)
+    info = {"physics": run_dir.physics_provenance(config)}
+    (path / run_dir.PROVENANCE).write_text(json.dumps(info))
+    run_dir.check_physics(path, config)  # same physics: fine
+    other = load_config(None, ["env.physics.muscle_force=1e9"])
+    with pytest.raises(run_dir.RunDirError, match="differs in: muscle_force.*start a new run"):
+        run_dir.check_physics(path, other)
+    (path / run_dir.PROVENANCE).write_text(json.dumps({"physics": None}))
+    with pytest.raises(run_dir.RunDirError, match="records no physics identity"):
+        run_dir.check_physics(path, config)
+    (path / run_dir.PROVENANCE).unlink()
+    with pytest.raises(run_dir.RunDirError, match="records no physics identity"):
+        run_dir.check_physics(path, config)

@@ -219,3 +219,40 @@ def test_queries(tmp_path):
         assert store.texts([0, 3, 99]) == {0: "seed a", 3: "cross"}
         assert store.next_program_id() == 7 and store.last_generation() == 1
         assert store.get(2).extras == {"dx": 2.0}
+
+
+def test_diagnostic_columns_round_trip_and_a_version_1_store_is_upgraded(tmp_path):
+    from elmjax.store import DIAGNOSTIC_COLUMNS, SCHEMA_VERSION
+
+    diag = {"airborne_fraction": 0.25, "peak_speed": 31.5, "bone_error": 0.004, "muscle_work": 9.0}
+    with ProgramStore(tmp_path / "p.sqlite") as store:
+        store.write_generation(0, [ProgramRecord(0, "a", valid=True, fitness=1.0, **diag)])
+        got = store.get(0)
+        assert {k: getattr(got, k) for k in DIAGNOSTIC_COLUMNS} == diag
+    # a store written before the diagnostics existed: the old table, version 1
+    db = sqlite3.connect(tmp_path / "old.sqlite")
+    db.executescript(
+        "CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (1);"
+        "CREATE TABLE programs (program_id INTEGER PRIMARY KEY, generation INTEGER NOT NULL,"
+        " batch_index INTEGER NOT NULL, text TEXT NOT NULL, parents TEXT NOT NULL,"
+        " parent_cell INTEGER NOT NULL, operator TEXT, model TEXT, temperature REAL, prompt TEXT,"
+        " raw_output TEXT, outcome_kind TEXT NOT NULL, outcome_message TEXT,"
+        " valid INTEGER NOT NULL, fitness REAL, descriptor TEXT, cell INTEGER NOT NULL,"
+        " entered INTEGER NOT NULL, status INTEGER NOT NULL, dx REAL, seconds REAL, tokens BLOB,"
+        " extras TEXT);"
+        "CREATE TABLE generations (generation INTEGER PRIMARY KEY,"
+        " num_programs INTEGER NOT NULL, committed_at REAL NOT NULL, info TEXT);"
+        "INSERT INTO programs VALUES (0, 0, 0, 'old', '[]', -1, NULL, NULL, NULL, NULL, NULL,"
+        " 'ok', NULL, 1, 2.0, '[1.0]', 3, 1, 1, 2.0, NULL, NULL, NULL);"
+        "INSERT INTO generations VALUES (0, 1, 0.0, NULL);"
+    )
+    db.commit()
+    db.close()
+    with ProgramStore(tmp_path / "old.sqlite") as store:
+        old = store.get(0)
+        assert old.text == "old" and old.fitness == 2.0 and old.peak_speed is None
+        store.write_generation(1, [ProgramRecord(1, "new", **diag)])
+        assert store.get(1).muscle_work == 9.0
+    db = sqlite3.connect(tmp_path / "old.sqlite")
+    assert db.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+    db.close()

@@ -101,10 +101,11 @@ def candidate_from_child(
 
 def store_record(c: Candidate) -> Any:
     """A candidate as the program store's row (elmjax.store.ProgramRecord)."""
-    from elmjax.store import ProgramRecord
+    from elmjax.store import DIAGNOSTIC_COLUMNS, ProgramRecord
 
     extras: dict[str, Any] = dict(c.extras)
     dx = extras.pop("dx", None)
+    diagnostics = {name: extras.pop(name, None) for name in DIAGNOSTIC_COLUMNS}
     if c.detail:
         extras["detail"] = c.detail
     return ProgramRecord(
@@ -128,6 +129,7 @@ def store_record(c: Candidate) -> Any:
         dx=dx,
         seconds=c.seconds,
         extras=extras or None,
+        **diagnostics,
     )
 
 

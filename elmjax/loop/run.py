@@ -62,9 +62,12 @@ class ELM:
         self._new_config = False
         processes.check_same_config(self.cluster, config)
         if resume:
-            processes.on_leader(
-                self.cluster, lambda: run_dir.check_writable(self.out), "the directory check"
-            )
+
+            def check_resumable() -> None:
+                run_dir.check_writable(self.out)
+                run_dir.check_physics(self.out, config)
+
+            processes.on_leader(self.cluster, check_resumable, "the directory check")
         else:
 
             def prepare() -> None:
