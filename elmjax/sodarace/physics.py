@@ -35,7 +35,7 @@ speed cap of 120 units/s at 60 Hz): we keep bones rigid (XPBD, zero compliance) 
 joints because the descriptor and the paper's listings treat "distance" connections as bones; we
 bound muscles by force and stroke speed, which are physical, instead of by softness and a
 translation clamp, which are solver artifacts (the clamp alone stops nothing that tumbles slower
-than 120 units/s); our linear damping acts only on motion relative to the centre of mass, because
+than 120 units/s); our damping acts only on non-rigid motion (deformation), because
 Box2D's 1.1 /s drag on the whole body would mean a 1 m walker falling through syrup (real air drag
 on it is ~0.01 /s) and would break the free-flight law `a_com = g` that the tests check.
 
@@ -104,39 +104,43 @@ class SimParams:
     #: Damping (1/s) of the non-rigid part of joint velocities (what is left after the centre of
     #: mass's velocity and the body's mean spin): tissue and joint losses. It changes neither
     #: momentum nor angular momentum (free flight stays a parabola, rolling is not braked);
-    #: 1 /s settles a wobble within a few strokes without masking a 1 Hz gait.
-    damping: float = struct.field(pytree_node=False, default=1.0)
+    #: 0.5 /s settles a wobble within a few strokes without masking a 1 Hz gait.
+    damping: float = struct.field(pytree_node=False, default=0.5)
     #: Air drag (1/s) on the whole body. 0: for a 1-3 m walker at a few m/s real drag is ~0.01 /s,
     #: and any drag would bend the free-flight parabola.
     air_drag: float = struct.field(pytree_node=False, default=0.0)
     #: Muscle frequency (Hz). One stroke per second: a walker's natural ~1 Hz gait at this size,
     #: and 10 strokes in T.
     frequency: float = struct.field(pytree_node=False, default=1.0)
-    #: Largest relative length change of a muscle (dimensionless): L in [0.7, 1.3] * L0 at most,
-    #: the working range of a vertebrate muscle (about +-30% of its rest length).
-    max_stretch: float = struct.field(pytree_node=False, default=0.3)
+    #: Largest relative length change of a muscle (dimensionless): L in [0.5, 1.5] * L0 at most,
+    #: the range over which a vertebrate muscle can still pull (it produces no force below about
+    #: half its rest length).
+    max_stretch: float = struct.field(pytree_node=False, default=0.5)
     #: Program amplitude (dimensionless) at which the stretch reaches tanh(1) = 76% of
-    #: `max_stretch`. The paper's 2, 5 and 10 give stretches 0.07, 0.17 and 0.26: legal and
-    #: distinct, saturating beyond.
-    amplitude_scale: float = struct.field(pytree_node=False, default=8.0)
+    #: `max_stretch`. The paper's 2, 5 and 10 give stretches 0.23, 0.42 and 0.49 before the
+    #: stroke-speed limit: legal and distinct, saturating beyond. (8, the earlier value, left
+    #: the seeds' strokes too small to move them once momentum was conserved.)
+    amplitude_scale: float = struct.field(pytree_node=False, default=4.0)
     #: Peak stroke speed (units/s) of a muscle's target length: 30 units/s = 3 m/s, the top
     #: shortening speed of a fast 30 cm muscle (~10 rest lengths/s). Without it a long muscle's
     #: stroke speed grows with its length, so size paid by itself. Applied smoothly:
     #: alpha -> alpha * v / sqrt(v^2 + (L0 alpha omega)^2), still strictly increasing in alpha.
     stroke_speed: float = struct.field(pytree_node=False, default=30.0)
-    #: Force cap (mass * units/s^2) of one muscle, pulling or pushing. 2000 = the weight of a
-    #: 20-mass-unit load (a small seed weighs 40-140): several muscles together can lift and
-    #: swing the body, one cannot fling it. Same for every muscle: all connections share one
-    #: cross-section (mass per length RHO), and muscle force scales with cross-section.
-    muscle_force: float = struct.field(pytree_node=False, default=2000.0)
+    #: Force cap (mass * units/s^2) of one muscle, pulling or pushing. 10000 = the weight of a
+    #: 100-mass-unit body (the seeds weigh 40-140, evolved linkages up to ~600): a seed's legs
+    #: can carry and push it, a muscle cannot fling a big body (5000 and below left the runner
+    #: and the wheel unable to travel a body width). Same for every muscle: all connections
+    #: share one cross-section (mass per length RHO), and muscle force scales with it.
+    muscle_force: float = struct.field(pytree_node=False, default=10000.0)
     #: Time (s) over which muscle stretch ramps from 0 to full: a muscle whose phase starts it
     #: mid-stroke would otherwise jerk the body in the first frame.
     ramp: float = struct.field(pytree_node=False, default=0.25)
     #: XPBD compliance of passive connections (units/force); 0 = rigid bones.
     bone_compliance: float = struct.field(pytree_node=False, default=0.0)
-    #: XPBD compliance of muscles (units/force): 1e-4 is a stiff tendon (a 2000-force pull
-    #: stretches it 0.2 units); the force cap, not softness, bounds what a muscle can do.
-    muscle_compliance: float = struct.field(pytree_node=False, default=1.0e-4)
+    #: XPBD compliance of muscles (units/force): 1e-5 is a stiff tendon (a full 10000-force
+    #: pull stretches it 0.1 units); the force cap and the stroke speed, not softness, bound
+    #: what a muscle can do.
+    muscle_compliance: float = struct.field(pytree_node=False, default=1.0e-5)
     #: Coulomb friction coefficient (dimensionless), isotropic: the same both ways along the
     #: surface. 1.0 is rubber on concrete; enough grip that a pushing foot does not slip.
     friction: float = struct.field(pytree_node=False, default=1.0)
