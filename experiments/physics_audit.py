@@ -282,6 +282,38 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def markdown(out: dict[str, Any]) -> str:
+    """The RESULTS.md table of an audit (one row per run seed, then all runs together)."""
+
+    def f(v: Any, fmt: str) -> str:
+        return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
+
+    lines = [
+        "| seed | evals | coverage | valid children | top-10 median airborne | median / max peak "
+        "COM speed (units/s) | best / median travel per size | median peak joint accel (g) | "
+        "free-flight residual (g) | muscle power (W/kg) | rank corr vs ref / jitter | changed "
+        "by half vs ref / jitter | median default / ref |",
+        "|" + "---|" * 13,
+    ]
+    for run in out["runs"]:
+        s, r = run["summary"], run["robustness"]
+        lines.append(
+            f"| {run['seed']} | {run['evaluations']} | {run['coverage']} | "
+            f"{run['valid_rate_children']:.1%} | {f(s['median_airborne_fraction'], '.2f')} | "
+            f"{f(s['median_peak_speed'], '.0f')} / {f(s['max_peak_speed'], '.0f')} | "
+            f"{f(s['best_travel_per_size'], '.1f')} / {f(s['median_travel_per_size'], '.1f')} | "
+            f"{f(s['median_peak_joint_accel_g'], '.0f')} | "
+            f"{f(s['median_free_flight_residual_g'], '.2f')} | "
+            f"{f(s['median_muscle_power_w_per_kg'], '.0f')} | "
+            f"{f(r.get('rank_corr_reference'), '.2f')} / {f(r.get('rank_corr_jitter'), '.2f')} | "
+            f"{f(r.get('changed_by_half_reference'), '.0%')} / "
+            f"{f(r.get('changed_by_half_jitter'), '.0%')} | "
+            f"{f(r.get('median_default'), '.0f')} / {f(r.get('median_reference'), '.0f')} "
+            f"({r.get('default_substeps')} vs {r.get('reference_substeps')} substeps) |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one seed, 1,500 evaluations, top 5")
@@ -292,7 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sheet", default=None, help="contact sheet PNG of the first run's top 5")
     ap.add_argument("--json", default=None, help="write every figure here")
     ap.add_argument("--label", default="", help="a name for this physics in the output")
+    ap.add_argument("--markdown", default=None, metavar="JSON", help="print the table of a --json")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
+        return 0
     budget = args.budget or (1500 if args.quick else 10_000)
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
     top = args.top or (5 if args.quick else 10)
@@ -323,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in res.items() if k != "top"}), flush=True)
     out["summary"] = summary([r for run in out["runs"] for r in run["top"]])
     print(json.dumps(out["summary"]))
+    print(markdown(out))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0

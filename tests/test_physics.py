@@ -328,10 +328,12 @@ def test_free_flight_centre_of_mass_accelerates_at_g_whatever_the_muscles_do():
     params = SimParams()
     walkers = _bodies_for_laws()
     body = pack(walkers, (16, 64))
-    s0 = lifted(body, 400.0)
+    # 150 units up, thrown up at 60 units/s: 115-220 units above the ground for 2 s. (Higher up,
+    # float32 positions quantise a frame's COM acceleration in steps of 0.1 units/s^2.)
+    s0 = lifted(body, 150.0)
     spin = 4.0  # rad/s, plus the muscles already beating
     cx, cy = centre_of_mass_x(body, s0.x), centre_of_mass_x(body, s0.y)
-    s0 = s0.replace(vx=-(s0.y - cy) * spin + 5.0, vy=(s0.x - cx) * spin + 30.0, t=s0.t + 1.0)
+    s0 = s0.replace(vx=-(s0.y - cy) * spin + 5.0, vy=(s0.x - cx) * spin + 60.0, t=s0.t + 1.0)
     px, _, _, com_y = _energy_scan(params, body, s0, 120)  # 2 s: far above the ground
     com_y = np.asarray(com_y, np.float64)
     accel = np.diff(com_y, 2, axis=0) / params.dt**2  # [F - 2, B]
@@ -411,7 +413,8 @@ def test_stroke_speed_is_limited_and_paper_amplitudes_stay_distinct():
     alpha = np.asarray(stroke_alpha(p, amps, rest))
     assert (np.asarray(rest) * alpha * omega < p.stroke_speed).all()
     assert (np.diff(alpha, axis=1) > 0).all()  # 2 < 5 < 10 < 100 for every length
-    assert (alpha[:2, 1] - alpha[:2, 0] > 0.03).all() and (alpha[:2, 2] - alpha[:2, 1] > 0.03).all()
+    # seed-sized muscles (5-10 units): the paper's 2, 5 and 10 differ by more than 5%
+    assert (alpha[:2, 1:3] / alpha[:2, 0:2] > 1.05).all()
 
 
 def test_disconnected_bodies_are_invalid():

@@ -249,3 +249,32 @@ def test_gif_trajectory_ends_on_the_scored_state_bitwise():
     assert abs(scored.extras["dx"][-1]) > 100.0  # the exploit is a fast, chaotic gait
     odd = trajectory(walkers[-1], fps=7)  # a frame every 9: 600 % 9 = 6 frames past the last
     assert odd.times[-1] == pytest.approx(10.0) and odd.dx[-1] == scored.extras["dx"][-1]
+
+
+def test_simulate_prints_diagnostics_and_takes_physics_overrides(tmp_path, capsys):
+    from elmjax.sodarace.cli import simulate_command
+
+    square = tmp_path / "square.py"
+    square.write_text(Sodarace().seed_programs()["square"])
+    names = ("airborne_fraction", "peak_speed", "bone_error", "muscle_work")
+
+    def run(*physics):
+        args = argparse.Namespace(
+            programs=[str(square)], terrain="flat", seconds=1.0, json=True, gif=None,
+            physics=list(physics),
+        )  # fmt: skip
+        status = simulate_command(args)
+        return status, [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+
+    status, (row,) = run("substeps=6")
+    assert status == 0 and row["ok"] and row["valid"] is not False
+    assert all(isinstance(row[k], float) for k in names)
+    # a bound no body meets: the row is invalid, keeps its diagnostics and names the reason
+    status, (row,) = run("max_bone_error=0", "bone_compliance=0.01")
+    assert status == 1 and not row["ok"]
+    assert row["error"]["reason"] == "bone_error" and row["bone_error"] > 0
+    assert all(isinstance(row[k], float) for k in names)
+    status, (row,) = run("gravityy=1")
+    assert status == 1 and "unknown physics parameter 'gravityy'" in row["error"]["message"]
+    status, (row,) = run("substeps")
+    assert status == 1 and "KEY=VALUE" in row["error"]["message"]
