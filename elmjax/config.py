@@ -157,7 +157,7 @@ class EnvConfig:
         if self.physics:
             if self.name != "sodarace":
                 raise ConfigError("env.physics", f"only Sodarace has physics, not {self.name!r}")
-            from elmjax.sodarace.physics import SimParams, with_overrides
+            from elmjax.sodarace.params import SimParams, with_overrides
 
             try:
                 with_overrides(SimParams(seconds=self.seconds), self.physics)

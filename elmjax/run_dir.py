@@ -294,7 +294,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 def sim_params(config: RunConfig) -> Any:
     """The simulator's `SimParams` of a Sodarace config (`env.seconds`, then `env.physics`)."""
-    from elmjax.sodarace.physics import SimParams, with_overrides
+    from elmjax.sodarace.params import SimParams, with_overrides
 
     return with_overrides(SimParams(seconds=config.env.seconds), dict(config.env.physics))
 
@@ -303,7 +303,7 @@ def physics_provenance(config: RunConfig) -> dict[str, Any] | None:
     """The run's physics identity (`physics.physics_identity`); None for domains without one."""
     if config.env.name != "sodarace":
         return None
-    from elmjax.sodarace.physics import physics_identity
+    from elmjax.sodarace.params import physics_identity
 
     return physics_identity(sim_params(config))
 

@@ -68,7 +68,7 @@ def simulate_command(args: argparse.Namespace) -> int:
 
     if walkers:
         from elmjax.sodarace import env as env_lib
-        from elmjax.sodarace.physics import SimParams, with_overrides
+        from elmjax.sodarace.params import SimParams, with_overrides
 
         params = with_overrides(SimParams(seconds=seconds), overrides)
         env = env_lib.Sodarace(terrain=terrain_name, params=params)
@@ -172,7 +172,7 @@ def _check_physics(overrides: dict[str, str], seconds: float) -> str | None:
     """The problem with `--physics` overrides, or None."""
     if not overrides:
         return None
-    from elmjax.sodarace.physics import SimParams, with_overrides
+    from elmjax.sodarace.params import SimParams, with_overrides
 
     try:
         with_overrides(SimParams(seconds=seconds), overrides)

@@ -60,168 +60,23 @@ walker mass units (1 per joint plus RHO per unit of connection), force in mass *
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from elmjax.sodarace.body import Body
+from elmjax.sodarace.params import (  # noqa: F401  (re-exported: physics.SimParams etc.)
+    PHYSICS_VERSION,
+    SimParams,
+    check_params,
+    params_dict,
+    physics_identity,
+    with_overrides,
+)
 from elmjax.sodarace.terrain import Terrain, ceiling_height, floor_and_slope
-
-#: Bump when a change to this module changes any score: part of a run's physics identity
-#: (`physics_identity`), so a run is never resumed under other physics.
-PHYSICS_VERSION = 2
-
-
-@struct.dataclass
-class SimParams:
-    """Every constant of the simulator, with its unit and the reason for its value.
-
-    All fields are static (hashable, not traced): changing one compiles a new program.
-    """
-
-    #: Frame length (s). 60 Hz, Box2D's (and OpenELM's) usual step; muscles and recording use it.
-    dt: float = struct.field(pytree_node=False, default=1.0 / 60.0)
-    #: XPBD substeps per frame. Chosen for converged scores: elite scores and rankings at this
-    #: setting agree with the 12-substep reference (experiments/physics_audit.py).
-    substeps: int = struct.field(pytree_node=False, default=4)
-    #: Jacobi constraint iterations per substep; substeps buy more rigidity per FLOP than
-    #: iterations (Macklin 2019).
-    iterations: int = struct.field(pytree_node=False, default=2)
-    #: Over-relaxation of the per-spring Jacobi factor `relaxation / max(deg_i, deg_j)`
-    #: (dimensionless). Dividing by the larger degree is safe but under-corrects; 1.5 recovers
-    #: much of Gauss-Seidel's rate and stays below the divergence bound of 2.
-    relaxation: float = struct.field(pytree_node=False, default=1.5)
-    #: Simulated time T (s) of an evaluation: 10 s by default, i.e. 10 muscle periods.
-    seconds: float = struct.field(pytree_node=False, default=10.0)
-    #: Gravity (units/s^2): 9.81 m/s^2 with one unit = 0.1 m. Walkers are 1-3 m tall.
-    gravity: float = struct.field(pytree_node=False, default=98.1)
-    #: Damping (1/s) of the non-rigid part of joint velocities (what is left after the centre of
-    #: mass's velocity and the body's mean spin): tissue and joint losses. It changes neither
-    #: momentum nor angular momentum (free flight stays a parabola, rolling is not braked);
-    #: 0.5 /s settles a wobble within a few strokes without masking a 1 Hz gait.
-    damping: float = struct.field(pytree_node=False, default=0.5)
-    #: Air drag (1/s) on the whole body. 0: for a 1-3 m walker at a few m/s real drag is ~0.01 /s,
-    #: and any drag would bend the free-flight parabola.
-    air_drag: float = struct.field(pytree_node=False, default=0.0)
-    #: Muscle frequency (Hz). One stroke per second: a walker's natural ~1 Hz gait at this size,
-    #: and 10 strokes in T.
-    frequency: float = struct.field(pytree_node=False, default=1.0)
-    #: Largest relative length change of a muscle (dimensionless): L in [0.5, 1.5] * L0 at most,
-    #: the range over which a vertebrate muscle can still pull (it produces no force below about
-    #: half its rest length).
-    max_stretch: float = struct.field(pytree_node=False, default=0.5)
-    #: Program amplitude (dimensionless) at which the stretch reaches tanh(1) = 76% of
-    #: `max_stretch`. The paper's 2, 5 and 10 give stretches 0.23, 0.42 and 0.49 before the
-    #: stroke-speed limit: legal and distinct, saturating beyond. (8, the earlier value, left
-    #: the seeds' strokes too small to move them once momentum was conserved.)
-    amplitude_scale: float = struct.field(pytree_node=False, default=4.0)
-    #: Peak stroke speed (units/s) of a muscle's target length: 30 units/s = 3 m/s, the top
-    #: shortening speed of a fast 30 cm muscle (~10 rest lengths/s). Without it a long muscle's
-    #: stroke speed grows with its length, so size paid by itself. Applied smoothly:
-    #: alpha -> alpha * v / sqrt(v^2 + (L0 alpha omega)^2), still strictly increasing in alpha.
-    stroke_speed: float = struct.field(pytree_node=False, default=30.0)
-    #: Force cap (mass * units/s^2) of one muscle, pulling or pushing. 10000 = the weight of a
-    #: 100-mass-unit body (the seeds weigh 40-140, evolved linkages up to ~600): a seed's legs
-    #: can carry and push it, a muscle cannot fling a big body (5000 and below left the runner
-    #: and the wheel unable to travel a body width). Same for every muscle: all connections
-    #: share one cross-section (mass per length RHO), and muscle force scales with it.
-    muscle_force: float = struct.field(pytree_node=False, default=10000.0)
-    #: Time (s) over which muscle stretch ramps from 0 to full: a muscle whose phase starts it
-    #: mid-stroke would otherwise jerk the body in the first frame.
-    ramp: float = struct.field(pytree_node=False, default=0.25)
-    #: XPBD compliance of passive connections (units/force); 0 = rigid bones.
-    bone_compliance: float = struct.field(pytree_node=False, default=0.0)
-    #: XPBD compliance of muscles (units/force): 1e-5 is a stiff tendon (a full 10000-force
-    #: pull stretches it 0.1 units); the force cap and the stroke speed, not softness, bound
-    #: what a muscle can do.
-    muscle_compliance: float = struct.field(pytree_node=False, default=1.0e-5)
-    #: Coulomb friction coefficient (dimensionless), isotropic: the same both ways along the
-    #: surface. 1.0 is rubber on concrete; enough grip that a pushing foot does not slip.
-    friction: float = struct.field(pytree_node=False, default=1.0)
-    #: "hard" (projection onto the surface, exact) or "smooth" (softplus penetration, smooth
-    #: friction) contact. Smooth contact gives gradients through touch-down and lift-off.
-    contact: str = struct.field(pytree_node=False, default="hard")
-    #: Softplus width (units) of smooth contact: the surface is felt ~this far above it.
-    smooth_width: float = struct.field(pytree_node=False, default=0.05)
-    #: A joint "touches" a surface within this distance (units) of it; diagnostics only.
-    touch_distance: float = struct.field(pytree_node=False, default=0.05)
-    #: Validity bound (dimensionless) on the final relative length error of any bone: a body
-    #: whose bones the solver cannot hold to 10% is not the rigid body it claims to be.
-    max_bone_error: float = struct.field(pytree_node=False, default=0.1)
-    #: |x|, |y| (units) beyond which a body counts as exploded (walkers start within +-100).
-    max_coordinate: float = struct.field(pytree_node=False, default=1.0e4)
-
-    @property
-    def frames(self) -> int:
-        return int(round(self.seconds / self.dt))
-
-    @property
-    def substep_dt(self) -> float:
-        return self.dt / self.substeps
-
-
-def params_dict(params: SimParams) -> dict[str, Any]:
-    """Every field of `params` by name (plain Python values)."""
-    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
-
-
-def with_overrides(params: SimParams, overrides: dict[str, Any]) -> SimParams:
-    """`params` with fields replaced by name; string values (from `KEY=VALUE` on a command line)
-    are converted to the field's type. Raises ValueError naming an unknown or malformed key."""
-    fields = {f.name: f for f in dataclasses.fields(params)}
-    changes: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if key not in fields:
-            raise ValueError(f"unknown physics parameter {key!r}; choose from {sorted(fields)}")
-        kind = type(getattr(params, key))
-        try:
-            if kind is bool:
-                raise TypeError
-            changes[key] = kind(value) if not isinstance(value, kind) else value
-            if kind is int and isinstance(value, str) and str(changes[key]) != value.strip():
-                raise ValueError
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"physics parameter {key} must be {kind.__name__}, got {value!r}"
-            ) from None
-    out = params.replace(**changes)
-    check_params(out)
-    return out
-
-
-def check_params(params: SimParams) -> None:
-    """Raise ValueError for a setting the simulator cannot honour."""
-    positive = ("dt", "seconds", "frequency", "stroke_speed", "muscle_force", "max_coordinate")
-    for key in positive:
-        if not getattr(params, key) > 0:
-            raise ValueError(f"physics parameter {key} must be > 0, got {getattr(params, key)}")
-    if params.substeps < 1 or params.iterations < 1:
-        raise ValueError("physics parameters substeps and iterations must be >= 1")
-    if not 0 < params.relaxation < 2:
-        raise ValueError(f"physics parameter relaxation must be in (0, 2), got {params.relaxation}")
-    nonneg = ("gravity", "damping", "air_drag", "max_stretch", "ramp", "bone_compliance",
-              "muscle_compliance", "friction", "touch_distance", "max_bone_error")  # fmt: skip
-    for key in nonneg:
-        if not getattr(params, key) >= 0:
-            raise ValueError(f"physics parameter {key} must be >= 0, got {getattr(params, key)}")
-    if params.contact not in ("hard", "smooth"):
-        raise ValueError(
-            f"physics parameter contact must be hard or smooth, got {params.contact!r}"
-        )
-
-
-def physics_identity(params: SimParams) -> dict[str, Any]:
-    """What makes two runs' scores comparable: the module's `PHYSICS_VERSION` and a hash of every
-    `SimParams` field. Stored in a run's provenance; a resume under another identity is refused."""
-    text = json.dumps(params_dict(params), sort_keys=True, default=repr)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return {"version": PHYSICS_VERSION, "params_hash": digest, "params": params_dict(params)}
 
 
 @struct.dataclass
