@@ -246,7 +246,9 @@ def test_gif_trajectory_ends_on_the_scored_state_bitwise():
         mass = np.asarray(run.body.mass)[: run.x.shape[1], 0]
         com = run.x[-1] @ mass / mass.sum() - run.x[0] @ mass / mass.sum()
         assert com == pytest.approx(dx, rel=1e-5, abs=1e-4)  # the title's dx is the weighted COM
-    assert abs(scored.extras["dx"][-1]) > 100.0  # the exploit is a fast, chaotic gait
+    # The exploit travelled ~500 units when free flight could push its own centre of mass; with
+    # momentum conserved it still moves, chaotically (the GIF must still end where it scored).
+    assert abs(scored.extras["dx"][-1]) > 5.0
     odd = trajectory(walkers[-1], fps=7)  # a frame every 9: 600 % 9 = 6 frames past the last
     assert odd.times[-1] == pytest.approx(10.0) and odd.dx[-1] == scored.extras["dx"][-1]
 

@@ -22,11 +22,12 @@ from elmjax.sodarace.walker import check_walker, walker_creator
 
 
 def crawler(direction: float = 1.0):
-    """The Galloper seed (travels +x), mirrored for direction -1."""
+    """The Galloper seed, mirrored so that it travels toward `direction` in the first 3 s (it
+    goes -x there under the momentum-conserving physics; +x under the earlier one)."""
     g = {"walker_creator": walker_creator}
     exec(load_seed("galloper"), g)
     w = check_walker(g["make_walker"]())
-    return {**w, "joints": [[direction * x, y] for x, y in w["joints"]]}
+    return {**w, "joints": [[-direction * x, y] for x, y in w["joints"]]}
 
 
 @pytest.mark.parametrize("name", sorted(TERRAINS))

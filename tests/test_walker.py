@@ -251,10 +251,11 @@ def walkers(draw):
         st.lists(st.tuples(_coordinate, _coordinate), min_size=2, max_size=20, unique=True)
     )
     n = len(points)
-    pairs = draw(
+    # a chain through every joint first: a walker must be one connected piece
+    pairs = [(k, k + 1) for k in range(n - 1)] + draw(
         st.lists(
             st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)).filter(lambda p: p[0] != p[1]),
-            min_size=1,
+            min_size=0,
             max_size=40,
         )
     )

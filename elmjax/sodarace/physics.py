@@ -161,7 +161,7 @@ def init_state(body: Body, terrain: Terrain) -> SimState:
     """Rest state at t = 0 (see `placement`), diagnostics zeroed."""
     x, y = placement(body, terrain)
     zeros = jnp.zeros_like(x)
-    lanes = jnp.zeros(x.shape[-1:], x.dtype)
+    lanes = 0.0 * x[0]  # zeros per lane, derived from x: varying along a shard_map's data axis
     return SimState(
         x=x,
         y=y,
