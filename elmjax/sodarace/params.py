@@ -29,9 +29,10 @@ class SimParams:
 
     #: Frame length (s). 60 Hz, Box2D's (and OpenELM's) usual step; muscles and recording use it.
     dt: float = struct.field(pytree_node=False, default=1.0 / 60.0)
-    #: XPBD substeps per frame, for converged scores: on GP elites, 4 substeps scored the median
-    #: elite 19-46% above the 12-substep reference (evolution exploits a coarse integrator);
-    #: 6 scored it within 3% (experiments/RESULTS.md, physics audit).
+    #: XPBD substeps per frame. On a fixed set of GP elites the median score is flat from 6 to 16
+    #: substeps (4 overrated it by 19%); elites evolved at 6 still lose 16-47% at 12, mostly to
+    #: chaos (a 0.001-unit jitter costs them ~20%), which more substeps do not remove
+    #: (experiments/RESULTS.md, physics audit).
     substeps: int = struct.field(pytree_node=False, default=6)
     #: Jacobi constraint iterations per substep; substeps buy more rigidity per FLOP than
     #: iterations (Macklin 2019).
