@@ -163,7 +163,8 @@ def exchange(obj: Any, cluster: Cluster, what: str) -> list[Any]:
     data = np.frombuffer(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), np.uint8)
     try:
         sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int64)))
-        padded = np.zeros(int(sizes.max()), np.uint8)
+        # a power-of-two length: the gather compiles once per size class, not per generation
+        padded = np.zeros(1 << max(12, int(sizes.max() - 1).bit_length()), np.uint8)
         padded[: data.size] = data
         gathered = np.asarray(multihost_utils.process_allgather(padded))
     except Exception as err:  # gloo/NCCL report a vanished peer as a runtime error
