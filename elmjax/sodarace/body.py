@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import chex
 import jax
 import numpy as np
 from flax import struct
@@ -66,6 +67,43 @@ class Body:
     @property
     def batch_size(self) -> int:
         return int(self.x0.shape[-1])
+
+
+def check_body(body: Body, where: str) -> None:
+    """The shape contract of a packed batch at the entry of a device function (`where`, e.g.
+    "physics.rollout"), checked with chex while tracing (free once compiled).
+
+    Per-joint fields [J, B] float, per-spring fields [S, B] (joint indices int32, the rest
+    float), per-body `valid` [B] bool and `width` [B] float, one B throughout. A body packed
+    by hand with a field transposed or a batch cut short fails here, naming the field, instead
+    of gathering from the wrong lanes.
+    """
+    chex.assert_rank(body.valid, 1, custom_message=f"{where}: body.valid must be [B]")
+    chex.assert_type(body.valid, bool, custom_message=f"{where}: body.valid must be bool")
+    batch = body.valid.shape[0]
+    chex.assert_shape(
+        body.width, (batch,), custom_message=f"{where}: body.width must be [B={batch}]"
+    )
+    chex.assert_shape(
+        body.x0, (None, batch), custom_message=f"{where}: body.x0 must be [J, B={batch}]"
+    )
+    chex.assert_shape(
+        body.spring_i,
+        (None, batch),
+        custom_message=f"{where}: body.spring_i must be [S, B={batch}]",
+    )
+    joints, springs = body.x0.shape[0], body.spring_i.shape[0]
+    for name in ("x0", "y0", "mass", "inv_mass", "joint_mask", "degree"):
+        value = getattr(body, name)
+        message = f"{where}: body.{name} must be [J={joints}, B={batch}]"
+        chex.assert_shape(value, (joints, batch), custom_message=message)
+        chex.assert_type(value, float, custom_message=f"{where}: body.{name} must be floating")
+    for name in ("spring_i", "spring_j", "rest", "amplitude", "phase", "spring_mask", "is_muscle"):
+        value = getattr(body, name)
+        message = f"{where}: body.{name} must be [S={springs}, B={batch}]"
+        chex.assert_shape(value, (springs, batch), custom_message=message)
+        kind = int if name in ("spring_i", "spring_j") else float
+        chex.assert_type(value, kind, custom_message=f"{where}: body.{name} dtype")
 
 
 def as_dict(walker: Walker | dict[str, Any]) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from elmjax.sodarace.physics import (
     init_state,
     rollout,
 )
-from elmjax.sodarace.terrain import Terrain, get_terrain
+from elmjax.sodarace.terrain import Terrain, check_terrain, get_terrain
 from elmjax.sodarace.walker import check_walker, disconnected_joints
 
 #: The physical diagnostics every evaluation reports (`Evaluation.extras`, the program store,
@@ -132,6 +132,8 @@ def _simulate(params: SimParams, body: Body, terrain: Terrain) -> BodyResult:
 @functools.partial(jax.jit, static_argnums=(0,))
 def evaluate_bodies(params: SimParams, bodies: Body, terrain: Terrain) -> BodyResult:
     """Simulate a packed batch for `params.seconds` on `terrain` (jit; one device)."""
+    body_lib.check_body(bodies, "env.evaluate_bodies")
+    check_terrain(terrain, bodies.batch_size, "env.evaluate_bodies")
     return _simulate(params, bodies, terrain)
 
 

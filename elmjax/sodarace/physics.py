@@ -63,11 +63,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from elmjax.sodarace.body import Body
+from elmjax import tracing
+from elmjax.sodarace.body import Body, check_body
 from elmjax.sodarace.params import (  # noqa: F401  (re-exported: physics.SimParams etc.)
     PHYSICS_VERSION,
     SimParams,
@@ -76,7 +78,7 @@ from elmjax.sodarace.params import (  # noqa: F401  (re-exported: physics.SimPar
     physics_identity,
     with_overrides,
 )
-from elmjax.sodarace.terrain import Terrain, ceiling_height, floor_and_slope
+from elmjax.sodarace.terrain import Terrain, ceiling_height, check_terrain, floor_and_slope
 
 
 @struct.dataclass
@@ -469,6 +471,7 @@ def _frame(
     )
 
 
+@tracing.checked
 def rollout(
     params: SimParams,
     body: Body,
@@ -491,6 +494,7 @@ def rollout(
     different loop nest from evaluation's: it agreed bitwise on the seeds, but nothing made it.)
     Cost of recording: frames x J x B x 2 floats, 2.4 MB for 10 s of 8 lanes of 64 joints.
     """
+    check_rollout_args(body, terrain, state)
     frames = params.frames if frames is None else frames
     state = init_state(body, terrain) if state is None else state
     prep = prepare(params, body)  # hoisted: computed once, not once per step
@@ -506,6 +510,19 @@ def rollout(
     xs, ys = traj
     keep = slice(record_every - 1, frames - frames % record_every, record_every)
     return final, (xs[keep], ys[keep])
+
+
+def check_rollout_args(body: Body, terrain: Terrain, state: SimState | None) -> None:
+    """Shape contract of `rollout` (chex, at trace time): see `body.check_body`."""
+    check_body(body, "physics.rollout")
+    check_terrain(terrain, body.batch_size, "physics.rollout")
+    if state is not None:
+        for name in ("x", "y", "vx", "vy"):
+            message = f"physics.rollout: state.{name} must be body.x0's [J, B] {body.x0.shape}"
+            chex.assert_shape(getattr(state, name), body.x0.shape, custom_message=message)
+        chex.assert_shape(
+            state.alive, (body.batch_size,), custom_message="physics.rollout: state.alive"
+        )
 
 
 def bone_length_error(body: Body, x: jax.Array, y: jax.Array) -> jax.Array:

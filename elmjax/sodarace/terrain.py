@@ -20,8 +20,10 @@ the usual rough-ground variants.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -55,6 +57,20 @@ class Terrain:
     features: tuple[str, ...] = struct.field(
         pytree_node=False, default=("hills", "bumps", "stairs", "walls", "ceiling")
     )
+
+
+def check_terrain(terrain: Terrain, batch: int, where: str) -> None:
+    """Each numeric field is a scalar (one terrain for the batch) or [batch] (one per body),
+    and floating; checked with chex while tracing, naming the field (see `body.check_body`)."""
+    for field in dataclasses.fields(terrain):
+        if not field.metadata.get("pytree_node", True):
+            continue  # static metadata (name, goal, anchor, features)
+        name, value = field.name, getattr(terrain, field.name)
+        message = f"{where}: terrain.{name} must be a scalar or [B={batch}]"
+        if jnp.ndim(value) == 0:
+            continue
+        chex.assert_shape(value, (batch,), custom_message=message)
+        chex.assert_type(value, float, custom_message=f"{where}: terrain.{name} must be floating")
 
 
 def _make(name: str, goal: int = 0, anchor: str = "center", **values: float) -> Terrain:
