@@ -7,6 +7,7 @@ import functools
 import math
 import random
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,8 +76,8 @@ def test_free_fall_matches_analytic_trajectory():
     y0, x0 = float(s0.y[0, 0]), float(s0.x[0, 0])
     # semi-implicit Euler lags the analytic parabola by g*h*t/2 (h = substep): 0.2 units at 1 s
     # with 4 substeps; float32 rounding of v = dx/h adds to it the higher the body (0.17 at 200)
-    np.testing.assert_allclose(y, y0 - 0.5 * params.gravity * t**2, atol=0.3)
-    np.testing.assert_allclose(x, x0 + 3.0 * t, atol=1e-3)
+    chex.assert_trees_all_close(y, (y0 - 0.5 * params.gravity * t**2).astype(np.float32), atol=0.3)
+    chex.assert_trees_all_close(x, (x0 + 3.0 * t).astype(np.float32), atol=1e-3)
     assert float(bone_length_error(body, final.x, final.y)[0]) < 1e-5
 
 
@@ -89,11 +90,9 @@ def test_recording_does_not_change_the_run():
     every, (xs1, _) = run(params, body, FLAT, 60, 1, s0)
     thinned, (xs7, ys7) = run(params, body, FLAT, 60, 7, s0)
     assert none is None and xs7.shape == (8, 16, 2) and ys7.shape == (8, 16, 2)
-    for final in (every, thinned):
-        np.testing.assert_array_equal(np.asarray(final.x), np.asarray(plain.x))
-        np.testing.assert_array_equal(np.asarray(final.vy), np.asarray(plain.vy))
-    np.testing.assert_array_equal(np.asarray(xs7), np.asarray(xs1)[6::7][:8])
-    np.testing.assert_array_equal(np.asarray(xs1)[-1], np.asarray(plain.x))
+    chex.assert_trees_all_equal(every, thinned, plain)  # the whole final state, bitwise
+    chex.assert_trees_all_equal(xs7, xs1[6::7][:8])
+    chex.assert_trees_all_equal(xs1[-1], plain.x)
 
 
 def test_undamped_spring_pair_oscillates_at_analytic_period():
@@ -214,7 +213,7 @@ def test_mirrored_walker_travels_mirrored_dx():
     ev = env.evaluate([seeds[n] for n in names] + [mirror(seeds[n]) for n in names])
     dx = ev.extras["dx"]
     assert np.abs(dx[:2]).min() > 1.0
-    np.testing.assert_allclose(dx[2:], -dx[:2], rtol=1e-3, atol=1e-3)
+    chex.assert_trees_all_close(dx[2:], -dx[:2], rtol=1e-3, atol=1e-3)
 
 
 def test_results_are_bit_identical_and_independent_of_batch_neighbours():

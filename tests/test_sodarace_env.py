@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,7 +60,7 @@ def test_pack_buckets_and_grouping():
         assert not np.asarray(body.valid)[-2:].any()
         mass = np.asarray(body.mass).sum(0)[: len(idx)]
         want = [walkers[k]["descriptor"]["mass"] for k in idx]
-        np.testing.assert_allclose(mass, want, rtol=1e-5)
+        chex.assert_trees_all_close(mass, np.asarray(want, np.float32), rtol=1e-5)
     with pytest.raises(ValueError):
         pack([{"joints": [[0, 0], [1, 0]], "muscles": [[0, 5, {}]]}])
 
@@ -72,7 +73,7 @@ def test_evaluate_returns_finite_rows_in_input_order_with_errors():
     assert ev.valid.tolist() == [True, False, False, True]
     assert ev.error[0] is None and "invalid walker" in ev.error[1] and ev.error[2]
     assert np.isfinite(ev.fitness).all() and np.isfinite(ev.descriptor).all()
-    np.testing.assert_array_equal(ev.fitness, np.abs(ev.extras["dx"]))
+    chex.assert_trees_all_equal(ev.fitness, np.abs(ev.extras["dx"]))
     assert ev.descriptor[3].tolist() == pytest.approx([10.0, 10.0, 39.142136], rel=1e-5)
 
 

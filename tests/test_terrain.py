@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -61,7 +62,7 @@ def test_terrain_is_batched_like_bodies():
     assert isinstance(batched, Terrain)
     x = jnp.full((5, 3), 30.0)  # [joints, batch]
     h = np.asarray(floor_height(batched, x))
-    np.testing.assert_allclose(h[0], [1.0, 2.0, 4.0], rtol=1e-6)
+    chex.assert_trees_all_close(h[0], np.float32([1.0, 2.0, 4.0]), rtol=1e-6)
 
 
 PARAMS = SimParams(seconds=3.0)
