@@ -144,7 +144,12 @@ def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
     return proc.returncode, err
 
 
-def launch_two(args: list[str], port: int, env1: dict[str, str] | None = None) -> list:
+def launch_two(
+    args: list[str],
+    port: int,
+    env1: dict[str, str] | None = None,
+    env0: dict[str, str] | None = None,
+) -> list:
     keys = [
         f"distributed.coordinator=127.0.0.1:{port}",
         "distributed.num_processes=2",
@@ -153,7 +158,7 @@ def launch_two(args: list[str], port: int, env1: dict[str, str] | None = None) -
     procs = []
     for pid in (0, 1):
         sets = [a for k in [*keys, f"distributed.process_id={pid}"] for a in ("--set", k)]
-        procs.append(evolve([*args, *sets], env1 if pid == 1 else None))
+        procs.append(evolve([*args, *sets], env1 if pid == 1 else env0))
     return procs
 
 
@@ -233,6 +238,20 @@ def test_a_killed_process_ends_the_other_and_the_run_resumes_whole(tiny, referen
     for code, err in [finish(p) for p in procs]:
         assert code == 0, err[-3000:]
     assert store_rows(out) == reference
+
+
+@pytest.mark.slow
+def test_a_full_disk_on_process_0_stops_every_process_at_the_same_generation(tiny, tmp_path):
+    out = tmp_path / "run"
+    procs = launch_two(
+        ["--config", str(tiny), "--out", str(out)],
+        free_port(),
+        env0={"ELMJAX_FAULT": "2:store:enospc"},
+    )
+    (code0, err0), (code1, err1) = [finish(p, timeout=600) for p in procs]
+    assert code0 == 3 and "disk full" in err0, err0[-3000:]
+    assert code1 == 3 and "--resume" in err1, err1[-3000:]  # stopped with it, not "lost contact"
+    assert "lost contact" not in err1
 
 
 @pytest.mark.slow

@@ -240,6 +240,7 @@ class ELM:
                     status = self.pipeline.run()
         except DiskFull:
             status = "disk_full"
+            self._stop_the_others("disk_full")
         except SeedError:
             refused = True
             raise
@@ -268,6 +269,17 @@ class ELM:
         if status in ("done", "time_limit") and self.config.report and self.cluster.leader:
             self._write_report()
         return result
+
+    def _stop_the_others(self, reason: str) -> None:
+        """Process 0 stopped inside the generation loop on its own (a full disk): the others are
+        waiting for its next slice; send them the stop reason in its place, so that every
+        process stops at the same generation."""
+        from elmjax.distributed import PeerLost, exchange
+
+        if not (self.cluster.multi and self.pipeline is not None and self.pipeline.running):
+            return
+        with contextlib.suppress(PeerLost):
+            exchange((reason, []), self.cluster, "stopping the other processes")
 
     def _close_partial(self) -> None:
         """Close what a failed `_setup` had opened."""

@@ -64,6 +64,9 @@ class Pipeline:
         self.log = log
         self.checkpoint = checkpoint
         self.threads: list[threading.Thread] = []
+        #: inside the generation loop (other processes of the run expect this one's next
+        #: exchange); False once every process has left it together
+        self.running = False
 
     def run(self) -> str:
         """Generations until the budget; stops early (between or during a generation's host
@@ -78,6 +81,7 @@ class Pipeline:
         status = "done"
         try:
             gen = self.next_generation
+            self.running = True
             while gen <= last:
                 if gen not in pending:
                     pending[gen] = self.submit(gen)
@@ -90,6 +94,7 @@ class Pipeline:
                 prepared, reason = self.step.gather(prepared, self.local_stop() if joint else None)
                 if reason:
                     status = reason
+                    self.running = False
                     break
                 row = self.guard(self.step.commit, prepared, self.window, self.elapsed)
                 if gen == 0 and not np.any(np.asarray(self.window.archive.program_id) >= 0):
@@ -107,6 +112,7 @@ class Pipeline:
                     self.guard(self.checkpoint)
                     since_checkpoint = 0
                 gen += 1
+            self.running = False
             if since_checkpoint:
                 self.guard(self.checkpoint)
         finally:
