@@ -64,8 +64,9 @@ class Pipeline:
         self.log = log
         self.checkpoint = checkpoint
         self.threads: list[threading.Thread] = []
-        #: inside the generation loop (other processes of the run expect this one's next
-        #: exchange); False once every process has left it together
+        #: inside the generation loop with generations still to come after the current one
+        #: (the other processes of the run will expect this one's next exchange); False once
+        #: every process has left the loop together
         self.running = False
 
     def run(self) -> str:
@@ -81,8 +82,8 @@ class Pipeline:
         status = "done"
         try:
             gen = self.next_generation
-            self.running = True
             while gen <= last:
+                self.running = gen < last
                 if gen not in pending:
                     pending[gen] = self.submit(gen)
                 prepared, status = self.wait(pending.pop(gen), joint)
