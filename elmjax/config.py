@@ -20,7 +20,6 @@ import dataclasses
 import difflib
 import math
 import re
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,21 +28,13 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config key that is unknown, mistyped or impossible; the message names the key.
-
-    `option` names the command-line option the problem came from when it is not a config key
-    (`--config FILE` that cannot be read, a `--set` without `=`): the message then names the
-    option and what the user gave, never a made-up key."""
-
-    def __init__(self, key: str, message: str, *, option: str | None = None):
-        self.key = key
-        self.option = option
-        if option:
-            super().__init__(f"{option} {key}: {message}")
-        else:
-            super().__init__(f"config key '{key}': {message}")
+from elmjax.config_values import (  # noqa: F401  (re-exported: the config API)
+    ConfigError,
+    coerce_value,
+    parse_duration,
+    parse_override,
+    to_plain,
+)
 
 
 def config_keys(config: Any = None, prefix: str = "") -> dict[str, Any]:
@@ -95,27 +86,6 @@ OPERATORS = ("diff", "prompt", "gp", "crossover")
 #: terrain names (`elmjax.sodarace.terrain.TERRAINS`; a test keeps the two equal). Listed here
 #: because this module, like the command line's parser, imports no JAX.
 TERRAIN_NAMES = ("flat", "hills", "bumpy", "stairs", "left_wall", "right_wall", "tunnel")
-
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(s|sec|m|min|h|hr|d)?\s*$")
-_UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
-
-
-def parse_duration(value: Any) -> float | None:
-    """Seconds from `90`, `"30s"`, `"10m"`, `"1.5h"`; None (or "none") means no limit."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 10m, 1h)")
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"a duration must be positive, got {value!r}")
-    return seconds
 
 
 def normal_terrain(name: str) -> str:
@@ -411,7 +381,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-able dict (tuples become lists)."""
-        return _to_plain(dataclasses.asdict(self))
+        return to_plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
@@ -459,21 +429,6 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """`key=value` -> (key, YAML-parsed value). `time_limit=10m` keeps "10m" for the field parser."""
-    if "=" not in text:
-        raise ConfigError(text, "must look like KEY=VALUE (e.g. time_limit=5m)", option="--set")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(text, "the key before '=' is empty", option="--set")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key, value
-
-
 def load_config(
     path: str | Path | None = None, overrides: Sequence[str] | Mapping[str, Any] = ()
 ) -> RunConfig:
@@ -517,14 +472,6 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any], prefix: str) -> None
             base[key] = value
 
 
-def _to_plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _to_plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_to_plain(v) for v in value]
-    return value
-
-
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(prefix.rstrip(".") or "<root>", "must be a mapping")
@@ -542,65 +489,10 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
             continue
         parse = fields[name].metadata.get("parse")
         try:
-            kwargs[name] = parse(value) if parse else _coerce(value, hint)
+            kwargs[name] = parse(value) if parse else coerce_value(value, hint)
         except (TypeError, ValueError) as err:
             raise ConfigError(key, str(err)) from None
     return cls(**kwargs)
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    """Check/convert a parsed YAML value to a field type; raise TypeError naming what was wanted."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option)
-            except (TypeError, ValueError) as err:
-                errors.append(str(err))
-        raise TypeError(" or ".join(errors))
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise TypeError(f"expected a mapping, got {value!r}")
-        return dict(value)
-    if origin is tuple:
-        (item, *rest) = typing.get_args(hint)
-        if isinstance(value, str) and item is str:
-            return (value,)  # `--set seed_programs=radial`
-        if isinstance(value, str) or not isinstance(value, Sequence):
-            raise TypeError(f"expected a list, got {value!r}")
-        return tuple(_coerce(v, item) for v in value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise TypeError(f"expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise TypeError(f"expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise TypeError(f"expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError(f"expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ValueError(f"expected a finite number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise TypeError(f"expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {hint}")
 
 
 def dump_config(config: RunConfig, path: str | Path) -> None:
