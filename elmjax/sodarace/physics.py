@@ -70,6 +70,7 @@ from flax import struct
 
 from elmjax import tracing
 from elmjax.sodarace.body import Body, check_body
+from elmjax.sodarace.contact import contacts, touching
 from elmjax.sodarace.params import (  # noqa: F401  (re-exported: physics.SimParams etc.)
     PHYSICS_VERSION,
     SimParams,
@@ -78,7 +79,7 @@ from elmjax.sodarace.params import (  # noqa: F401  (re-exported: physics.SimPar
     physics_identity,
     with_overrides,
 )
-from elmjax.sodarace.terrain import Terrain, ceiling_height, check_terrain, floor_and_slope
+from elmjax.sodarace.terrain import Terrain, check_terrain, floor_and_slope
 
 
 @struct.dataclass
@@ -188,21 +189,6 @@ def centre_of_mass_x(body: Body, x: jax.Array) -> jax.Array:
     return jnp.sum(body.mass * x, axis=0) / total_mass(body)
 
 
-def touching(
-    params: SimParams, terrain: Terrain, body: Body, x: jax.Array, y: jax.Array
-) -> jax.Array:
-    """[B] bool: some real joint is within `touch_distance` of the floor, ceiling or a wall."""
-    h, slope = floor_and_slope(terrain, x)
-    gap = (y - h) / jnp.sqrt(1.0 + slope * slope)
-    near = gap <= params.touch_distance
-    if "ceiling" in terrain.features:
-        near = near | (ceiling_height(terrain, x) - y <= params.touch_distance)
-    if "walls" in terrain.features:
-        near = near | (x - terrain.wall_left <= params.touch_distance)
-        near = near | (terrain.wall_right - x <= params.touch_distance)
-    return jnp.any(near & (body.joint_mask > 0), axis=0)
-
-
 # ---- the step ------------------------------------------------------------------------------------
 
 
@@ -269,58 +255,6 @@ def spring_solver(params: SimParams, body: Body) -> SpringSolver:
         return x + cx, y + cy, new_lam
 
     return solve
-
-
-def _penetration(params: SimParams, depth: jax.Array) -> jax.Array:
-    """How far to push a joint out along the normal: max(depth, 0), or its softplus."""
-    if params.contact == "smooth":
-        w = params.smooth_width
-        return w * jax.nn.softplus(depth / w)
-    return jnp.maximum(depth, 0.0)
-
-
-def _friction(params: SimParams, slide: jax.Array, push: jax.Array) -> jax.Array:
-    """Tangential displacement friction removes: min(|slide|, mu * push) * sign(slide)."""
-    limit = params.friction * push
-    if params.contact == "smooth":
-        return slide * limit / jnp.sqrt(slide * slide + limit * limit + 1e-12)
-    return jnp.clip(slide, -limit, limit)
-
-
-def _contacts(
-    params: SimParams,
-    terrain: Terrain,
-    body: Body,
-    x: jax.Array,
-    y: jax.Array,
-    x_start: jax.Array,
-    y_start: jax.Array,
-) -> tuple[jax.Array, jax.Array]:
-    """Project joints out of floor, ceiling and walls, with Coulomb friction against the
-    displacement since the substep started (position-level friction, Mueller et al. 2020)."""
-    m = body.joint_mask
-    # Floor: normal (-h', 1)/|.|, distance below the surface along it.
-    h, slope = floor_and_slope(terrain, x)
-    norm = jnp.sqrt(1.0 + slope * slope)
-    nx, ny = -slope / norm, 1.0 / norm
-    push = _penetration(params, (h - y) / norm) * m
-    x, y = x + push * nx, y + push * ny
-    slide = (x - x_start) * ny - (y - y_start) * nx  # along the tangent (ny, -nx)
-    stop = _friction(params, slide, push)
-    x, y = x - stop * ny, y + stop * nx
-    # Ceiling (tunnel): flat-normal approximation, pushes down, friction along x.
-    if "ceiling" in terrain.features:
-        top = ceiling_height(terrain, x)
-        push = _penetration(params, y - top) * m
-        y = y - push
-        x = x - _friction(params, x - x_start, push)
-    # Walls: push along x, friction along y. "No wall" sits at +-FAR, never touched.
-    if "walls" in terrain.features:
-        for wall, sign in ((terrain.wall_left, 1.0), (terrain.wall_right, -1.0)):
-            push = _penetration(params, sign * (wall - x)) * m
-            x = x + sign * push
-            y = y - _friction(params, y - y_start, push)
-    return x, y
 
 
 class Prepared(NamedTuple):
@@ -410,7 +344,7 @@ def substep(
     def iteration(_: int, carry: tuple[jax.Array, jax.Array, jax.Array]):
         x, y, lam = carry
         x, y, lam = solve(x, y, lam, target, alpha_tilde)
-        x, y = _contacts(params, terrain, body, x, y, x_start, y_start)
+        x, y = contacts(params, terrain, body, x, y, x_start, y_start)
         return x, y, lam
 
     lam0 = jnp.zeros_like(body.rest)
