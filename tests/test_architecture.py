@@ -49,7 +49,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("config", ("elmjax.config",)),  # the run config names domain types (terrain, physics)
-    ("run", ("elmjax.run_dir",)),
+    ("run", ("elmjax.run_dir", "elmjax.run_window")),
     ("evaluation", ("elmjax.evaluation",)),
     ("viz", ("elmjax.viz",)),
     ("stages", ("elmjax.loop", "elmjax.finetune", "elmjax.rl")),
