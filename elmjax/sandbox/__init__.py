@@ -15,7 +15,7 @@ Defence in depth: an AST policy and restricted builtins (`policy.py`); OS layers
 worker, from namespaces to seccomp (`isolation.py`; `SandboxPool(...).isolation` reports them);
 programs in processes forked from a locked-down template (`worker.py`); and a caller that
 bounds, times and validates every reply against the environment's schema (`pool.py`,
-`schemas.py`).
+`channel.py`, `schemas.py`).
 
 Imports no JAX: workers start fast and live under a small memory limit, and `elmjax exec` stays
 light.

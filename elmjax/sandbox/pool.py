@@ -15,20 +15,17 @@ owns `check` (`schemas.py`). A worker that breaks the protocol (a malformed or o
 a reply for a program it is not running) is killed and its program gets `crashed`; a program's
 process that sends a malformed or out-of-schema value only makes that program `crashed`. The
 rest of a killed worker's batch goes to another worker. Results are returned in input order.
+One worker's end of this (starting it, framing and checking its messages) is `channel.py`.
 """
 
 from __future__ import annotations
 
 import atexit
 import collections
-import contextlib
-import json
 import logging
 import math
 import os
 import shutil
-import socket
-import struct
 import tempfile
 import threading
 import time
@@ -37,12 +34,21 @@ from collections.abc import Callable, Sequence
 from multiprocessing import connection as mp_connection
 from typing import Any
 
+from elmjax.sandbox.channel import (  # noqa: F401  (re-exported: pool.SEND_TIMEOUT_SECONDS)
+    SEND_TIMEOUT_SECONDS,
+    Worker,
+    job_limits,
+    outcome_of,
+    ready_layers,
+    spawn,
+    template_of,
+)
 from elmjax.sandbox.isolation import LAYERS, unprivileged_ids
 from elmjax.sandbox.replies import settle
 from elmjax.sandbox.results import ExecResult, Limits
 from elmjax.sandbox.schemas import schema_for
-from elmjax.sandbox.spawning import CONTEXT, PROCESS_CLASS, start_forkserver
-from elmjax.sandbox.worker import REPLY_OVERHEAD_BYTES, resolve, serve
+from elmjax.sandbox.spawning import start_forkserver
+from elmjax.sandbox.worker import REPLY_OVERHEAD_BYTES, resolve
 
 #: Seconds a new worker may take to start and lock down before the pool gives up on it.
 STARTUP_SECONDS = 60.0
@@ -56,37 +62,10 @@ MAX_BATCH = 64
 #: Seconds past a program's wall-clock limit before the caller, rather than the worker's
 #: template (which enforces the limit itself), gives up on the worker and kills it.
 WALL_GRACE_SECONDS = 2.0
-#: Seconds a send to a worker may block (a worker that stops reading is broken).
-SEND_TIMEOUT_SECONDS = 10.0
 
 _log = logging.getLogger("elmjax.sandbox")
 _WARNED: set[str] = set()
-
-
-class _Worker:
-    """One worker process, the programs sent to it, and when its current program started."""
-
-    def __init__(self, process: Any, conn: Any, workdir: str) -> None:
-        self.process = process
-        self.conn = conn
-        self.workdir = workdir
-        self.ready = False
-        self.spawned_at = time.monotonic()
-        self.pending: collections.deque[int] = collections.deque()
-        self.started_at = 0.0
-        self.buffer = bytearray()
-        self.layers: dict[str, str] | None = None
-
-    def kill(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self.process.kill()
-        self.close()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.conn.close()
-        self.process.join(timeout=5)
-        shutil.rmtree(self.workdir, ignore_errors=True)
+_Worker = Worker  # the name the pool's tests build a stand-in worker with
 
 
 def _ref(obj: Any, what: str) -> str:
@@ -131,7 +110,7 @@ class SandboxPool:
         self._root = tempfile.mkdtemp(prefix="elmjax-sandbox-")
         os.chmod(self._root, 0o711)  # workers may pass through (to their own dir), not list
         self._ids = unprivileged_ids() if os.geteuid() == 0 else None
-        self._workers: list[_Worker | None] = [None] * self.limits.workers
+        self._workers: list[Worker | None] = [None] * self.limits.workers
         self._failed_starts = 0
         self._closed = False
         self._batch = _Batch(self.limits, schema_for(""), 0)
@@ -187,12 +166,7 @@ class SandboxPool:
         self._closed = True
         for slot, worker in enumerate(self._workers):
             if worker is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    worker.conn.send(None)
-                worker.process.join(timeout=1)
-                if worker.process.is_alive():
-                    worker.process.kill()
-                worker.close()
+                worker.stop()
                 self._workers[slot] = None
         shutil.rmtree(self._root, ignore_errors=True)
 
@@ -203,33 +177,10 @@ class SandboxPool:
     def template_pids(self) -> list[int]:
         """Process ids of the live workers' templates, which fork the programs' processes: the
         worker itself, or its one child when the worker made a pid namespace for it."""
-        pids = []
-        for pid in self.worker_pids():
-            try:
-                with open(f"/proc/{pid}/task/{pid}/children") as f:
-                    children = [int(c) for c in f.read().split()]
-            except OSError:
-                children = []
-            pids.append(children[0] if len(children) == 1 else pid)
-        return pids
+        return [template_of(pid) for pid in self.worker_pids()]
 
     def _spawn(self, slot: int) -> None:
-        workdir = tempfile.mkdtemp(prefix=f"w{slot}-", dir=self._root)
-        if self._ids is not None:
-            with contextlib.suppress(OSError):  # root of a user namespace without `nobody`
-                os.chown(workdir, *self._ids)
-        parent_conn, child_conn = CONTEXT.Pipe(duplex=True)
-        process = PROCESS_CLASS(
-            target=serve, args=(child_conn, workdir, self.preload, self.layers), daemon=True
-        )
-        process.start()
-        child_conn.close()
-        with contextlib.suppress(OSError):  # a worker that stops reading cannot block a send
-            sock = socket.socket(fileno=os.dup(parent_conn.fileno()))
-            timeval = struct.pack("ll", int(SEND_TIMEOUT_SECONDS), 0)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-            sock.close()
-        self._workers[slot] = _Worker(process, parent_conn, workdir)
+        self._workers[slot] = spawn(slot, self._root, self._ids, self.preload, self.layers)
 
     # ---- running programs --------------------------------------------------------------------
 
@@ -257,38 +208,11 @@ class SandboxPool:
         """
         limits = limits or self.limits
         sources = list(sources)
-        if seeds is None:
-            seeds = [0] * len(sources)
-        seeds = [int(s) for s in seeds]
-        if len(seeds) != len(sources):
-            raise ValueError(f"{len(seeds)} seeds for {len(sources)} programs")
+        seeds = _seeds_for(sources, seeds)
         check_ref = _ref(check, "check")
-        job = {
-            "entry": str(entry),
-            "check": check_ref,
-            "inject": {str(k): _ref(v, f"inject[{k!r}]") for k, v in (inject or {}).items()},
-            "call": bool(call),
-            "limits": {
-                "cpu_seconds": float(limits.cpu_seconds),
-                "wall_seconds": float(limits.wall_seconds),
-                "address_space_bytes": int(limits.address_space_bytes),
-                "max_output_bytes": int(limits.max_output_bytes),
-                "max_result_bytes": int(limits.max_result_bytes),
-                "max_message_chars": int(limits.max_message_chars),
-                "reuse_clean_process": bool(limits.reuse_clean_process),
-            },
-        }
+        job = _job(entry, check_ref, inject, call, limits)
         state = _Batch(limits, schema or schema_for(check_ref), len(sources))
-        queue: collections.deque[int] = collections.deque()
-        for i, source in enumerate(sources):
-            if type(source) is not str:
-                state.results[i] = ExecResult.failure("invalid", "program text must be a str")
-            elif len(source.encode("utf-8", "surrogatepass")) > limits.max_source_bytes:
-                state.results[i] = ExecResult.failure(
-                    "forbidden", f"program is larger than {limits.max_source_bytes} bytes"
-                )
-            else:
-                queue.append(i)
+        queue = _admit(sources, state)
         with self._lock:
             if self._closed:
                 raise RuntimeError("SandboxPool is closed")
@@ -362,30 +286,10 @@ class SandboxPool:
             w.pending.extend(tasks)
             w.started_at = time.monotonic()
 
-    def _read(self, w: _Worker) -> bool:
-        """Read what one readiness promised (a single `read`, which cannot block) and handle
-        every complete message; False when the worker hung up or broke the protocol."""
-        try:
-            data = os.read(w.conn.fileno(), 1 << 16)
-        except (BlockingIOError, InterruptedError):
-            return True
-        except OSError:
-            return False
-        if not data:
-            return False
-        w.buffer += data
-        limit = self._frame_limit
-        while len(w.buffer) >= 4:
-            (size,) = struct.unpack("!i", w.buffer[:4])
-            if size < 0 or size > limit:
-                return False  # a frame no honest worker sends
-            if len(w.buffer) < 4 + size:
-                break
-            payload = bytes(w.buffer[4 : 4 + size])
-            del w.buffer[: 4 + size]
-            if not self._accept(w, payload):
-                return False
-        return True
+    def _read(self, w: Worker) -> bool:
+        """Read and handle what the worker sent (`Worker.read`); False when it hung up or broke
+        the protocol."""
+        return w.read(self._frame_limit, lambda payload: self._accept(w, payload))
 
     @property
     def _frame_limit(self) -> int:
@@ -422,23 +326,14 @@ class SandboxPool:
         w.kill()
         self._workers[slot] = None
 
-    def _accept(self, w: _Worker, payload: bytes) -> bool:
+    def _accept(self, w: Worker, payload: bytes) -> bool:
         """Record one message from a worker: its ready signal, or one program's outcome (a JSON
         header from the template, a newline, then the program process's own reply bytes).
         False when the template's part is not well formed: the worker is then killed. A
         malformed reply from the program's process only makes that program `crashed`."""
         if not w.ready:
-            try:
-                message = json.loads(payload)
-            except (ValueError, RecursionError):
-                return False
-            if not (isinstance(message, dict) and message.get("ready") is True):
-                return False
-            layers = message.get("layers")
-            if not (
-                isinstance(layers, dict)
-                and all(type(k) is str and type(v) is str for k, v in layers.items())
-            ):
+            layers = ready_layers(payload)
+            if layers is None:
                 return False
             w.ready = True
             w.layers = layers
@@ -446,20 +341,10 @@ class SandboxPool:
             self._note_isolation(layers)
             return True
         state = self._batch
-        head, newline, body = payload.partition(b"\n")
-        try:
-            header = json.loads(head)
-        except (ValueError, RecursionError):
+        outcome = outcome_of(payload, w.pending[0] if w.pending else None)
+        if outcome is None:
             return False
-        if (
-            not newline
-            or type(header) is not dict
-            or not w.pending
-            or header.get("index") != w.pending[0]
-            or type(header.get("status")) is not int
-            or type(header.get("seconds")) not in (int, float)
-        ):
-            return False
+        header, body = outcome
         index = w.pending.popleft()
         seconds = float(header["seconds"])
         if not math.isfinite(seconds) or seconds < 0:
@@ -505,6 +390,46 @@ class _Batch:
         self.limits = limits
         self.schema = schema
         self.results: list[ExecResult | None] = [None] * n
+
+
+def _seeds_for(sources: list[str], seeds: Sequence[int] | None) -> list[int]:
+    """One `random` seed per program (0 for each when none are given)."""
+    if seeds is None:
+        seeds = [0] * len(sources)
+    seeds = [int(s) for s in seeds]
+    if len(seeds) != len(sources):
+        raise ValueError(f"{len(seeds)} seeds for {len(sources)} programs")
+    return seeds
+
+
+def _job(
+    entry: str, check_ref: str, inject: dict[str, Any] | None, call: bool, limits: Limits
+) -> dict[str, Any]:
+    """What every worker gets with a batch of `SandboxPool.run` (plain data, refs resolved)."""
+    return {
+        "entry": str(entry),
+        "check": check_ref,
+        "inject": {str(k): _ref(v, f"inject[{k!r}]") for k, v in (inject or {}).items()},
+        "call": bool(call),
+        "limits": job_limits(limits),
+    }
+
+
+def _admit(sources: list[str], state: _Batch) -> collections.deque[int]:
+    """The indices of the programs that go to a worker; the others (not text, too large) get
+    their result here."""
+    limits = state.limits
+    queue: collections.deque[int] = collections.deque()
+    for i, source in enumerate(sources):
+        if type(source) is not str:
+            state.results[i] = ExecResult.failure("invalid", "program text must be a str")
+        elif len(source.encode("utf-8", "surrogatepass")) > limits.max_source_bytes:
+            state.results[i] = ExecResult.failure(
+                "forbidden", f"program is larger than {limits.max_source_bytes} bytes"
+            )
+        else:
+            queue.append(i)
+    return queue
 
 
 # ---- module-level convenience ----------------------------------------------------------------
