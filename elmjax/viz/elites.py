@@ -79,8 +79,13 @@ def fitness_label(config: Any) -> str:
     return "fitness"
 
 
+def report_top(config: Any) -> int:
+    """How many of the best elites the report shows (`report_top`)."""
+    return int(getattr(config, "report_top", 4))
+
+
 def elites_section(data: dict[str, Any], config: Any, out: Path) -> str:
-    top = data["elites"][: int(getattr(config, "report_top", 4))]
+    top = data["elites"][: report_top(config)]
     if not top:
         return "<section><h2>Best walkers</h2><p class=note>no elite yet</p></section>"
     gifs = render_elite_gifs(top, config, out) if config.env.name == "sodarace" else {}

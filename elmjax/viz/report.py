@@ -36,7 +36,7 @@ from typing import Any
 
 from elmjax import run_dir as rd
 from elmjax.viz import elites
-from elmjax.viz.elites import clipped_axes, diagnostics_of
+from elmjax.viz.elites import clipped_axes, diagnostics_of, report_top
 
 HEATMAPS_DIR = "heatmaps"
 
@@ -121,9 +121,10 @@ def load_run_data(run_path: Path, config: Any) -> dict[str, Any]:
                     }
                 )
         elites.sort(key=lambda e: (-e["fitness"], e["program_id"]))
-        parent_ids = {p for e in elites[: report_top(config)] for p in e["parents"][:1]}
+        top = elites[: report_top(config)]
+        parent_ids = {p for e in top for p in e["parents"][:1]}
         parents = {pid: store.get(pid) for pid in sorted(parent_ids)}
-        for elite in elites[: report_top(config)]:
+        for elite in top:
             parent = parents.get(elite["parents"][0]) if elite["parents"] else None
             if parent is not None:
                 elite["parent"] = {
@@ -151,10 +152,6 @@ def load_run_data(run_path: Path, config: Any) -> dict[str, Any]:
             ],
             "evaluations": len(store),
         }
-
-
-def report_top(config: Any) -> int:
-    return int(getattr(config, "report_top", 4))
 
 
 def operator_stats(store_path: Path) -> dict[str, dict[str, Any]]:
