@@ -58,7 +58,7 @@ def end_of_run_line(result: RunResult) -> str:
     """ "elmjax: stopped at the time limit after 865 evaluations (28 generations, 10:00):
     7 of 1,728 cells (0.4%), QD score 312.4, best fitness 91.2"."""
     from elmjax.loop.progress import clock
-    from elmjax.qd.metrics import coverage_text
+    from elmjax.qd.metrics import coverage_text, row_cells
 
     m = result.metrics
     line = (
@@ -68,9 +68,8 @@ def end_of_run_line(result: RunResult) -> str:
     elapsed = result.elapsed if result.elapsed is not None else m.get("elapsed")
     line += f", {clock(elapsed)})" if elapsed is not None else ")"
     if m:
-        total = m.get("num_cells") or int(round(m["num_filled"] / max(m["coverage"], 1e-12)))
         line += (
-            f": {coverage_text(int(m['num_filled']), int(total))}, "
+            f": {coverage_text(int(m['num_filled']), row_cells(m))}, "
             f"QD score {m['qd_score']:,.1f}, best fitness {m['max_fitness']:.1f}"
         )
         if m.get("num_clipped"):

@@ -69,6 +69,12 @@ def clipped_cells(archive: Archive) -> np.ndarray:
     return np.asarray(jax.device_get(_outside(archive)))
 
 
+def row_cells(row: dict) -> int:
+    """The grid's number of cells from a metrics row: `num_cells`, or num_filled / coverage
+    for a row that lacks it."""
+    return int(row.get("num_cells") or round(row["num_filled"] / max(row["coverage"], 1e-12)))
+
+
 def coverage_text(filled: int, total: int) -> str:
     """ "7 of 1,728 cells (0.4%)": the count a person can check, and the share."""
     return f"{filled:,} of {total:,} cells ({filled / max(1, total):.1%})"

@@ -266,12 +266,12 @@ def _heatmap_section(data: dict[str, Any], config: Any, out: Path) -> str:
 def _curves_section(metrics: list[dict[str, Any]], config: Any, out: Path) -> str:
     import matplotlib.pyplot as plt
 
+    from elmjax.qd.metrics import row_cells
+
     if not metrics:
         return "<section><h2>Progress</h2><p class=note>no generation logged yet</p></section>"
     evals = [m["evaluations"] for m in metrics]
-    total = metrics[-1].get("num_cells") or round(
-        metrics[-1]["num_filled"] / max(metrics[-1]["coverage"], 1e-12)
-    )
+    total = row_cells(metrics[-1])
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
     cells = axes[0]
     cells.plot(evals, [m["num_filled"] for m in metrics], color="#1f77b4")
