@@ -33,9 +33,10 @@ def default_directory() -> Path:
 
 def resolve(setting: str) -> Path | None:
     """The directory a `compile_cache` setting names, or None for "off"."""
-    if setting.strip().lower() in ("off", "none", "false", "no"):
+    word = setting.strip().lower()
+    if word in ("off", "none", "false", "no"):
         return None
-    if setting.strip().lower() == "auto":
+    if word == "auto":
         return default_directory()
     return Path(setting).expanduser()
 
