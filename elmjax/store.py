@@ -49,7 +49,7 @@ _ADDED_COLUMNS = {
 }
 
 #: The simulator's diagnostics, stored as columns (NULL where the domain reports none).
-DIAGNOSTIC_COLUMNS = ("airborne_fraction", "peak_speed", "bone_error", "muscle_work")
+DIAGNOSTIC_COLUMNS = tuple(name for name, _ in _ADDED_COLUMNS[2])
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
