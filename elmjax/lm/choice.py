@@ -50,6 +50,13 @@ def _filter_threshold(
     return threshold, inside
 
 
+def _top_k_log_norm(sorted_logits: jax.Array, top_k: jax.Array) -> jax.Array:
+    """Log-normaliser of the softmax over the top_k largest of `sorted_logits` [B, C] (desc)."""
+    c = sorted_logits.shape[-1]
+    kth = jnp.take(sorted_logits, jnp.clip(top_k - 1, 0, c - 1), axis=-1)
+    return jax.nn.logsumexp(jnp.where(sorted_logits >= kth[:, None], sorted_logits, -jnp.inf), -1)
+
+
 def choose_tokens(
     logits: jax.Array,
     keys: jax.Array,
@@ -75,19 +82,13 @@ def choose_tokens(
         vocab = logits.shape[-1]
         c = min(TOP_CANDIDATES, vocab)
         best, _ = jax.lax.top_k(logits, c)
-        if use_top_k:  # the normaliser of the top-k survivors (all inside when top_k <= c)
-            kth = jnp.take(best, jnp.clip(top_k - 1, 0, c - 1), axis=-1)
-            log_norm = jax.nn.logsumexp(jnp.where(best >= kth[:, None], best, -jnp.inf), -1)
-        else:
-            log_norm = jax.nn.logsumexp(logits, axis=-1)
+        # the normaliser of the top-k survivors (all inside `best` when top_k <= c)
+        log_norm = _top_k_log_norm(best, top_k) if use_top_k else jax.nn.logsumexp(logits, -1)
         fast, inside = _filter_threshold(best, log_norm, top_p, top_k, use_top_k, use_top_p)
 
         def full_sort(_: Any) -> jax.Array:
             ordered = -jnp.sort(-logits, axis=-1)
-            norm = jax.nn.logsumexp(logits, axis=-1)
-            if use_top_k:
-                kth = jnp.take(ordered, jnp.clip(top_k - 1, 0, vocab - 1), axis=-1)
-                norm = jax.nn.logsumexp(jnp.where(ordered >= kth[:, None], ordered, -jnp.inf), -1)
+            norm = _top_k_log_norm(ordered, top_k) if use_top_k else jax.nn.logsumexp(logits, -1)
             return _filter_threshold(ordered, norm, top_p, top_k, use_top_k, use_top_p)[0]
 
         threshold = jax.lax.cond(jnp.all(inside), lambda _: fast, full_sort, None)
