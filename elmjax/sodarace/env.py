@@ -29,6 +29,7 @@ a `data` axis by `shard_map`: every device simulates its own lanes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +45,7 @@ from elmjax.mesh import data_mesh
 from elmjax.sodarace import body as body_lib
 from elmjax.sodarace.body import Body
 from elmjax.sodarace.physics import (
+    Diagnostics,
     SimParams,
     SimState,
     centre_of_mass_x,
@@ -56,7 +58,7 @@ from elmjax.sodarace.walker import check_walker, disconnected_joints
 
 #: The physical diagnostics every evaluation reports (`Evaluation.extras`, the program store,
 #: `elmjax simulate --json`), in this order.
-DIAGNOSTICS = ("airborne_fraction", "peak_speed", "bone_error", "muscle_work")
+DIAGNOSTICS = tuple(f.name for f in dataclasses.fields(Diagnostics))
 
 #: Descriptor ranges. Seeds span height 7-16, width 10-20 and mass 39-140; walkers may reach
 #: 200 x 200 units (coordinates within +-100), but the grid's resolution goes where evolution
