@@ -184,6 +184,12 @@ def _rope(x: jax.Array, positions: jax.Array, config: LMConfig) -> jax.Array:
     return jnp.concatenate([out, x[..., rd:]], axis=-1)
 
 
+def _cache_mask(q_slot: jax.Array, k_slot: jax.Array, start: jax.Array) -> jax.Array:
+    """[B, T, S]: query slot q sees key slot k when start <= k <= q (start [B]: left padding)."""
+    k = k_slot[None, None, :]
+    return (k <= q_slot[None, :, None]) & (k >= start[:, None, None])
+
+
 def _write_cache(
     k_cache: jax.Array, v_cache: jax.Array, k: jax.Array, v: jax.Array, index: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
@@ -239,19 +245,12 @@ class Attention(nnx.Module):
         elif fresh:
             k_cache, v_cache = _write_cache(k_cache, v_cache, k, v, index)
             keys, values = k, v
-            slot = jnp.arange(t)
-            mask = (slot[None, None, :] <= slot[None, :, None]) & (
-                slot[None, None, :] >= start[:, None, None]
-            )
+            mask = _cache_mask(jnp.arange(t), jnp.arange(t), start)
         else:
             k_cache, v_cache = _write_cache(k_cache, v_cache, k, v, index)
             width = k_cache.shape[1] if window is None else min(window, k_cache.shape[1])
             keys, values = k_cache[:, :width], v_cache[:, :width]
-            q_slot = index + jnp.arange(t)
-            k_slot = jnp.arange(width)
-            mask = (k_slot[None, None, :] <= q_slot[None, :, None]) & (
-                k_slot[None, None, :] >= start[:, None, None]
-            )  # [B, T, S]
+            mask = _cache_mask(index + jnp.arange(t), jnp.arange(width), start)
         groups = h // kvh
         qg = q.reshape(b, t, kvh, groups, hd)
         scores = jnp.einsum(
