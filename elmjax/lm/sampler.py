@@ -166,6 +166,8 @@ def generate(
         return jax.vmap(lambda k: jax.random.fold_in(k, step))(row_keys)
 
     m = stop_seqs.shape[1]
+    stop_wild = stop_seqs[None] < 0  # padding slots of a stop sequence match anything
+    stop_live = jnp.any(stop_seqs >= 0, axis=-1)[None]  # all-padding rows never stop
     out0 = jnp.full((rows, m - 1 + max_new_tokens), -1, jnp.int32)  # m-1 leading pad columns
     tok0 = choose(logits, step_keys(jnp.int32(0)))
     state0 = (
@@ -188,8 +190,7 @@ def generate(
             out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, m - 1 + step))
             last = jax.lax.dynamic_slice(out, (0, step), (rows, m))  # last m tokens
             stop_hit = (
-                jnp.all((last[:, None, :] == stop_seqs[None]) | (stop_seqs[None] < 0), axis=-1)
-                & jnp.any(stop_seqs >= 0, axis=-1)[None]
+                jnp.all((last[:, None, :] == stop_seqs[None]) | stop_wild, axis=-1) & stop_live
             )
             ended = jnp.any(tok[:, None] == eos_ids[None], axis=-1) | jnp.any(stop_hit, axis=-1)
             ended = ended & ~done
