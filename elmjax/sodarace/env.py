@@ -54,7 +54,7 @@ from elmjax.sodarace.physics import (
     rollout,
 )
 from elmjax.sodarace.terrain import Terrain, check_terrain, get_terrain
-from elmjax.sodarace.walker import check_walker, disconnected_joints
+from elmjax.sodarace.walker import check_walker, disconnected_joints, disconnected_message
 
 #: The physical diagnostics every evaluation reports (`Evaluation.extras`, the program store,
 #: `elmjax simulate --json`), in this order.
@@ -236,10 +236,7 @@ def simulate_walkers(
             errors[k] = f"invalid walker: {e}"[:300]
             continue
         if loose:
-            errors[k] = (
-                f"disconnected: joints {loose[:8]} are not connected to joint 0 "
-                "(a walker must be one piece)"
-            )
+            errors[k] = disconnected_message(loose)
             continue
         ok.append(k)
     ok_walkers = [walkers[k] for k in ok]

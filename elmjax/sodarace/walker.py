@@ -263,10 +263,15 @@ def validate(walker: Walker) -> None:
         )
     loose = disconnected_joints(n, [(m.i, m.j) for m in walker.muscles])
     if loose:
-        raise WalkerError(
-            f"disconnected: joints {loose[:8]} are not connected to joint 0 "
-            "(a walker must be one piece)"
-        )
+        raise WalkerError(disconnected_message(loose))
+
+
+def disconnected_message(loose: list[int]) -> str:
+    """The error for a walker whose joints `loose` (from `disconnected_joints`) are loose."""
+    return (
+        f"disconnected: joints {loose[:8]} are not connected to joint 0 "
+        "(a walker must be one piece)"
+    )
 
 
 def disconnected_joints(num_joints: int, connections: Any) -> list[int]:
