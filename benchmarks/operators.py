@@ -3,8 +3,9 @@
     python benchmarks/operators.py [--quick] [--json PATH] [--parents-per-seed K] [--children N]
 
 Parents: valid GP descendants of each of the paper's four seeds that elm-tiny never saw in
-training (`eval_parents.json` shipped with elm-tiny; the cppn_mutable lineage is held out
-whole). For each operator x model -- gp; diff with elm-tiny; prompt and diff with SmolLM2-135M
+training, frozen in `benchmarks/eval_parents.json` (a copy of the set elm-tiny v1 shipped, less the
+parents that today's validity rules reject, listed there), so a new model bundle cannot change
+them; the cppn_mutable lineage is held out of all training data whole. For each operator x model -- gp; diff with elm-tiny; prompt and diff with SmolLM2-135M
 (`--quick`: gp and elm-tiny only) -- N children per parent go through the sandbox, and we report:
 
 - apply: share of children the operator turned into program text (diff applied / code parsed)
@@ -37,12 +38,12 @@ GRID = 12
 INJECT = {"walker_creator": "elmjax.sodarace.walker:walker_creator"}
 
 
-def load_parents(per_seed: int) -> dict[str, list[str]]:
-    from elmjax.lm.registry import MODELS_DIR
+EVAL_PARENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "eval_parents.json")
 
-    path = MODELS_DIR / "elm-tiny" / "eval_parents.json"
-    with open(path) as f:
-        parents = json.load(f)
+
+def load_parents(per_seed: int) -> dict[str, list[str]]:
+    with open(EVAL_PARENTS) as f:
+        parents = json.load(f)["parents"]
     return {name: texts[:per_seed] for name, texts in parents.items()}
 
 

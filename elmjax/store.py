@@ -424,6 +424,25 @@ class ProgramStore:
                 out.append(r)
         return out
 
+    def entered_edits(
+        self, up_to_generation: int | None = None, from_generation: int = 0
+    ) -> list[tuple[int, str, str]]:
+        """(program id, parent text, child text) of every single-parent candidate that entered
+        the archive in committed generations `from_generation`..`up_to_generation`, in program
+        id order: the accepted diffs that the paper fine-tunes its diff model on."""
+        last = self.last_generation() if up_to_generation is None else int(up_to_generation)
+        rows = self._query(
+            """
+            SELECT c.program_id, p.text AS parent, c.text AS child FROM programs c
+            JOIN programs p ON p.program_id = CAST(json_extract(c.parents, '$[0]') AS INTEGER)
+            WHERE c.entered = 1 AND json_array_length(c.parents) = 1
+              AND c.generation BETWEEN ? AND ? AND c.text != p.text
+            ORDER BY c.program_id
+            """,
+            (int(from_generation), last),
+        )
+        return [(int(r["program_id"]), r["parent"], r["child"]) for r in rows]
+
     def iter_generations(
         self, from_generation: int = 0
     ) -> Iterator[tuple[int, list[ProgramRecord]]]:

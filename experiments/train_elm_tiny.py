@@ -1,16 +1,23 @@
-"""Rebuild `elm-tiny`, elmjax's embedded default diff model, from scratch on a CPU.
+"""Rebuild `elm-tiny`, elmjax's embedded default diff model, on a CPU (v2: numbered diffs).
 
-    python experiments/train_elm_tiny.py --workdir runs/elm-tiny            # corpus, train, ship
-    python experiments/train_elm_tiny.py --workdir runs/elm-tiny --export   # ship the latest
-                                                                            # checkpoint as it is
+    python experiments/train_elm_tiny.py --workdir runs/elm-tiny-v2 \\
+        --runs RUN_DIR [RUN_DIR ...]                # corpus, train, ship
+    python experiments/train_elm_tiny.py --workdir runs/elm-tiny-v2 --export   # ship as it is
 
-Steps: (1) a corpus of GP edits of the Sodarace seeds in the ELM diff format
-(`elmjax.mutation.corpus`; lineages of `HELD_OUT` seeds are kept out); (2) a byte-level BPE
-trained on it; (3) a small Llama-style decoder trained with `elmjax.lm.train` on packed
-sequences (loss on every token: the programs as well as the diffs, which on a budget of a few
-hundred steps teaches the model the code it must copy into a diff's context lines); (4) the
-model saved with `save_model` into `elmjax/lm/models/elm-tiny/` with `training.json` (figures
-that the model card quotes).
+Steps: (1) the corpus: GP lineages of every training seed and of random valid body programs
+(`elmjax.mutation.corpus`), plus the diffs that entered the archive in earlier runs (`--runs`:
+run directories; their seed programs must not be held out). Held-out lineages (`corpus.HELD_OUT`:
+cppn_mutable, wheel, galloper, runner) and the frozen evaluation parents
+(`benchmarks/eval_parents.json`) are kept out of every training example, checked by syntax-tree
+key. (2) Every edit rendered in the numbered diff format (`diff_format.NUMBERED_FORMAT`: the
+parent's lines numbered in the prompt, 0-context hunks that name each removed line by its
+number), which a small model can copy from. (3) The tokenizer: the base model's byte-level BPE
+plus one added token per line-number prefix `1|` .. `{MAX_LINE}|`, so a line number is the same
+single token in the prompt and in the diff. (4) Warm start: the base model (`--base`, default the
+shipped v1 weights) with its embedding grown for the new tokens, trained with `elmjax.lm.train`
+on packed rows, loss on the diffs only (`edit_data.pack_examples`). (5) Shipped with `save_model`
+(`diff_format: numbered` in config.json), `training.json` (figures the model card quotes) and
+`training_keys.txt` (syntax-tree keys of every training program, for the overlap test).
 
 Everything lands in `--workdir` first (corpus, tokenizer, packed data, orbax checkpoints,
 `train.log`), so the run can be stopped at any point and resumed or exported.
@@ -30,194 +37,174 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHIP = ROOT / "elmjax" / "lm" / "models" / "elm-tiny"
+EVAL_PARENTS = ROOT / "benchmarks" / "eval_parents.json"
 
-#: Markers of the ELM diff format, each one token.
-MARKERS = ("<NME>", "<BEF>", "<MSG>", "<DFF>", "<END>")
-
-
-def model_config(vocab_size: int, eos: int, args: argparse.Namespace):
-    from elmjax.lm.config import LMConfig
-
-    return LMConfig(
-        arch="llama",
-        vocab_size=vocab_size,
-        d_model=args.d_model,
-        n_layers=args.n_layers,
-        n_heads=args.d_model // 32,
-        d_mlp=args.d_model * 3,
-        max_seq_len=2048,  # RoPE: positions beyond training length still work, less well
-        tie_embeddings=True,
-        eos_token_id=eos,
-        bos_token_id=eos,
-    )
+#: Line-number tokens `1|` .. `MAX_LINE|` (the seeds have at most ~90 lines; GP grows them).
+MAX_LINE = 300
 
 
-def train_tokenizer(texts: list[str], vocab_size: int):
-    """Byte-level BPE without GPT-2's word-splitting regex, tokens at most 12 characters: on
-    this narrow corpus it needs ~2.5x fewer tokens per example than the regex version (less
-    compute per example, shorter decodes), while any text still round-trips exactly."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+def eval_parent_keys() -> set[str]:
+    from elmjax.mutation.corpus import program_key
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=["<|endoftext|>", "<|pad|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        max_token_length=12,
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    tok.add_tokens([AddedToken(m, normalized=False, single_word=False) for m in MARKERS])
-    return tok
+    parents = json.loads(EVAL_PARENTS.read_text())["parents"]
+    return {program_key(t) for texts in parents.values() for t in texts}
 
 
-def pack(tok, texts: list[str], seq_len: int, seed: int):
-    """Greedy packing of shuffled examples (each ending in <|endoftext|>) into rows of
-    `seq_len`; examples longer than a row are dropped. Loss on every real token."""
-    from elmjax.lm.train import TokenDataset
+def run_edits(run_dirs: list[str], held_out: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Accepted diffs of earlier runs (their stores); refuses a run seeded from a held-out
+    lineage."""
+    import yaml
 
-    eos = tok.token_to_id("<|endoftext|>")
-    pad = tok.token_to_id("<|pad|>")
-    encoded = [tok.encode(t, add_special_tokens=False).ids + [eos] for t in texts]
-    kept = [ids for ids in encoded if len(ids) <= seq_len]
-    order = np.random.default_rng(seed).permutation(len(kept))
-    rows, row = [], []
-    for i in order:
-        ids = kept[i]
-        if len(row) + len(ids) > seq_len:
-            rows.append(row)
-            row = []
-        row = row + ids
-    if row:
-        rows.append(row)
-    tokens = np.full((len(rows), seq_len), pad, np.int32)
-    mask = np.zeros((len(rows), seq_len), bool)
-    for r, ids in enumerate(rows):
-        tokens[r, : len(ids)] = ids
-        mask[r, 1 : len(ids)] = True
-    stats = {
-        "examples": len(encoded),
-        "examples_kept": len(kept),
-        "rows": len(rows),
-        "tokens": int(mask.sum()),
-        "mean_example_tokens": float(np.mean([len(x) for x in kept])),
-        "max_example_tokens": int(max(len(x) for x in kept)),
-    }
-    return TokenDataset(tokens, mask), stats
+    from elmjax.store import ProgramStore
+
+    out = []
+    for run in run_dirs:
+        cfg = yaml.safe_load((pathlib.Path(run) / "config.yaml").read_text())
+        seeds = cfg.get("seed_programs", ["square"])
+        bad = [s for s in seeds if pathlib.Path(str(s)).stem in held_out]
+        if bad:
+            raise SystemExit(f"{run}: seeded from held-out lineage(s) {bad}")
+        store = ProgramStore(pathlib.Path(run) / "programs.sqlite")
+        out += [(p, c) for _, p, c in store.entered_edits()]
+        store.close()
+    return out
 
 
 def build(args: argparse.Namespace, work: pathlib.Path) -> None:
-    """Corpus, tokenizer and packed data, written once into `work`."""
-    from elmjax.mutation.corpus import build_corpus
+    """Corpus (jsonl) and the training program keys, written once into `work`."""
+    from elmjax.mutation.corpus import HELD_OUT, build_corpus, program_key, random_body_corpus
     from elmjax.sodarace.seeds import load_seeds
 
     t0 = time.time()
+    exclude = eval_parent_keys()
+    seeds = {k: v for k, v in load_seeds().items() if k not in HELD_OUT}
     corpus = build_corpus(
-        load_seeds(),
+        seeds,
         seed=args.seed,
         generations=args.generations,
         children_per_generation=args.children,
+        exclude=exclude,
     )
-    train_ex = [e.example() for e in corpus["train"]]
-    held_ex = [e.example() for e in corpus["held_out"]]
+    rows = [("seed_lineage", e.seed, e.parent, e.child) for e in corpus["train"]]
+    randoms = random_body_corpus(
+        args.random_bodies, args.seed, args.random_generations, args.random_children,
+        exclude=exclude,
+    )  # fmt: skip
+    rows += [("random_lineage", "random", e.parent, e.child) for e in randoms]
+    archive = run_edits(args.runs, HELD_OUT)
+    rows += [
+        ("archive", "run", p, c)
+        for p, c in archive
+        if not {program_key(p), program_key(c)} & exclude
+    ]
     with open(work / "corpus.jsonl", "w") as f:
-        for split, edits in corpus.items():
-            for e in edits:
-                f.write(
-                    json.dumps(
-                        {
-                            "split": split,
-                            "seed": e.seed,
-                            "generation": e.generation,
-                            "kind": e.kind,
-                            "detail": e.detail,
-                            "parent": e.parent,
-                            "child": e.child,
-                        }
-                    )
-                    + "\n"
-                )
-    tok = train_tokenizer([e.text for e in train_ex], args.vocab_size)
-    tok.save(str(work / "tokenizer.json"))
-    data, stats = pack(tok, [e.text for e in train_ex], args.seq_len, args.seed)
-    held_tokens = [len(tok.encode(e.text).ids) for e in held_ex]
-    stats.update(
-        train_edits=len(corpus["train"]),
-        held_out_edits=len(corpus["held_out"]),
-        held_out_mean_example_tokens=float(np.mean(held_tokens)) if held_tokens else 0.0,
-        train_seeds=sorted({e.seed for e in corpus["train"]}),
-        held_out_seeds=sorted({e.seed for e in corpus["held_out"]}),
-        build_seconds=time.time() - t0,
+        for source, lineage, parent, child in rows:
+            f.write(json.dumps({"source": source, "lineage": lineage, "parent": parent,
+                                "child": child}) + "\n")  # fmt: skip
+    counts: dict[str, int] = {}
+    for source, *_ in rows:
+        counts[source] = counts.get(source, 0) + 1
+    (work / "corpus.json").write_text(
+        json.dumps({"edits": counts, "held_out": list(HELD_OUT), "seconds": time.time() - t0})
     )
-    np.savez(work / "data.npz", tokens=data.tokens, loss_mask=data.loss_mask)
-    (work / "data.json").write_text(json.dumps(stats, indent=2))
-    print(json.dumps(stats), flush=True)
+    print(json.dumps(counts), flush=True)
 
 
-def write_eval_parents(work: pathlib.Path, per_seed: int = 8) -> None:
-    """Held-out parents for the operator benchmark: per ELM seed, valid GP descendants that are
-    not among the corpus programs (for cppn_mutable, the whole lineage is held out anyway)."""
-    from elmjax.mutation.corpus import eval_parents
-    from elmjax.sodarace.seeds import ELM_SEEDS, load_seeds
-
-    seen = set()
+def load_corpus(work: pathlib.Path) -> list[dict]:
     with open(work / "corpus.jsonl") as f:
-        for line in f:
-            row = json.loads(line)
-            seen.update((row["parent"], row["child"]))
-    parents = eval_parents(load_seeds(ELM_SEEDS), seen, per_seed)
-    (work / "eval_parents.json").write_text(json.dumps(parents, indent=1) + "\n")
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def grow_tokenizer(tok):
+    """The base tokenizer plus the line-number tokens (ids appended after the base vocab)."""
+    from tokenizers import AddedToken
+
+    tok.add_tokens([AddedToken(f"{k}|", normalized=False) for k in range(1, MAX_LINE + 1)])
+    return tok
+
+
+def grow_model(base, vocab_size: int, seed: int):
+    """The base decoder with its (tied) embedding grown to `vocab_size` rows; new rows drawn
+    with the old rows' scale, so the new tokens start as plausible, distinct vectors."""
+    import dataclasses
+
+    import jax
+
+    from elmjax.lm.state import decoder_from_flat, flat_state
+
+    flat = {k: np.asarray(v) for k, v in flat_state(base.decoder).items()}
+    old = flat["embed.embedding"]
+    rng = np.random.default_rng(seed)
+    new = rng.normal(0.0, old.std(), (vocab_size - old.shape[0], old.shape[1])).astype(old.dtype)
+    flat["embed.embedding"] = np.concatenate([old, new])
+    config = dataclasses.replace(base.config, vocab_size=vocab_size)
+    return config, decoder_from_flat(config, {k: jax.numpy.asarray(v) for k, v in flat.items()})
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", default=str(ROOT / "runs" / "elm-tiny"))
+    p.add_argument("--workdir", default=str(ROOT / "runs" / "elm-tiny-v2"))
     p.add_argument("--out", default=str(SHIP))
+    p.add_argument("--base", default=None, help="model directory to start from (default: a "
+                   "copy of the shipped bundle made on the first call)")  # fmt: skip
+    p.add_argument("--runs", nargs="*", default=[], help="run directories: accepted diffs")
     p.add_argument("--export", action="store_true", help="ship the latest checkpoint, no training")
+    p.add_argument("--build-only", action="store_true", help="corpus only")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--generations", type=int, default=8)
-    p.add_argument("--children", type=int, default=150, help="GP children per generation")
-    p.add_argument("--vocab-size", type=int, default=2048)
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--n-layers", type=int, default=6)
-    p.add_argument("--steps", type=int, default=800)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--generations", type=int, default=10)
+    p.add_argument("--children", type=int, default=200, help="GP children per generation")
+    p.add_argument("--random-bodies", type=int, default=60)
+    p.add_argument("--random-generations", type=int, default=3)
+    p.add_argument("--random-children", type=int, default=25)
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--time-limit", type=float, default=None, help="seconds of training")
     args = p.parse_args(argv)
 
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     work = pathlib.Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    if not (work / "data.npz").exists():
+    if not (work / "corpus.jsonl").exists():
         build(args, work)
-    if not (work / "eval_parents.json").exists():
-        write_eval_parents(work)
+    if args.build_only:
+        return 0
 
-    import jax
-
-    from elmjax.lm import LanguageModel, init_decoder, save_model
+    from elmjax.lm import LanguageModel, load_model, save_model
     from elmjax.lm.state import count_params
     from elmjax.lm.tokenizer import load_tokenizer
     from elmjax.lm.train import TokenDataset, TrainConfig, train
+    from elmjax.mutation.corpus import program_key
+    from elmjax.mutation.diff_format import NUMBERED_FORMAT
+    from elmjax.mutation.edit_data import edit_examples, pack_examples
 
+    base_dir = pathlib.Path(args.base) if args.base else work / "base"
+    if not args.base and not base_dir.exists():
+        shutil.copytree(SHIP, base_dir)
+    base = load_model(str(base_dir))
+    rows = load_corpus(work)
+    if not (work / "data.npz").exists():
+        tok = grow_tokenizer(base.tokenizer)
+        tok.save(str(work / "tokenizer.json"))
+        examples = edit_examples([(r["parent"], r["child"]) for r in rows], NUMBERED_FORMAT)
+        data, stats = pack_examples(tok, examples, args.seq_len, args.seed)
+        stats["corpus"] = json.loads((work / "corpus.json").read_text())
+        np.savez(work / "data.npz", tokens=data.tokens, loss_mask=data.loss_mask)
+        (work / "data.json").write_text(json.dumps(stats, indent=2))
+        print(json.dumps(stats), flush=True)
     tok = load_tokenizer(work / "tokenizer.json")
     npz = np.load(work / "data.npz")
     data = TokenDataset(npz["tokens"], npz["loss_mask"])
-    config = model_config(tok.get_vocab_size(), tok.token_to_id("<|endoftext|>"), args)
-    decoder = init_decoder(config, jax.random.key(args.seed))
+    config, decoder = grow_model(base, tok.get_vocab_size(), args.seed)
     tcfg = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
-        warmup_steps=min(40, args.steps // 10),
+        warmup_steps=min(20, args.steps // 10),
         weight_decay=0.05,
         log_every=5,
-        checkpoint_every=25,
+        checkpoint_every=20,
         time_limit_s=args.time_limit,
     )
 
@@ -226,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             log.write(json.dumps(rec) + "\n")
         print(json.dumps(rec), flush=True)
 
-    decoder, history = train(
+    decoder, _ = train(
         decoder,
         data,
         tcfg,
@@ -239,9 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     records = [json.loads(line) for line in lines if line.strip()]
     last = records[-1] if records else {}
     tail = [r["loss"] for r in records[-10:]]
+    import jax
+
     summary = {
         "config": config.to_dict(),
+        "diff_format": NUMBERED_FORMAT.name,
         "parameters": int(count_params(decoder)),
+        "base": str(base_dir),
         "train": {k: v for k, v in vars(tcfg).items()},
         "steps_done": last.get("step", 0),
         "final_loss": last.get("loss"),
@@ -250,9 +241,15 @@ def main(argv: list[str] | None = None) -> int:
         "jax": jax.__version__,
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
     }
-    save_model(LanguageModel(config, decoder, tok, name="elm-tiny"), args.out)
-    (pathlib.Path(args.out) / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
-    shutil.copy(work / "eval_parents.json", pathlib.Path(args.out) / "eval_parents.json")
+    out = pathlib.Path(args.out)
+    model = LanguageModel(config, decoder, tok, name="elm-tiny", diff_format=NUMBERED_FORMAT.name)
+    save_model(model, out)
+    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    keys = sorted({program_key(t) for r in rows for t in (r["parent"], r["child"])})
+    (out / "training_keys.txt").write_text("\n".join(keys) + "\n")
+    stale = out / "eval_parents.json"  # v1 shipped its benchmark parents; they now live in
+    if stale.exists():  # benchmarks/eval_parents.json, frozen
+        stale.unlink()
     print(json.dumps({k: summary[k] for k in ("parameters", "steps_done", "final_loss")}))
     return 0
 

@@ -4,6 +4,7 @@ failures for malformed diffs."""
 from __future__ import annotations
 
 import random
+import re
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -143,3 +144,67 @@ def test_diff_example_renders_the_elm_format_and_applies():
     assert ex.prompt.endswith("<MSG> Changed parameters in make_walker function.\n<DFF>")
     assert ex.completion.endswith(END_OF_DIFF)
     assert apply_diff(PROGRAM, extract_diff(ex.completion)) == after
+
+
+# ---- the numbered rendering (elm-tiny v2) ---------------------------------------------------
+
+
+@given(_edited())
+def test_numbered_completion_round_trips_through_the_applier(pair):
+    from elmjax.mutation.diff_format import NUMBERED_FORMAT, normalize_program
+
+    a, b = (normalize_program(t) for t in pair)
+    if a == b:
+        return
+    completion = NUMBERED_FORMAT.completion(a, b)
+    assert completion.endswith(END_OF_DIFF) and "--- a/" not in completion
+    assert apply_diff(a, NUMBERED_FORMAT.to_unified(completion)) == b
+
+
+def test_numbered_diff_names_each_removed_line_by_its_prompt_number():
+    """The property the rendering exists for: every removed line of the diff, number included,
+    is a line of the prompt, so a model can copy it."""
+    from elmjax.mutation.diff_format import NUMBERED_FORMAT, number_lines
+
+    rng = random.Random(0)
+    lines = PROGRAM.splitlines(keepends=True)
+    for _ in range(20):
+        edited = list(lines)
+        k = rng.randrange(len(edited))
+        edited[k] = edited[k].replace("0", "3") if "0" in edited[k] else "    pass\n"
+        if rng.random() < 0.5:
+            edited.insert(rng.randrange(len(edited)), "    z = 1\n")
+        after = "".join(edited)
+        if after == PROGRAM:
+            continue
+        ex = NUMBERED_FORMAT.example(PROGRAM, after, MESSAGES[0][0])
+        shown = set(number_lines(PROGRAM).splitlines())
+        assert ex.prompt.startswith("<NME> walker.py\n<BEF> 1|def make_walker():\n2|")
+        removed = [ln[1:] for ln in ex.completion.splitlines() if ln.startswith("-")]
+        assert removed and all(r in shown for r in removed)
+        added = [ln for ln in ex.completion.splitlines() if ln.startswith("+")]
+        assert added and not any(re.match(r"\+\d+\|", a) for a in added)
+
+
+def test_to_unified_strips_numbers_and_cuts_at_stop():
+    from elmjax.mutation.diff_format import ELM_FORMAT, NUMBERED_FORMAT, get_format
+
+    completion = (
+        "\n@@ -3 +3 @@\n-3|    a = wc.add_joint(0.0, 0.0)\n+    a = wc.add_joint(1.0, 0.0)\n"
+    )
+    completion += "<END>\n-9|junk"
+    diff = NUMBERED_FORMAT.to_unified(completion)
+    assert (
+        diff == "\n@@ -3 +3 @@\n-    a = wc.add_joint(0.0, 0.0)\n+    a = wc.add_joint(1.0, 0.0)\n"
+    )
+    assert apply_diff(PROGRAM, diff) == PROGRAM.replace("(0.0, 0.0)", "(1.0, 0.0)")
+    # a model that wrote a wrong number still applies by content (the number is a hint)
+    wrong = completion.replace("-3|", "-7|")
+    assert apply_diff(PROGRAM, NUMBERED_FORMAT.to_unified(wrong)) == apply_diff(PROGRAM, diff)
+    assert ELM_FORMAT.to_unified("x<END>y") == "x" and get_format(None) is ELM_FORMAT
+    import pytest
+
+    with pytest.raises(ValueError):
+        get_format("nope")
+    with pytest.raises(ValueError):
+        NUMBERED_FORMAT.completion(PROGRAM, PROGRAM + "\n\n")

@@ -123,3 +123,24 @@ def test_elm_tiny_loads_offline_and_produces_children(monkeypatch):
         assert len(run_walkers(texts)) == len(texts)
     again = make_operator("diff", model=model, max_new_tokens=96).mutate(parents, 2, seed=0)
     assert [c.raw_output for c in again] == [c.raw_output for c in children]
+
+
+def test_diff_operator_prompts_in_the_models_own_format():
+    """A model bundle that names `diff_format: numbered` (elm-tiny v2) gets numbered prompts
+    and its numbered diffs apply; an explicit `diff_format` overrides the model's."""
+    from types import SimpleNamespace
+
+    from elmjax.mutation.diff_format import NUMBERED_FORMAT
+
+    parent = SEEDS["square"]
+    good = parent.replace("False, 5.0, 0.0", "False, 7.5, 0.0", 1)
+    sampler = ScriptedSampler([NUMBERED_FORMAT.completion(parent, good), "\n-1|zzz\n<END>"])
+    sampler.model = SimpleNamespace(diff_format="numbered")
+    op = DiffOperator("scripted", sampler=sampler)
+    ok, bad = op.mutate([parent], 2, seed=1)
+    prompt = sampler.calls[0][0][0]
+    assert prompt.startswith("<NME> walker.py\n<BEF> 1|") and "\n2|" in prompt
+    assert ok.text.rstrip() == good.rstrip() and bad.error_kind == "apply"
+    plain = DiffOperator("scripted", sampler=sampler, diff_format="elm")
+    plain.mutate([parent], 1, seed=1)
+    assert "\n2|" not in sampler.calls[-1][0][0]

@@ -7,6 +7,9 @@ The elmjax model directory (what `save_model` writes and `elm-tiny` ships as):
                         `model.flat_state`), float32 or bfloat16 as saved
     tokenizer.json      Hugging Face `tokenizers` file
 
+`config.json` may also name the model's `diff_format` (how the diff operator prompts it; absent:
+the ELM paper's rendering).
+
 Version 1 (the shipped elm-tiny bundle, and orbax caches written before the NNX decoder) named
 the tensors after the old dict layout (`layers.0.attn.q.w`, `embed`); they load through
 `model.legacy_to_state_name`, so those files are read as they are, never rewritten.
@@ -46,6 +49,9 @@ class LanguageModel:
     tokenizer: Tokenizer
     name: str = "model"
     source: str = ""  # where it came from (path, hub id), for provenance
+    # how a diff model wants its prompts (`elmjax.mutation.diff_format.FORMATS`); None: the ELM
+    # paper's rendering, which the published diff models and general code models read
+    diff_format: str | None = None
 
     def __iter__(self) -> Any:  # `config, decoder, tokenizer = load_model(name)`
         return iter((self.config, self.decoder, self.tokenizer))
@@ -109,19 +115,17 @@ def save_model(
 
 
 def _write_meta(model: LanguageModel, directory: str) -> None:
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "name": model.name,
+        "source": model.source,
+        "config": model.config.to_dict(),
+    }
+    if model.diff_format is not None:
+        meta["diff_format"] = model.diff_format
     with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(
-            {
-                "format": FORMAT,
-                "version": FORMAT_VERSION,
-                "name": model.name,
-                "source": model.source,
-                "config": model.config.to_dict(),
-            },
-            f,
-            indent=2,
-            sort_keys=True,
-        )
+        json.dump(meta, f, indent=2, sort_keys=True)
     save_tokenizer(model.tokenizer, os.path.join(directory, "tokenizer.json"))
 
 
@@ -157,4 +161,5 @@ def load_saved_model(directory: str | os.PathLike, name: str | None = None) -> L
         tok,
         name=name or meta.get("name", os.path.basename(directory)),
         source=meta.get("source") or directory,
+        diff_format=meta.get("diff_format"),
     )

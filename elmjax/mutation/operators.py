@@ -38,8 +38,8 @@ from elmjax.mutation.diff_format import (
     DEFAULT_FILE,
     MESSAGES,
     STOP,
-    diff_prompt,
-    extract_diff,
+    DiffFormat,
+    get_format,
     sample_message,
 )
 from elmjax.mutation.unified_diff import try_apply
@@ -227,7 +227,10 @@ def _describe(err: Exception) -> str:
 
 
 class DiffOperator(LMOperator):
-    """ELM's diff mutation: the model writes a unified diff of the parent."""
+    """ELM's diff mutation: the model writes a unified diff of the parent.
+
+    The prompt rendering is the model's own (`LanguageModel.diff_format`: the paper's for
+    published diff models, `numbered` for elm-tiny v2) unless `diff_format` names one."""
 
     name = "diff"
 
@@ -237,18 +240,29 @@ class DiffOperator(LMOperator):
         *,
         file_name: str = DEFAULT_FILE,
         messages: tuple[tuple[str, float], ...] = MESSAGES,
+        diff_format: str | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(model, **kw)
         self.file_name = file_name
         self.messages = messages
+        self._format = get_format(diff_format) if diff_format is not None else None
+
+    @property
+    def format(self) -> DiffFormat:
+        """The rendering in use (asking for the model's own loads the model)."""
+        if self._format is None:
+            self._format = get_format(
+                getattr(getattr(self.sampler, "model", None), "diff_format", None)
+            )
+        return self._format
 
     def prompts(self, parents: Sequence[str], seed: int, offset: int = 0) -> list[tuple[str, str]]:
         """(prompt, message) per parent; the message is drawn per parent from `messages`."""
         out = []
         for i, parent in enumerate(parents):
             message = sample_message(_rng(seed, offset + i, -1), self.messages)
-            out.append((diff_prompt(parent, message, self.file_name), message))
+            out.append((self.format.prompt(parent, message, self.file_name), message))
         return out
 
     def mutate(self, parents, n, seed, parent_ids=None, offset=0):
@@ -258,7 +272,7 @@ class DiffOperator(LMOperator):
         out = []
         for pid, parent, (prompt, message), samples in zip(ids, parents, prompts, raw):
             for completion in samples:
-                applied = try_apply(parent, extract_diff(completion))
+                applied = try_apply(parent, self.format.to_unified(completion))
                 if applied.ok:
                     out.append(
                         self._child((pid,), prompt, completion, text=applied.text, detail=message)

@@ -236,6 +236,8 @@ def apply_diff(text: str, diff: str, max_fuzz: int = 2) -> str:
         lines[start : start + len(old)] = new
         if hunk.old_start:  # later hunks drift as far as this one did, plus what it added
             offset = start - (_stated(hunk) + trimmed[0]) + len(new) - len(old)
+        elif not hunk.old:  # `@@ -0,0 +1,k @@`: lines added at the top move the rest down
+            offset += len(new)
         floor = start + len(new)
     return "".join(lines)
 
