@@ -29,6 +29,7 @@ HANDLERS = {
     "evolve": "elmjax.loop.cli:evolve_command",
     "report": "elmjax.viz.report:report_command",
     "models": "elmjax.lm.cli:models_command",
+    "rl": "elmjax.rl.cli:rl_command",
 }
 
 
@@ -212,6 +213,39 @@ def build_parser() -> argparse.ArgumentParser:
     q = msub.add_parser("convert", help="save a model as an elmjax model directory")
     q.add_argument("name", metavar="MODEL", help=model_help)
     q.add_argument("--out", default=None, metavar="DIR", help="where to write it")
+
+    p = sub.add_parser(
+        "rl",
+        help="stage 3: train a terrain-conditioned program writer with PPO",
+        description="Stage 3 of ELM: the stage-2 model behind a learned terrain soft prompt, "
+        "trained with PPO on the distance its programs' walkers travel on each terrain (the "
+        "sandbox and simulator of `evolve`). Writes RUN_DIR/eval.json (terrain x conditioning "
+        "matrices before and after), metrics, TensorBoard, checkpoints and pictures.",
+        epilog="examples:\n  elmjax rl --model MODEL_DIR --terrains left_wall,right_wall,tunnel "
+        "--out runs/rl --steps 20\n  elmjax rl --resume runs/rl --steps 40  (a total)\n"
+        "config keys for --set: see elmjax/rl/config.py (samples_per_terrain, kl_coef, "
+        "learning_rate, max_new_tokens, eval_samples, stage1_run, ...)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", default=None, metavar="MODEL_DIR", help="a stage-2 model bundle")
+    p.add_argument(
+        "--terrains",
+        default=None,
+        metavar="A,B,C",
+        help=f"conditioning terrains, in matrix order ({', '.join(TERRAIN_NAMES)}); the "
+        "paper's sets: left_wall,right_wall,tunnel and left_wall,right_wall,bumpy",
+    )
+    p.add_argument("--out", default=None, metavar="RUN_DIR", help="run directory to create")
+    p.add_argument(
+        "--steps", type=int, default=None, metavar="N", help="PPO steps in total (default 20)"
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a config key (repeatable)"
+    )
+    p.add_argument(
+        "--resume", default=None, metavar="RUN_DIR", help="continue a run to --steps in total"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite a directory holding a run")
     return parser
 
 

@@ -346,3 +346,19 @@ def test_nothing_but_the_entry_points_imports_the_loop(graph):
         if _matches(dst, "elmjax.loop") and not _matches(src, "elmjax.loop")
     }
     assert importers <= {"elmjax.elm", "elmjax.cli"}, importers
+
+
+def test_rl_scores_through_the_shared_evaluation_step_never_the_loop(graph):
+    """Stage 3 reaches the sandbox and simulator through `elmjax.evaluation` (no second code
+    path) and run directories through `run_dir`; it never imports the ELM loop."""
+    internal = graph[0]
+    rl = {name: deps for name, deps in internal.items() if name.startswith("elmjax.rl")}
+    assert rl, "elmjax.rl is missing"
+    reached = set().union(*rl.values())
+    assert "elmjax.evaluation" in reached and "elmjax.run_dir" in reached
+    assert not any(d.startswith("elmjax.loop") or d == "elmjax.elm" for d in reached)
+    assert not any(d.startswith("elmjax.sandbox") for d in reached), "sandbox only via evaluation"
+    # and the loop and stage 2 never import stage 3
+    for name, deps in internal.items():
+        if name.startswith(("elmjax.loop", "elmjax.finetune")):
+            assert not any(d.startswith("elmjax.rl") for d in deps), name
