@@ -30,6 +30,7 @@ HANDLERS = {
     "report": "elmjax.viz.report:report_command",
     "models": "elmjax.lm.cli:models_command",
     "rl": "elmjax.rl.cli:rl_command",
+    "finetune": "elmjax.finetune.cli:finetune_command",
 }
 
 
@@ -246,6 +247,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", default=None, metavar="RUN_DIR", help="continue a run to --steps in total"
     )
     p.add_argument("--force", action="store_true", help="overwrite a directory holding a run")
+
+    p = sub.add_parser(
+        "finetune",
+        help="stage 2: train a model on the programs ELM runs found, and evaluate it",
+        description=textwrap.fill(
+            "Stage 2 of ELM: build a dataset from the runs' program stores (programs within a "
+            "cut-off of their niche's best fitness, de-duplicated by syntax tree, 5% held out), "
+            "train a model that writes a whole walker program from a short prompt, and evaluate "
+            "it (held-out loss; samples into a fresh archive: niches, QD score, valid and novel "
+            "shares; completions of Wheel, Galloper and Runner). MODEL_DIR is a model directory "
+            "(`elmjax evolve --model MODEL_DIR`) with eval.json and MODEL_CARD.md. Rerun the "
+            "same command to continue a stopped job.",
+            78,
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="keys for --set KEY=VALUE (elmjax.finetune.FinetuneConfig): within (0.5), "
+        "holdout,\nconditioned, exclude_lineages, seq_len, base (scratch | MODEL), lora_rank, "
+        "steps,\nbatch_size, lr, seed, time_limit, samples, ood_samples, temperature, ...\n\n"
+        "examples:\n  elmjax finetune runs/gp-* --out models/stage2 --steps 600\n"
+        "  elmjax finetune runs/gp-* --out models/stage2-cond --set conditioned=true\n"
+        "  elmjax finetune runs/gp-* --out models/smol-lora --set base=smollm2-135m "
+        "--set lora_rank=8\n  elmjax finetune --eval models/stage2 --samples 256",
+    )
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run directories (`evolve --out`)")
+    p.add_argument("--out", default=None, metavar="MODEL_DIR", help="where the model goes")
+    p.add_argument("--steps", type=int, default=None, metavar="N", help="training steps (600)")
+    p.add_argument("--samples", type=int, default=None, metavar="N", help="programs sampled (1024)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a job key (repeatable)"
+    )
+    p.add_argument(
+        "--eval", default=None, metavar="MODEL_DIR", help="re-run the evaluation of a model"
+    )
+    p.add_argument("--force", action="store_true", help="replace a MODEL_DIR holding another model")
     return parser
 
 
