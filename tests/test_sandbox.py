@@ -13,9 +13,10 @@ import struct
 import threading
 import time
 
+import msgpack
 import pytest
 
-from elmjax.sandbox import ERROR_KINDS, ExecResult, Limits, SandboxPool, run_programs
+from elmjax.sandbox import ERROR_KINDS, ExecResult, Limits, SandboxPool, run_programs, wire
 from elmjax.sandbox import pool as pool_module
 from elmjax.sodarace.seeds import load_seeds
 from elmjax.sodarace.walker import check_walker, walker_creator
@@ -426,43 +427,70 @@ def _frame(payload: bytes) -> bytes:
 
 
 def _reply(index: int, body: bytes) -> bytes:
-    return _frame(
-        json.dumps({"index": index, "status": 0, "seconds": 0.01}).encode() + b"\n" + body
-    )
+    return wire.outcome(index, 0.01, 0, None, body)
+
+
+def _body(reply: dict) -> bytes:
+    """A reply as a program process that broke the rules could write it (any msgpack)."""
+    return msgpack.packb(reply, use_bin_type=True)
 
 
 SQUARE_VALUE = check_walker(
     (lambda ns: (exec(SQUARE, ns), ns["make_walker"]())[1])({"walker_creator": walker_creator})
 )
-GOOD_BODY = json.dumps({"ok": True, "value": SQUARE_VALUE}).encode()
+GOOD_BODY = _body({"ok": True, "value": SQUARE_VALUE})
 BAD_JOINT = dict(
     SQUARE_VALUE, muscles=[[0, 99, {"type": "distance", "amplitude": 0.0, "phase": 0.0}]]
 )
+DEEP = b"\x91" * 100_000 + b"\xc0"  # a list in a list in ... 100,000 deep
 
 PROTOCOL_BREAKS = {
     # a frame that never completes: the caller must not block on it
     "partial_frame": (struct.pack("!i", 1000) + b"{", "timeout", False),
     "oversized_frame": (struct.pack("!i", 2**31 - 1), "crashed", False),
     "negative_frame": (struct.pack("!i", -1), "crashed", False),
-    "not_json_header": (_frame(b"garbage\n{}"), "crashed", False),
+    "short_header": (_frame(b"garbage"), "crashed", False),
+    "unknown_problem_code": (
+        _frame(wire.OUTCOME.pack(0, 0, 200, 0.01) + GOOD_BODY),
+        "crashed",
+        False,
+    ),
+    "nan_seconds": (_frame(wire.OUTCOME.pack(0, 0, 0, math.nan) + GOOD_BODY), "crashed", False),
     "reply_for_another_program": (_reply(1, GOOD_BODY), "crashed", False),
     # the template is fine, the program's process sent nonsense: only that program is crashed
-    "nan_in_value": (_reply(0, b'{"ok": true, "value": NaN}'), "crashed", True),
+    "nan_in_value": (_reply(0, _body({"ok": True, "value": math.nan})), "crashed", True),
+    "inf_coordinate": (
+        _reply(0, _body({"ok": True, "value": dict(SQUARE_VALUE, joints=[[math.inf, 0.0]])})),
+        "crashed",
+        True,
+    ),
     "muscle_to_missing_joint": (
-        _reply(0, json.dumps({"ok": True, "value": BAD_JOINT}).encode()),
+        _reply(0, _body({"ok": True, "value": BAD_JOINT})),
         "crashed",
         True,
     ),
     "unknown_reply_key": (
-        _reply(0, json.dumps({"ok": True, "value": SQUARE_VALUE, "admin": 1}).encode()),
+        _reply(0, _body({"ok": True, "value": SQUARE_VALUE, "admin": 1})),
         "crashed",
         True,
     ),
     "unknown_error_kind": (
-        _reply(0, b'{"ok": false, "kind": "pwned", "message": "x"}'),
+        _reply(0, _body({"ok": False, "kind": "pwned", "message": "x"})),
         "crashed",
         True,
     ),
+    "truncated_reply": (_reply(0, GOOD_BODY[:-3]), "crashed", True),
+    "trailing_bytes": (_reply(0, GOOD_BODY + b"\xc0"), "crashed", True),
+    "extension_type": (
+        _reply(0, _body({"ok": True, "value": msgpack.ExtType(5, b"x")})),
+        "crashed",
+        True,
+    ),
+    "bytes_value": (_reply(0, _body({"ok": True, "value": b"\x00" * 10})), "crashed", True),
+    "int_key": (_reply(0, _body({"ok": True, "value": {1: 2}})), "crashed", True),
+    "nested_too_deep": (_reply(0, b"\x82\xa2ok\xc3\xa5value" + DEEP), "crashed", True),
+    "huge_int": (_reply(0, _body({"ok": True, "value": 2**64 - 1})), "crashed", True),
+    "not_a_map": (_reply(0, _body([True, SQUARE_VALUE])), "crashed", True),
 }
 
 

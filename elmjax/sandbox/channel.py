@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from elmjax.sandbox import wire
 from elmjax.sandbox.results import Limits
 from elmjax.sandbox.spawning import CONTEXT, PROCESS_CLASS
 from elmjax.sandbox.worker import serve
@@ -132,22 +133,8 @@ def ready_layers(payload: bytes) -> dict[str, str] | None:
 def outcome_of(payload: bytes, expected: int | None) -> tuple[dict[str, Any], bytes] | None:
     """(header, the program process's reply bytes) of one outcome message for the program
     `expected` (the one the worker is running; None when it runs none); None when the
-    template's part (a JSON header, then a newline) is not well formed or names another program."""
-    head, newline, body = payload.partition(b"\n")
-    try:
-        header = json.loads(head)
-    except (ValueError, RecursionError):
-        return None
-    if (
-        not newline
-        or type(header) is not dict
-        or expected is None
-        or header.get("index") != expected
-        or type(header.get("status")) is not int
-        or type(header.get("seconds")) not in (int, float)
-    ):
-        return None
-    return header, body
+    template's header is malformed or names another program (`wire.parse_outcome`)."""
+    return wire.parse_outcome(payload, expected)
 
 
 def template_of(pid: int) -> int:

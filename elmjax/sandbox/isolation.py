@@ -229,6 +229,44 @@ def program_filter() -> Any:
     return _filter(PROGRAM_SYSCALLS, allow_fork=False)
 
 
+def compiled_program_filter() -> bytes:
+    """The program filter as the BPF program libseccomp generates for it (`export_bpf`), so
+    that a child only hands it to the kernel (`load_bpf`). libseccomp's own `load` generates
+    the BPF again on every call, which costs each program process ~0.9 ms of CPU."""
+    read_end, write_end = os.pipe()
+    try:
+        with open(write_end, "wb", closefd=True) as sink:
+            program_filter().export_bpf(sink)
+        chunks = []
+        while chunk := os.read(read_end, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
+    program = b"".join(chunks)
+    if not program or len(program) % _BPF_INSTRUCTION_BYTES:
+        raise LayerUnavailable(f"libseccomp exported {len(program)} bytes of BPF")
+    return program
+
+
+_BPF_INSTRUCTION_BYTES = 8  # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+
+def load_bpf(program: bytes) -> None:
+    """Install a seccomp filter from its BPF (`compiled_program_filter`) on this process, on
+    top of any it has: `prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)`, what libseccomp's
+    `seccomp_load` does after generating the program (no_new_privs is already set)."""
+    fprog = _SockFprog(len(program) // _BPF_INSTRUCTION_BYTES, program)
+    _check(
+        _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0),
+        "prctl(PR_SET_SECCOMP)",
+    )
+
+
 def seccomp_available() -> str | None:
     """None when a filter can be built here, else why not."""
     return _SECCOMP_PROBLEM
@@ -335,7 +373,8 @@ def enter_user_namespace(layers: frozenset[str], report: dict[str, str]) -> None
 def lock_down(layers: frozenset[str], report: dict[str, str]) -> Any:
     """Everything after the namespaces, in the order that works: rlimits -> drop user ->
     user namespace -> no_new_privs -> Landlock -> seccomp (last: it forbids what the others
-    use). Returns the program filter (built now, loaded by each program's child), or None."""
+    use). Returns the program filter's BPF (`compiled_program_filter`, built now, loaded by each
+    program's child with `load_bpf`), or None."""
     if "rlimits" in layers:
         worker_rlimits()
         report["rlimits"] = "active"
@@ -367,7 +406,7 @@ def lock_down(layers: frozenset[str], report: dict[str, str]) -> Any:
             report["seccomp"] = f"unavailable: {problem}"
         else:
             try:
-                child_filter = program_filter()
+                child_filter = compiled_program_filter()
                 template_filter().load()
                 report["seccomp"] = "active (template allows fork; each program adds its own)"
             except Exception as exc:

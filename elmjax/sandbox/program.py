@@ -3,7 +3,7 @@
 `run_program` parses the text, checks the AST policy (the fast path skips the syntax tree when
 the text provably cannot break a rule), runs the entry function with the program's restricted
 globals, runs `check` on its value, checks that the result is plain data and encodes the reply
-as JSON, all on the program's CPU clock: a profiling timer (ITIMER_PROF, precise) raises
+(`wire.encode_reply`), all on the program's CPU clock: a profiling timer (ITIMER_PROF, precise) raises
 `_Expired` when the budget is spent; the process's RLIMIT_CPU is the kernel's backstop (SIGXCPU,
 same handler, then SIGKILL). A program that swallows the exception is still reported as a
 timeout. Then its cyclic garbage is collected, still on its clock, so a finaliser it left
@@ -15,7 +15,6 @@ from __future__ import annotations
 import ast
 import gc
 import importlib
-import json
 import signal
 import sys
 import time
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from elmjax.sandbox.policy import PolicyError, check_tree, needs_tree_check, rewrite_tree
+from elmjax.sandbox.wire import encode_reply
 from elmjax.sandbox.world import ForbiddenAccess, ForbiddenImport, program_globals
 
 PROGRAM_FILENAME = "<program>"
@@ -85,7 +85,7 @@ def _api_files(job: dict[str, Any]) -> frozenset[str]:
 
 
 def run_program(source: str, seed: int, job: dict[str, Any]) -> tuple[bytes, bool]:
-    """One program, start to finish, on its own CPU clock: (its JSON reply, whether it ended
+    """One program, start to finish, on its own CPU clock: (its encoded reply, whether it ended
     normally with its garbage collected). The collection runs on the program's clock, so a
     finaliser it left behind (a suspended generator's `finally`) runs now and is charged to it;
     it also clears the interpreter's free lists, which `_reusable` relies on."""
@@ -301,8 +301,8 @@ def _failure(kind: str, message: str) -> dict[str, Any]:
 
 def _encode(reply: dict[str, Any]) -> bytes:
     try:
-        return json.dumps(reply).encode()
-    except (ValueError, TypeError, RecursionError, MemoryError) as exc:
+        return encode_reply(reply)
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
         fallback = _failure("invalid", f"result cannot be encoded: {type(exc).__name__}")
         fallback["seconds"] = reply.get("seconds", 0.0)
-        return json.dumps(fallback).encode()
+        return encode_reply(fallback)

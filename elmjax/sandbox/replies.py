@@ -1,16 +1,15 @@
 """The caller's side of a worker's replies: from the bytes a program's process sent to an
 `ExecResult`, trusting none of them.
 
-The body is decoded as JSON with NaN and Infinity refused, must be exactly one of the two reply
-shapes the program process writes (ok + value, or a known error kind + message), and an ok
-value must pass the schema of the environment that owns `check` (`schemas.py`). Anything else
+The body is decoded (`wire.decode_reply`: MessagePack, plain types only), must be exactly one
+of the two reply shapes the program process writes (ok + value, or a known error kind +
+message), and an ok value must pass the schema of the environment that owns `check` (`schemas.py`). Anything else
 is `crashed`: the program's process broke the protocol. Every message is bounded and scrubbed
 of file paths and of the caller's environment values.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -19,6 +18,7 @@ from typing import Any
 
 from elmjax.sandbox.results import ERROR_KINDS, ExecResult, Limits
 from elmjax.sandbox.schemas import ReplyError
+from elmjax.sandbox.wire import decode_reply
 
 
 def settle(
@@ -44,7 +44,7 @@ def settle(
             return ExecResult.failure("timeout", message, seconds)
         return ExecResult.failure("crashed", exit_text(status), seconds)
     try:
-        reply = json.loads(body, parse_constant=_refuse_constant)
+        reply = decode_reply(body)
     except (ValueError, RecursionError):
         return ExecResult.failure("crashed", "program process sent a malformed reply", seconds)
     if type(reply) is not dict:
@@ -69,10 +69,6 @@ def settle(
 
 _OK_KEYS = frozenset({"ok", "value", "seconds"})
 _FAILURE_KEYS = frozenset({"ok", "kind", "message", "seconds"})
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def exit_text(status: int) -> str:
