@@ -363,7 +363,7 @@ def test_set_order_is_the_same_from_run_to_run():
 def test_interrupted_batch_does_not_leak_into_the_next(pool, monkeypatch):
     slow = "def f():\n    while True:\n        pass\n"
     calls = {"n": 0}
-    real_wait = pool_module.mp_connection.wait
+    real_wait = pool._wait
 
     def interrupting_wait(*args, **kwargs):
         busy = [w for w in pool._workers if w is not None and w.pending]
@@ -372,7 +372,7 @@ def test_interrupted_batch_does_not_leak_into_the_next(pool, monkeypatch):
             raise KeyboardInterrupt
         return real_wait(*args, **kwargs)
 
-    monkeypatch.setattr(pool_module.mp_connection, "wait", interrupting_wait)
+    monkeypatch.setattr(pool, "_wait", interrupting_wait)
     with pytest.raises(KeyboardInterrupt):
         pool.run([slow] * 4, "f", "sandbox_checks:identity")
     monkeypatch.undo()

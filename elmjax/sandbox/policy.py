@@ -26,7 +26,7 @@ is most of the policy's cost.
 from __future__ import annotations
 
 import ast
-import re
+import string
 from collections.abc import Callable
 from typing import Any
 
@@ -89,7 +89,6 @@ class PolicyError(Exception):
 #: spell one through NFKC normalisation), so ASCII text that matches none of these words cannot
 #: break a rule and needs no syntax tree: `compile` on the text is enough. Seed-like programs take
 #: this path; anything suspicious, even in a comment, gets the full check.
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SUSPICIOUS_WORDS = frozenset(
     {n for n in FORBIDDEN_NAMES | FORBIDDEN_ATTRIBUTES if not n.startswith("_")}
     | {"class", "format", "format_map"}  # class keywords; the format rewrite (`rewrite_tree`)
@@ -100,14 +99,27 @@ _SUSPICIOUS_WORDS = frozenset(
 FAST_PATH_MAX_CHARS = MAX_AST_NODES // 4
 
 
+#: Every byte that cannot be part of a suspicious word becomes a space (digits too: no
+#: suspicious word holds one, so a word glued to digits, `1open`, still stands alone).
+_WORD_BYTES = frozenset((string.ascii_letters + "_").encode())
+_SEPARATE_WORDS = bytes(c if c in _WORD_BYTES else 0x20 for c in range(256))
+_SUSPICIOUS_BYTES = frozenset(w.encode() for w in _SUSPICIOUS_WORDS)
+
+
 def needs_tree_check(source: str) -> bool:
     """False when `source` provably satisfies every `check_tree` rule and needs no rewrite
-    (see `_SUSPICIOUS_WORDS`); the fast path then compiles the text as it is."""
+    (see `_SUSPICIOUS_WORDS`); the fast path then compiles the text as it is.
+
+    The words are found with `bytes.translate` + `split` rather than a regular expression
+    (a third of the time, and this runs for every program): the pieces are the text's runs of
+    letters and underscores, so every identifier that is a suspicious word is one of them
+    (a longer identifier may split into more pieces, which can only make the text suspicious,
+    never clear it)."""
     return (
         len(source) > FAST_PATH_MAX_CHARS
         or not source.isascii()
         or "__" in source
-        or not _SUSPICIOUS_WORDS.isdisjoint(_IDENTIFIER.findall(source))
+        or not _SUSPICIOUS_BYTES.isdisjoint(source.encode().translate(_SEPARATE_WORDS).split())
     )
 
 

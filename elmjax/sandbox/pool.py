@@ -25,6 +25,7 @@ import collections
 import logging
 import math
 import os
+import select
 import shutil
 import tempfile
 import threading
@@ -46,7 +47,7 @@ from elmjax.sandbox.channel import (  # noqa: F401  (re-exported: pool.SEND_TIME
 from elmjax.sandbox.isolation import LAYERS, unprivileged_ids
 from elmjax.sandbox.replies import settle
 from elmjax.sandbox.results import ExecResult, Limits
-from elmjax.sandbox.schemas import schema_for
+from elmjax.sandbox.schemas import has_schema, schema_for
 from elmjax.sandbox.spawning import start_forkserver
 from elmjax.sandbox.worker import REPLY_OVERHEAD_BYTES, resolve
 
@@ -210,7 +211,7 @@ class SandboxPool:
         sources = list(sources)
         seeds = _seeds_for(sources, seeds)
         check_ref = _ref(check, "check")
-        job = _job(entry, check_ref, inject, call, limits)
+        job = _job(entry, check_ref, inject, call, limits, schema is None and has_schema(check_ref))
         state = _Batch(limits, schema or schema_for(check_ref), len(sources))
         queue = _admit(sources, state)
         with self._lock:
@@ -242,15 +243,25 @@ class SandboxPool:
         state: _Batch,
     ) -> None:
         limits = state.limits
+        watched: tuple[Worker | None, ...] = ()
+        poller = select.poll()
+        slot_of: dict[int, tuple[int, bool]] = {}  # fd -> (slot, whether it is the sentinel)
         while queue or any(w is not None and w.pending for w in self._workers):
             self._dispatch(queue, sources, seeds, job)
-            waitables: dict[Any, int] = {}
+            if tuple(self._workers) != watched:  # a worker came or went: watch the new set
+                watched = tuple(self._workers)
+                poller = select.poll()
+                slot_of = {}
+                for slot, w in enumerate(watched):
+                    if w is not None:
+                        slot_of[w.conn.fileno()] = (slot, False)
+                        slot_of[w.process.sentinel] = (slot, True)
+                for fd in slot_of:
+                    poller.register(fd, select.POLLIN)
             deadline = time.monotonic() + 3600.0
-            for slot, w in enumerate(self._workers):
+            for w in watched:
                 if w is None:
                     continue
-                waitables[w.conn] = slot
-                waitables[w.process.sentinel] = slot
                 if w.pending:
                     deadline = min(
                         deadline, w.started_at + limits.wall_seconds + WALL_GRACE_SECONDS
@@ -258,10 +269,18 @@ class SandboxPool:
                 elif not w.ready:
                     deadline = min(deadline, w.spawned_at + STARTUP_SECONDS)
             timeout = max(0.0, deadline - time.monotonic())
-            ready = mp_connection.wait(list(waitables), timeout=timeout)
-            for slot in sorted({waitables[obj] for obj in ready}):
-                self._service(slot, queue, state)
+            ready: dict[int, list[bool]] = {}
+            for fd, _ in self._wait(poller, timeout):
+                slot, is_sentinel = slot_of[fd]
+                ready.setdefault(slot, [False, False])[is_sentinel] = True
+            for slot in sorted(ready):
+                self._service(slot, queue, state, *ready[slot])
             self._enforce_deadlines(queue, state)
+
+    @staticmethod
+    def _wait(poller: Any, timeout: float) -> list[tuple[int, int]]:
+        """The one place the caller waits for workers (at most `timeout` seconds)."""
+        return poller.poll(math.ceil(timeout * 1000))
 
     def _dispatch(
         self, queue: collections.deque[int], sources: list[str], seeds: list[int], job: dict
@@ -296,15 +315,23 @@ class SandboxPool:
         largest = max(self.limits.max_result_bytes, self._batch.limits.max_result_bytes)
         return largest + 2 * REPLY_OVERHEAD_BYTES
 
-    def _service(self, slot: int, queue: collections.deque[int], state: _Batch) -> None:
-        """Read what a worker has sent; if it has died or broken the protocol, settle its
-        current program (`crashed`) and requeue the rest of its batch."""
+    def _service(
+        self,
+        slot: int,
+        queue: collections.deque[int],
+        state: _Batch,
+        readable: bool = True,
+        exited: bool = False,
+    ) -> None:
+        """Read what a worker has sent (`readable`: poll said its pipe has something); if it
+        has died (`exited`: its sentinel is readable) or broken the protocol, settle its current
+        program (`crashed`) and requeue the rest of its batch."""
         w = self._workers[slot]
         assert w is not None
         alive = True
-        if w.conn.poll(0):
+        if readable:
             alive = self._read(w)
-        if alive and w.process.is_alive():
+        if alive and not exited:
             return
         if w.pending:
             code = w.process.exitcode
@@ -403,15 +430,25 @@ def _seeds_for(sources: list[str], seeds: Sequence[int] | None) -> list[int]:
 
 
 def _job(
-    entry: str, check_ref: str, inject: dict[str, Any] | None, call: bool, limits: Limits
+    entry: str,
+    check_ref: str,
+    inject: dict[str, Any] | None,
+    call: bool,
+    limits: Limits,
+    own_schema: bool,
 ) -> dict[str, Any]:
-    """What every worker gets with a batch of `SandboxPool.run` (plain data, refs resolved)."""
+    """What every worker gets with a batch of `SandboxPool.run` (plain data, refs resolved).
+    `verify_plain`: whether the program's process walks `check`'s value to prove it plain data
+    before encoding it; not when `check` is an environment's own (`own_schema`), whose value is
+    plain by construction and which the caller validates against the environment's strict
+    schema anyway (the strict encoder still refuses anything else: `wire.encode_reply`)."""
     return {
         "entry": str(entry),
         "check": check_ref,
         "inject": {str(k): _ref(v, f"inject[{k!r}]") for k, v in (inject or {}).items()},
         "call": bool(call),
         "limits": job_limits(limits),
+        "verify_plain": not own_schema,
     }
 
 

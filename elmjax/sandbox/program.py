@@ -33,7 +33,11 @@ MAX_RESULT_DEPTH = 64
 MESSAGE_CPU_SECONDS = 0.25
 
 
-_INF = float("inf")
+_STR = {str}
+
+
+#: Bytes of a reply beyond its value (keys, kind, message, timing).
+_REPLY_SLACK_BYTES = 1024
 
 
 class _Expired(BaseException):
@@ -100,6 +104,9 @@ def run_program(source: str, seed: int, job: dict[str, Any]) -> tuple[bytes, boo
         reply["seconds"] = time.perf_counter() - start
         ran_normally = reply.get("kind") not in ("timeout", "memory")
         data = _encode(reply)
+        if len(data) > limits["max_result_bytes"] + _REPLY_SLACK_BYTES:
+            message = f"result is larger than {limits['max_result_bytes']} bytes"
+            data = _encode(dict(_failure("invalid", message), seconds=reply["seconds"]))
         del reply
         if ran_normally:
             gc.collect()
@@ -169,7 +176,9 @@ def _execute(source: str, seed: int, job: dict[str, Any], stage: list[str]) -> d
             return _failure("invalid", f"program does not define {job['entry']}()")
         value = entry() if job["call"] else entry
         stage[0] = "check"
-        data = _plain(check(value), limits["max_result_bytes"])
+        data = check(value)
+        if job["verify_plain"]:  # (an environment's own check builds plain data itself)
+            data = _plain(data, limits["max_result_bytes"])
     except BaseException:
         if violations and not _Clock.expired:
             return _failure("forbidden", violations[0][:chars])
@@ -256,9 +265,9 @@ def _plain(value: Any, max_bytes: int) -> Any:
         if t is list or t is tuple:
             items: Any = v
         elif t is dict:
-            if any(type(k) is not str for k in v):
+            if not set(map(type, v)) <= _STR:
                 raise NotPlainData("result dict has a key that is not a str")
-            budget -= sum(len(k) + 4 for k in v)
+            budget -= sum(map(len, v)) + 4 * len(v)
             items = v.values()
         else:
             items = (v,)

@@ -87,7 +87,6 @@ def walker_reply(value: Any) -> dict[str, Any]:
         if type(x) is not float or type(y) is not float or not (abs(x) <= bound >= abs(y)):
             raise ReplyError("joint coordinates must be finite floats within the limit")
     degree = [0] * n
-    length = 0.0
     for entry in muscles:
         if type(entry) is not list or len(entry) != 3:
             raise ReplyError("a muscle must be [i, j, spec]")
@@ -108,11 +107,12 @@ def walker_reply(value: Any) -> dict[str, Any]:
             raise ReplyError("muscle type does not match its amplitude")
         degree[i] += 1
         degree[j] += 1
-        length += math.dist(joints[i], joints[j])
     if max(degree) > api.MAX_MUSCLES_PER_JOINT:
         raise ReplyError("a joint has more muscles than the limit")
-    xs = [p[0] for p in joints]
-    ys = [p[1] for p in joints]
+    xs, ys = zip(*joints)
+    # summed by `sum`, as `walker.descriptors` sums it: the same float, bit for bit, on every
+    # Python (3.12's `sum` compensates rounding; a running `+=` would not agree with it)
+    length = sum(math.dist(joints[i], joints[j]) for i, j, _ in muscles)
     expected = {
         "height": max(ys) - min(ys),
         "width": max(xs) - min(xs),
@@ -139,6 +139,11 @@ SCHEMAS: dict[str, Callable[[Any], Any]] = {
     "elmjax.sodarace.walker:check_walker": walker_reply,
     "elmjax.envs.parity:check_parity": parity_reply,
 }
+
+
+def has_schema(check_ref: str) -> bool:
+    """Whether the `check` named `check_ref` is an environment's, with a schema of its own."""
+    return check_ref in SCHEMAS
 
 
 def schema_for(check_ref: str) -> Callable[[Any], Any]:
