@@ -91,5 +91,6 @@ class SodaraceEnv(Env):
             obs=self._obs(s),
             reward=reward,
             done=done,
-            metrics={"dx": state.metrics["dx"] + moved},
+            # keep the keys Brax's wrappers add (a scan over steps needs the same pytree)
+            metrics={**state.metrics, "dx": state.metrics["dx"] + moved},
         )
