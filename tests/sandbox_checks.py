@@ -84,6 +84,7 @@ def block(value: Any) -> None:
 # operating system allows, layer by layer. Never inject them outside tests.
 real_os = os
 real_socket = socket
+real_thread = _thread
 
 
 def environment(value: Any) -> dict[str, str]:

@@ -26,6 +26,7 @@ from elmjax.sandbox.isolation import LAYERS, landlock_abi, seccomp_available
 HOLE = {
     "os": "sandbox_checks:real_os",
     "socket": "sandbox_checks:real_socket",
+    "thread": "sandbox_checks:real_thread",
     "OSError": "builtins:OSError",
 }
 LIMITS = Limits(cpu_seconds=2.0, wall_seconds=10.0, workers=1)
@@ -78,6 +79,12 @@ def execute():
 def signal_caller():
     os.kill(CALLER, 0)
 
+def start_thread():
+    try:
+        thread.start_new_thread(int, ())
+    except RuntimeError:  # "can't start new thread": the clone was refused
+        raise OSError(1, "refused")
+
 def status(field):
     try:
         fd = os.open("/proc/self/status", os.O_RDONLY)
@@ -105,6 +112,7 @@ def probe():
         "fork": attempt(fork),
         "execve": attempt(execute),
         "kill": attempt(signal_caller),
+        "thread": attempt(start_thread),
         "uid": os.getuid(),
         "ppid": os.getppid(),
         "no_new_privs": status("NoNewPrivs"),
@@ -177,7 +185,7 @@ def own_namespace(kind: str) -> str:
 def test_without_layers_the_planted_hole_is_real(listener, target_dir):
     """The probes detect each act: with no layer, everything goes through."""
     facts = run_probe((), listener, target_dir)
-    for act in ("socket", "connect", "write", "read", "fork", "kill"):
+    for act in ("socket", "connect", "write", "read", "fork", "kill", "thread"):
         assert facts[act] == "allowed", (act, facts)
     assert facts["execve"] == "ENOENT"  # it tried: only the path is missing
     assert facts["ns"]["net"] == own_namespace("net")
@@ -185,9 +193,9 @@ def test_without_layers_the_planted_hole_is_real(listener, target_dir):
 
 
 @pytest.mark.skipif(seccomp_available() is not None, reason="no libseccomp here")
-def test_seccomp_alone_refuses_socket_write_fork_exec_and_kill(listener, target_dir):
+def test_seccomp_alone_refuses_socket_write_fork_exec_kill_and_threads(listener, target_dir):
     facts = run_probe(("seccomp",), listener, target_dir)
-    for act in ("socket", "connect", "write", "read", "fork", "execve", "kill"):
+    for act in ("socket", "connect", "write", "read", "fork", "execve", "kill", "thread"):
         assert facts[act] == "EPERM", (act, facts)
     assert facts["report"]["seccomp"].startswith("active")
     assert not (target_dir / "escaped.txt").exists()
@@ -248,7 +256,7 @@ def test_no_new_privs_alone_is_set(listener, target_dir):
 def test_every_layer_together_refuses_everything(listener, target_dir):
     facts = run_probe(LAYERS, listener, target_dir)
     report = facts["report"]
-    for act in ("socket", "connect", "write", "read", "fork", "execve", "kill"):
+    for act in ("socket", "connect", "write", "read", "fork", "execve", "kill", "thread"):
         assert facts[act] != "allowed", (act, facts)
     assert accept_all(listener) == 0
     assert not (target_dir / "escaped.txt").exists()

@@ -36,6 +36,10 @@ MESSAGE_CPU_SECONDS = 0.25
 _STR = {str}
 
 
+#: Once the CPU budget is spent, the timer fires again every this many CPU seconds: a signal
+#: handler cannot run at the recursion limit (it needs a frame of its own), so a program that
+#: catches RecursionError at the limit would otherwise outlive its budget until the wall clock.
+TIMER_RETRY_SECONDS = 0.05
 #: Bytes of a reply beyond its value (keys, kind, message, timing).
 _REPLY_SLACK_BYTES = 1024
 
@@ -97,7 +101,7 @@ def run_program(source: str, seed: int, job: dict[str, Any]) -> tuple[bytes, boo
     start = time.perf_counter()
     _Clock.expired = False
     _Clock.armed = True
-    signal.setitimer(signal.ITIMER_PROF, limits["cpu_seconds"])
+    signal.setitimer(signal.ITIMER_PROF, limits["cpu_seconds"], TIMER_RETRY_SECONDS)
     clean = False
     try:
         reply = _guarded(source, seed, job)
@@ -231,7 +235,7 @@ def _describe(exc: BaseException, max_chars: int) -> str:
     except BaseException:
         text = ""
     finally:  # the rest of the program's budget still covers its garbage collection
-        signal.setitimer(signal.ITIMER_PROF, max(remaining, 0.0))
+        signal.setitimer(signal.ITIMER_PROF, max(remaining, 0.0), TIMER_RETRY_SECONDS)
         _Clock.expired = expired
     message = f"{name}: {text}" if text else name
     if line is not None:
