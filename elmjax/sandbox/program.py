@@ -36,6 +36,7 @@ MESSAGE_CPU_SECONDS = 0.25
 _STR = {str}
 
 
+_INF = float("inf")
 #: Once the CPU budget is spent, the timer fires again every this many CPU seconds: a signal
 #: handler cannot run at the recursion limit (it needs a frame of its own), so a program that
 #: catches RecursionError at the limit would otherwise outlive its budget until the wall clock.
@@ -56,14 +57,24 @@ class NotPlainData(Exception):
     """`check` returned something other than dict/list/str/int/float/bool/None, or too much."""
 
 
+#: CPU seconds past its budget after which a program that keeps swallowing the timer's
+#: exception (`except:` in a loop) is stopped outright, rather than left to spin until the wall
+#: clock: its process answers `timeout` and exits (see `run_program`'s `stop`).
+HARD_STOP_SECONDS = 0.5
+
+
 class _Clock:
     armed = False
     expired = False
+    stop_at = _INF  # process CPU seconds at which `stop` ends the program
+    stop: Callable[[], None] | None = None
 
 
 def on_cpu_limit(signum: int, frame: Any) -> None:
     if _Clock.armed:
         _Clock.expired = True
+        if _Clock.stop is not None and time.process_time() >= _Clock.stop_at:
+            _Clock.stop()
         raise _Expired()
 
 
@@ -92,14 +103,27 @@ def _api_files(job: dict[str, Any]) -> frozenset[str]:
     return frozenset(files)
 
 
-def run_program(source: str, seed: int, job: dict[str, Any]) -> tuple[bytes, bool]:
+def run_program(
+    source: str,
+    seed: int,
+    job: dict[str, Any],
+    stop: Callable[[bytes], None] | None = None,
+) -> tuple[bytes, bool]:
     """One program, start to finish, on its own CPU clock: (its encoded reply, whether it ended
     normally with its garbage collected). The collection runs on the program's clock, so a
     finaliser it left behind (a suspended generator's `finally`) runs now and is charged to it;
-    it also clears the interpreter's free lists, which `_reusable` relies on."""
+    it also clears the interpreter's free lists, which `_reusable` relies on.
+
+    `stop(reply)`, if given, must send the reply and end the process (it does not return): it
+    is called from the timer's handler with a `timeout` reply once the program is
+    HARD_STOP_SECONDS of CPU past its budget and still running."""
     limits = job["limits"]
     start = time.perf_counter()
     _Clock.expired = False
+    _Clock.stop_at = time.process_time() + limits["cpu_seconds"] + HARD_STOP_SECONDS
+    _Clock.stop = None
+    if stop is not None:
+        _Clock.stop = lambda: stop(_encode(_timeout(limits, time.perf_counter() - start)))
     _Clock.armed = True
     signal.setitimer(signal.ITIMER_PROF, limits["cpu_seconds"], TIMER_RETRY_SECONDS)
     clean = False
@@ -127,6 +151,7 @@ def run_program(source: str, seed: int, job: dict[str, Any]) -> tuple[bytes, boo
     finally:
         signal.setitimer(signal.ITIMER_PROF, 0)
         _Clock.armed = False
+        _Clock.stop = None
     return data, clean
 
 
