@@ -197,3 +197,28 @@ def test_sampling_with_a_soft_prompt_follows_the_scored_distribution(decoder):
     )
     np.testing.assert_array_equal(first_mask[0], full_mask[0])
     np.testing.assert_array_equal(first[0], full[0])
+
+
+def test_finish_programs_drops_eos_and_cuts_at_stop_strings():
+    """The EOS token ends the action but is not program text; a stop string cuts the text and
+    the action mask at the token that starts writing it."""
+    from elmjax.lm.registry import MODELS_DIR
+    from elmjax.lm.tokenizer import encode, load_tokenizer
+    from elmjax.rl.trainer import finish_programs
+
+    tok = load_tokenizer(MODELS_DIR / "elm-tiny" / "tokenizer.json")
+    body = "def make_walker():\n    return 1\n"
+    a = encode(tok, body) + [0]
+    b = encode(tok, body + "<MSG> more text")
+    width = max(len(a), len(b)) + 2
+    tokens = np.zeros((2, width), np.int32)
+    mask = np.zeros((2, width), bool)
+    for r, ids in enumerate((a, b)):
+        tokens[r, : len(ids)] = ids
+        mask[r, : len(ids)] = True
+    texts, cut = finish_programs(tok, "<NME> walker.py\n<BEF> ", tokens, mask, ("<MSG>",), 0)
+    assert texts == [body, body]
+    np.testing.assert_array_equal(cut[0], mask[0])  # EOS stays an action token
+    kept = int(cut[1].sum())
+    assert kept < len(b) and len(tok.decode(b[:kept])) > len(body)  # the token that starts <MSG>
+    assert tok.decode(b[: kept - 1]) == body[: len(tok.decode(b[: kept - 1]))]

@@ -72,7 +72,9 @@ def conditional_matrix(trainer: Any, params: Any, label: str) -> dict[str, Any]:
     index, profile = fn.rows(conditioning)
     key = jax.random.fold_in(jax.random.key(c.seed), -1 & 0x7FFFFFFF)
     tokens, mask = jax.device_get(fn.sample(params, index, profile, key))
-    texts, _ = finish_programs(trainer.model.tokenizer, trainer.prompt, tokens, mask, c.stop)
+    texts, _ = finish_programs(
+        trainer.model.tokenizer, trainer.prompt, tokens, mask, c.stop, fn.eos_id
+    )
     distance, ran = score_on_terrains(texts, c, EVAL_ID_BASE)
     rows = distance.reshape(len(c.terrains), n, len(c.terrains))
     return {
@@ -93,7 +95,9 @@ def unconditioned(trainer: Any) -> dict[str, Any]:
     c, fn = trainer.config, trainer.fn
     key = jax.random.fold_in(jax.random.key(c.seed), 0x5EED)
     tokens, mask = jax.device_get(fn.ref_sample(fn.ref_state, key, rows=c.eval_samples))
-    texts, _ = finish_programs(trainer.model.tokenizer, trainer.prompt, tokens, mask, c.stop)
+    texts, _ = finish_programs(
+        trainer.model.tokenizer, trainer.prompt, tokens, mask, c.stop, fn.eos_id
+    )
     distance, ran = score_on_terrains(texts, c, EVAL_ID_BASE + (1 << 20))
     return {
         "mean": distance.mean(axis=0).tolist(),

@@ -179,16 +179,25 @@ class PolicyFunctions:
 
 
 def finish_programs(
-    tokenizer: Any, prompt: str, tokens: np.ndarray, mask: np.ndarray, stop: tuple[str, ...]
+    tokenizer: Any,
+    prompt: str,
+    tokens: np.ndarray,
+    mask: np.ndarray,
+    stop: tuple[str, ...],
+    eos_id: int,
 ) -> tuple[list[str], np.ndarray]:
-    """Program texts (prompt + completion, cut at the first stop string) and the action mask
-    cut to the tokens that wrote the kept text (so the log-prob is that of the program run)."""
+    """Program texts (prompt + completion, cut at the first stop string; the EOS token ends
+    the action but is not text) and the action mask cut to the tokens that wrote the kept
+    text (so the log-prob is that of the program that runs)."""
     from elmjax.lm.tokenizer import decode
 
     texts, out = [], mask.copy()
     for r in range(tokens.shape[0]):
         n = int(mask[r].sum())
         ids = [int(t) for t in tokens[r, :n]]
+        if ids and ids[-1] == eos_id:
+            ids = ids[:-1]
+            n -= 1
         text = decode(tokenizer, ids)
         cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
         if cut >= 0:
@@ -346,7 +355,9 @@ class Trainer:
         k_sample, k_perm = self.keys(state)
         index, profile = fn.rows(self.conditioning)
         tokens, mask = jax.device_get(fn.sample(state.params, index, profile, k_sample))
-        texts, mask = finish_programs(self.model.tokenizer, self.prompt, tokens, mask, c.stop)
+        texts, mask = finish_programs(
+            self.model.tokenizer, self.prompt, tokens, mask, c.stop, fn.eos_id
+        )
         t1 = time.perf_counter()
         ids = state.step * c.batch + np.arange(c.batch)
         distance, ok, _ = evaluate_rows(texts, self.conditioning, c.terrains, c, ids)
