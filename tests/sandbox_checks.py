@@ -4,6 +4,7 @@ module name, from the tests folder on sys.path), so they can look at the worker 
 from __future__ import annotations
 
 import _thread
+import contextlib
 import ctypes
 import os
 import socket
@@ -106,3 +107,18 @@ def leave_something_behind(value: Any) -> int:
     before = len(_HOARD)
     _HOARD.extend(object() for _ in range(1000))
     return before
+
+
+def forge_next_reply(value: Any) -> Any:
+    """A program process that went rogue (here: its `check`): when the program's value is
+    "forge", it writes a well-formed reply of its own choosing ("forged") to every descriptor it
+    can write to, ahead of its real one, hoping it is taken as the next program's answer."""
+    if value == "forge":
+        import msgpack
+
+        reply = msgpack.packb({"ok": True, "value": "forged", "seconds": 0.0})
+        frame = len(reply).to_bytes(4, "big") + reply
+        for fd in range(3, 64):
+            with contextlib.suppress(OSError):
+                os.write(fd, frame)
+    return value

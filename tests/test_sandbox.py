@@ -599,6 +599,19 @@ def test_a_program_that_leaves_state_behind_is_not_followed_in_its_process():
         assert [r.value for r in results] == [0] * 10
 
 
+def test_a_process_for_one_program_cannot_answer_for_the_next():
+    """With a fresh process per program, a process that writes replies of its own (past the
+    Python layer: here its `check` does) can forge at most its own answer: the template hands
+    it one program and kills it after one reply, so the next program's answer is its own."""
+    strict = dataclasses.replace(LIMITS, workers=1, reuse_clean_process=False)
+    forger = "def f():\n    return 'forge'\n"
+    honest = "def f():\n    return 'honest'\n"
+    with SandboxPool(strict, preload=("sandbox_checks",)) as pool:
+        # ten programs, one worker: the first batch holds five (see the note above)
+        results = pool.run([forger] + [honest] * 9, "f", "sandbox_checks:forge_next_reply")
+    assert [r.value for r in results[1:]] == ["honest"] * 9, results
+
+
 def test_a_finaliser_past_the_budget_is_the_programs_timeout_whatever_ran_before(pool):
     """The garbage collector swallows the timer's exception inside a finaliser: the program
     must still get `timeout`, after any predecessor in its process, and the next one run."""

@@ -222,9 +222,11 @@ def _run_batch(
 def _serve(
     process: _ProgramProcess, tasks: list[tuple[int, str, int]], first: int, conn: Connection
 ) -> tuple[int, bool]:
-    """Hand `tasks[first:]` to `process` and forward its replies until it has answered them
-    all, retires, dies or is past a program's wall-clock limit; returns the position of the
-    first task not settled and whether the process may serve more (if not, it has been ended).
+    """Hand `tasks[first:]` to `process` (only `tasks[first]` when processes are not reused: a
+    process meant for one program is never given another to answer for, and is killed after
+    its reply) and forward its replies until it has answered them all, retires, dies or is past
+    a program's wall-clock limit; returns the position of the first task not settled and
+    whether the process may serve more (if not, it has been ended).
 
     The process's replies are frames on a pipe of its own. The template checks their sizes and
     the wall-clock limit of the program in progress (the process is killed), and forwards
@@ -232,8 +234,9 @@ def _serve(
     """
     limits = process.job["limits"]
     max_bytes = limits["max_result_bytes"] + REPLY_OVERHEAD_BYTES
+    end = len(tasks) if limits["reuse_clean_process"] else first + 1
     outgoing = memoryview(
-        wire.frame(marshal.dumps([(src, seed) for _, src, seed in tasks[first:]]))
+        wire.frame(marshal.dumps([(src, seed) for _, src, seed in tasks[first:end]]))
     )
     poller = select.poll()
     poller.register(process.replies, select.POLLIN)
@@ -264,11 +267,11 @@ def _serve(
             forward.append(wire.outcome(tasks[position][0], now - started, 0, None, payload))
             position += 1
             started = now
-            if position == len(tasks):
+            if position == end:
                 break
         if forward:
             _send(conn, b"".join(forward))
-        if position == len(tasks) or problem is not None or recycled or not watching:
+        if position == end or problem is not None or recycled or not watching:
             break  # (not watching: the process is gone and said nothing more)
         left = started + limits["wall_seconds"] - time.monotonic()
         if left <= 0:
@@ -291,10 +294,16 @@ def _serve(
                     continue
             poller.unregister(fd)  # written out, exited, or at the end of its pipe
             watching -= fd != process.tasks
-    if position == len(tasks) and problem is None and not recycled and not buffer:
-        return position, True  # (anything past the last reply: the process retires, or lies)
+    if (  # (anything past the last reply: it retires, or lies)
+        position == end
+        and problem is None
+        and not recycled
+        and not buffer
+        and limits["reuse_clean_process"]
+    ):
+        return position, True
     status = process.end()
-    if recycled or position == len(tasks):
+    if recycled or position == end:
         return position, False
     # the process died, or was killed, while running tasks[position]
     if problem is None and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
