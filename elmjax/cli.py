@@ -258,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
             "it (held-out loss; samples into a fresh archive: niches, QD score, valid and novel "
             "shares; completions of Wheel, Galloper and Runner). MODEL_DIR is a model directory "
             "(`elmjax evolve --model MODEL_DIR`) with eval.json and MODEL_CARD.md. Rerun the "
-            "same command to continue a stopped job.",
+            "same command to continue a stopped job (exit status 3: training stopped at "
+            "--set time_limit before its last step; 2: refused, with the reason).",
             78,
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -281,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval", default=None, metavar="MODEL_DIR", help="re-run the evaluation of a model"
     )
     p.add_argument("--force", action="store_true", help="replace a MODEL_DIR holding another model")
+    p.add_argument(
+        "--dataset-only",
+        action="store_true",
+        help="print the dataset's figures (programs, duplicates, held out, niches) and stop",
+    )
     return parser
 
 

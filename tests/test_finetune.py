@@ -322,3 +322,13 @@ def test_finetune_command_end_to_end_and_model_loads_in_evolve(gp_like_run, tmp_
     assert rc == 0
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["evaluations"] >= 4
+
+
+def test_dataset_only_prints_the_figures_and_trains_nothing(tmp_path, capsys):
+    from elmjax.cli import main
+
+    run = make_run(tmp_path / "run", [(walker(i), 10.0, i) for i in range(1, 21)])
+    assert main(["finetune", str(run), "--dataset-only", "--set", "batch_size=2"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["train"] + stats["held_out"] == stats["unique"] == 21
+    assert stats["held_out"] == 1 and stats["niches"] == 21

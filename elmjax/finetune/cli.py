@@ -25,13 +25,20 @@ def finetune_command(args: argparse.Namespace) -> int:
                 overrides["samples"] = args.samples
             evaluate_dir(args.eval, overrides=overrides)
             return 0
-        if not args.runs or not args.out:
+        if not args.runs or not (args.out or args.dataset_only):
             print(
                 "elmjax finetune: give RUN_DIR... and --out MODEL_DIR (or --eval MODEL_DIR)",
                 file=sys.stderr,
             )
             return 2
         cfg = config_from_sets(args.set, steps=args.steps, samples=args.samples)
+        if args.dataset_only:
+            import json
+
+            from elmjax.finetune.dataset import build_dataset
+
+            print(json.dumps(build_dataset(args.runs, cfg).stats, indent=2))
+            return 0
         result = finetune(args.runs, args.out, cfg, force=args.force)
     except (DatasetError, FinetuneError, ConfigError) as err:
         print(f"elmjax finetune: {err}", file=sys.stderr)
