@@ -41,7 +41,8 @@ def card_text(name: str, meta: dict[str, Any], result: dict[str, Any] | None) ->
         f"{', '.join(cfg['exclude_lineages'])} excluded.",
         "",
         f"- runs: {', '.join(meta['runs'])}",
-        f"- candidates within the cut-off: {data['candidates']:,}; duplicates: "
+        f"- within the cut-off of their run's niche best: {data['candidates']:,}; of the best "
+        f"over all runs: {data.get('within_cutoff', '-')}; duplicates: "
         f"{data['duplicates']:,}; excluded lineages: {data['excluded_lineage']:,}",
         f"- train: {data['train']:,} programs ({data.get('too_long', 0)} dropped as longer than "
         f"{cfg['seq_len']} tokens); held out: {data['held_out']:,}; niches: {data['niches']}",

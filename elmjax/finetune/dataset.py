@@ -149,11 +149,12 @@ def build_dataset(run_dirs: Sequence[str | Path], cfg: FinetuneConfig) -> Datase
     for _, r in rows:
         best[r.cell] = max(best.get(r.cell, -np.inf), float(r.fitness))
     unique: dict[str, Example] = {}
-    duplicates = unparsable = 0
+    duplicates = unparsable = pooled = 0
     for run_path, r in rows:
         b = best[r.cell]
         if float(r.fitness) < b - cfg.within * abs(b):
             continue
+        pooled += 1
         form = normal_form(r.text)
         if form is None:
             unparsable += 1
@@ -192,7 +193,8 @@ def build_dataset(run_dirs: Sequence[str | Path], cfg: FinetuneConfig) -> Datase
     stats = {
         "runs": per_run,
         "within": cfg.within,
-        "candidates": len(rows),
+        "candidates": len(rows),  # within the cut-off of their own run's niche best
+        "within_cutoff": pooled,  # ... and of the niche's best over every run given
         "duplicates": duplicates,
         "unparsable": unparsable,
         "excluded_lineage": excluded,
