@@ -34,8 +34,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from elmjax.sodarace.body import pack  # noqa: E402
+from elmjax.sodarace.contact import contacts  # noqa: E402
 from elmjax.sodarace.env import Sodarace  # noqa: E402
-from elmjax.sodarace.physics import SimParams, init_state, prepare, substep  # noqa: E402
+from elmjax.sodarace.physics import SimParams, init_state, prepare, step, substep  # noqa: E402
 from elmjax.sodarace.seeds import load_seeds  # noqa: E402
 from elmjax.sodarace.terrain import flat  # noqa: E402
 from elmjax.sodarace.walker import check_walker, walker_creator  # noqa: E402
@@ -98,25 +99,33 @@ def time_elmjax(walkers: list[dict], params: SimParams, repeats: int) -> dict:
 
 
 def flops_per_walker_frame(walker: dict, params: SimParams, lanes: int = 128) -> float:
-    """XLA cost analysis of one substep (one Jacobi iteration in its loop body) and of one extra
-    iteration, combined into FLOPs per walker per frame."""
+    """XLA cost analysis of one frame, per walker: frame overhead + substeps x (substep overhead
+    + iterations x one constraint iteration). XLA counts a while loop's body once whatever its
+    trip count, so each part is costed from programs whose loops run once (which XLA unrolls):
+    one iteration (`prep.solve` and `contacts`), one substep of one iteration, one frame of one
+    substep of one iteration."""
     body = pack([walker] * lanes)
     terrain = flat()
     state = init_state(body, terrain)
+    one = params.replace(substeps=1, iterations=1)
 
-    def cost(p: SimParams) -> float:
-        def f(b, s):
-            return substep(p, b, terrain, s, prepare(p, b))
-
+    def cost(f) -> float:
         return float(jax.jit(f).lower(body, state).compile().cost_analysis()["flops"])
 
-    one = cost(params.replace(iterations=1))
-    two = cost(params.replace(iterations=2))
-    per_iteration = max(two - one, 0.0)
-    if per_iteration == 0.0:  # the loop body is counted once: estimate from a 1-iteration run
-        per_iteration = one * 0.8
-    per_substep = one + (params.iterations - 1) * per_iteration
-    return per_substep * params.substeps / lanes
+    def iteration(b, s):
+        prep = prepare(params, b)
+        x, y, lam = prep.solve(s.x, s.y, b.rest * 0.0, b.rest, prep.alpha_tilde)
+        return contacts(params, terrain, b, x, y, s.x, s.y), lam
+
+    iteration_cost = cost(iteration)
+    substep_cost = cost(lambda b, s: substep(one, b, terrain, s, prepare(one, b)))
+    frame_cost = cost(lambda b, s: step(one, b, s, terrain))
+    substep_overhead = substep_cost - iteration_cost
+    frame_overhead = frame_cost - substep_cost
+    per_frame = frame_overhead + params.substeps * (
+        substep_overhead + params.iterations * iteration_cost
+    )
+    return per_frame / lanes
 
 
 def fp32_peak_per_core() -> tuple[float, str]:
