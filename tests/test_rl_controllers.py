@@ -39,12 +39,13 @@ def test_env_runs_under_brax_training_wrappers_in_a_scan(galloper):
     assert np.isfinite(np.asarray(final.obs)).all()
 
 
-@pytest.mark.parametrize("terrain, rel", [("flat", 1e-3), ("right_wall", 5e-2)])
+@pytest.mark.parametrize("terrain, rel", [("flat", 5e-3), ("right_wall", 5e-2)])
 def test_open_loop_episode_is_the_scored_distance(galloper, terrain, rel):
     """Zero actions = the body's own muscles: the episode's distance toward the goal is the
     distance the scoring simulator reports for the same time (the goal's sign included). The
     env steps frame by frame and sums each frame's travel, the scorer runs one scan: float
-    order differs, and pushing against a wall amplifies that (measured 2% after 1 s)."""
+    order differs, and pushing against a wall amplifies that (measured 2% after 1 s; on flat
+    ground 0.13% under physics version 3)."""
     env = make_env(galloper, terrain, 1.0)
     got = episode_distance(env, None, env.params.frames, jax.random.key(0))
     dx, valid, _, _ = simulate_walkers([galloper], terrain, SimParams(seconds=1.0), mesh=None)
