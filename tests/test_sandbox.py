@@ -18,6 +18,7 @@ import pytest
 
 from elmjax.sandbox import ERROR_KINDS, ExecResult, Limits, SandboxPool, run_programs, wire
 from elmjax.sandbox import pool as pool_module
+from elmjax.sandbox import worker as worker_module
 from elmjax.sodarace.seeds import load_seeds
 from elmjax.sodarace.walker import check_walker, walker_creator
 
@@ -577,6 +578,24 @@ def test_a_clean_program_process_serves_the_next_program_of_its_batch():
         strict = dataclasses.replace(LIMITS, workers=1, reuse_clean_process=False)
         results = pool.run([CLEAN] * 10, "f", "sandbox_checks:process_id", limits=strict)
         assert len({r.value[1] for r in results}) == 10
+
+
+def test_a_program_process_serves_later_batches_of_the_same_job_only():
+    """A clean process waits for the next batch of the same job (no fork per batch); a batch of
+    another job (other limits here) gets a fresh process; and no process runs more than
+    MAX_PROGRAMS_PER_PROCESS programs."""
+    with SandboxPool(dataclasses.replace(LIMITS, workers=1), preload=("sandbox_checks",)) as pool:
+        first = pool.run([CLEAN] * 2, "f", "sandbox_checks:process_id")
+        second = pool.run([CLEAN] * 2, "f", "sandbox_checks:process_id")
+        assert len({r.value[1] for r in first + second}) == 1
+        other = dataclasses.replace(LIMITS, workers=1, cpu_seconds=0.9)
+        third = pool.run([CLEAN], "f", "sandbox_checks:process_id", limits=other)
+        assert third[0].value[1] != first[0].value[1]
+        cap = worker_module.MAX_PROGRAMS_PER_PROCESS
+        many = pool.run([CLEAN] * (3 * cap), "f", "sandbox_checks:process_id")
+        pids = [r.value[1] for r in many]
+        assert max(pids.count(p) for p in set(pids)) <= cap
+        assert len(set(pids)) >= 3
 
 
 def test_a_suspicious_or_failed_program_retires_its_process():
