@@ -5,12 +5,13 @@ module and nothing else, so a worker never inherits JAX (or threads, or locks) f
 and a replacement for a killed worker is one `fork` away. Each worker enters the OS layers of
 `isolation.py` and reports them when it says ready (`SandboxPool.isolation`; a missing layer is
 logged once). Programs go out in small batches per worker (one pipe round trip per batch);
-results come back one message per program.
+results come back as soon as each program is done (one framed outcome per program; what has
+arrived together travels in one write).
 
 The caller trusts nothing it reads. It never blocks on a worker: it reads only what `poll` says
 is there, frames messages itself with a size bound, and gives each program its wall-clock
 limit plus a grace period (the worker's template enforces the limit itself) before it kills the
-worker. Every reply is decoded as JSON and validated against the schema of the environment that
+worker. Every reply is decoded (`wire.py`: MessagePack, plain types only) and validated against the schema of the environment that
 owns `check` (`schemas.py`). A worker that breaks the protocol (a malformed or oversized frame,
 a reply for a program it is not running) is killed and its program gets `crashed`; a program's
 process that sends a malformed or out-of-schema value only makes that program `crashed`. The
@@ -56,9 +57,8 @@ STARTUP_SECONDS = 60.0
 #: Consecutive workers that may die before saying ready before the pool raises (a broken
 #: environment, not a bad program).
 MAX_FAILED_STARTS = 3
-#: Most programs sent to a worker at once. A batch is also the most programs one of the
-#: worker's program processes may serve (see `worker._reusable`), so a larger batch spreads the
-#: cost of its fork over more programs.
+#: Most programs sent to a worker at once (a program process may serve several batches of the
+#: same job, up to `worker.MAX_PROGRAMS_PER_PROCESS` programs, so small batches cost no fork).
 MAX_BATCH = 64
 #: Seconds past a program's wall-clock limit before the caller, rather than the worker's
 #: template (which enforces the limit itself), gives up on the worker and kills it.
@@ -354,8 +354,8 @@ class SandboxPool:
         self._workers[slot] = None
 
     def _accept(self, w: Worker, payload: bytes) -> bool:
-        """Record one message from a worker: its ready signal, or one program's outcome (a JSON
-        header from the template, a newline, then the program process's own reply bytes).
+        """Record one message from a worker: its ready signal, or one program's outcome (a binary
+        header from the template (`wire.OUTCOME`), then the program process's own reply bytes).
         False when the template's part is not well formed: the worker is then killed. A
         malformed reply from the program's process only makes that program `crashed`."""
         if not w.ready:

@@ -79,7 +79,7 @@ class Limits:
     address_space_bytes: int = 512 * 1024 * 1024
     #: Bytes a program may print (printed text is discarded; more than this is `invalid`).
     max_output_bytes: int = 64 * 1024
-    #: Size of the JSON-encoded value `check` returns; larger is `invalid`.
+    #: Size of the encoded value `check` returns (`wire.encode_reply`); larger is `invalid`.
     max_result_bytes: int = 1024 * 1024
     #: Program text size; larger is `forbidden` (decided by the caller, nothing is sent).
     max_source_bytes: int = 256 * 1024

@@ -7,7 +7,7 @@ of the environment whose `check` produced it. A value that fails is a program th
 protocol: its result is `crashed`, never data.
 
 The schema belongs to the environment (a walker and a parity answer list differ); this module
-maps each environment's `check` to its schema. A `check` not listed gets `plain_data`: JSON
+maps each environment's `check` to its schema. A `check` not listed gets `plain_data`: plain
 types, finite numbers, bounded depth.
 """
 
