@@ -14,6 +14,8 @@ them; the cppn_mutable lineage is held out of all training data whole. For each 
 - descriptor_distance: mean distance from the parent's (height, width, mass), each dimension
   scaled by its range in the Sodarace descriptor space, over valid children
 - new_cell: share of valid children in a different cell of a 12^3 grid over that space
+- heldout_lineage_apply: apply share on the cppn_mutable parents (a lineage no model trained
+  here has seen)
 - children_per_s: children per second of `mutate` (model load excluded, first-call compile
   included: a run of ELM pays it once)
 
@@ -154,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         if model is None:
             op = make_operator(op_name)
         else:
-            dtype = "float32" if model == "elm-tiny" else "bfloat16"  # bf16: ~2x faster decode
+            # small models (elm-tiny, a local bundle) in float32; 135M+ in bf16 (~2x faster)
+            small = model == "elm-tiny" or os.path.isdir(model)
+            dtype = "float32" if small else "bfloat16"
             op = make_operator(op_name, model=model, temperature=args.temperature, dtype=dtype)
             t0 = time.perf_counter()
             _ = op.sampler  # load the model (not part of children/s)
@@ -164,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             key: float(np.mean([r[key] for r in per_seed.values()]))
             for key in ("apply", "valid", "different", "descriptor_distance", "new_cell")
         }
+        if "cppn_mutable" in per_seed:  # the lineage no training set has seen
+            overall["heldout_lineage_apply"] = per_seed["cppn_mutable"]["apply"]
         overall["children_per_s"] = rate
         overall["mutate_seconds"] = seconds
         overall["children"] = sum(r["children"] for r in per_seed.values())

@@ -193,8 +193,36 @@ class MutationConfig:
     #: (elmjax.mesh.make_mesh, rules in elmjax.lm.partitioning); 1 = replicated, right for
     #: models that fit one device.
     model_parallel: int = 1
+    #: online fine-tuning (elmjax.loop.finetune): every this many generations the diff model is
+    #: fine-tuned on the diffs that entered the archive so far, beside the loop; 0 = off.
+    finetune_every: int = 0
+    #: weights trained after generation k are used from generation k + this, exactly.
+    finetune_delay: int = 2
+    #: training steps, rows per step (packed rows of finetune_seq_len tokens), peak learning
+    #: rate and LoRA rank (0 = full fine-tuning) of each fine-tuning job.
+    finetune_steps: int = 20
+    finetune_batch_size: int = 4
+    finetune_lr: float = 3e-4
+    finetune_lora_rank: int = 0
+    finetune_seq_len: int = 1024
 
     def check(self) -> None:
+        if self.finetune_every < 0:
+            raise ConfigError("mutation.finetune_every", "must be >= 0 (0 = off)")
+        if self.finetune_every and self.operator != "diff":
+            raise ConfigError(
+                "mutation.finetune_every", "online fine-tuning trains the diff operator's model"
+            )
+        if self.finetune_delay < 1:
+            raise ConfigError("mutation.finetune_delay", "must be >= 1")
+        if self.finetune_steps < 1 or self.finetune_batch_size < 1:
+            raise ConfigError("mutation.finetune_steps", "steps and batch size must be >= 1")
+        if not self.finetune_lr > 0:
+            raise ConfigError("mutation.finetune_lr", f"must be > 0, got {self.finetune_lr}")
+        if self.finetune_lora_rank < 0:
+            raise ConfigError("mutation.finetune_lora_rank", "must be >= 0 (0 = full)")
+        if not (64 <= self.finetune_seq_len <= 65_536):
+            raise ConfigError("mutation.finetune_seq_len", "must be in [64, 65536]")
         if self.operator not in OPERATORS:
             raise ConfigError(
                 "mutation.operator",

@@ -201,3 +201,21 @@ class MaskedLossVariantsTest(chex.TestCase):
         chex.assert_trees_all_close(
             loss(state, tokens, mask), masked_loss(decoder, tokens, mask), rtol=1e-6
         )
+
+
+def test_a_diverging_step_is_dropped_not_applied(setup):
+    """With `skip_nonfinite`, a step whose update would make the weights non-finite (here an
+    infinite learning rate) leaves weights and optimizer state as they were, and is counted;
+    without it, the same step ruins the model."""
+    _, cfg, params, data = setup
+    wild = dataclasses.replace(TCFG, steps=3, lr=float("inf"), warmup_steps=1, log_every=1)
+    kept, hist = train(params, data, dataclasses.replace(wild, skip_nonfinite=True))
+    assert [h["skipped"] for h in hist] == [True, True, True] and hist[-1]["skipped_total"] == 3
+    untouched, _ = train(params, data, wild, stop_at=0)  # the same weights, trained layout
+    chex.assert_trees_all_equal(_params(kept), _params(untouched))
+    ruined, _ = train(params, data, wild)
+    assert not all(np.isfinite(v).all() for v in _params(ruined).values())
+    # a healthy run is unchanged by the guard
+    guarded, _ = train(params, data, dataclasses.replace(TCFG, skip_nonfinite=True))
+    plain, _ = train(params, data, TCFG)
+    chex.assert_trees_all_equal(_params(guarded), _params(plain))

@@ -79,6 +79,10 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     time_limit_s: float | None = None  # stop (after checkpointing) when exceeded
+    # a step whose loss, gradient norm or updated weights are not finite is dropped (weights
+    # and optimizer state stay as they were) and counted, instead of poisoning the model:
+    # what a run that fine-tunes itself while it evolves needs (`history[i]["skipped"]`)
+    skip_nonfinite: bool = False
 
 
 # ----------------------------------------------------------------------------- data
@@ -371,13 +375,25 @@ def train(
     @tracing.checked
     def train_step(trained: Any, frozen: Any, tokens: jax.Array, mask: jax.Array) -> Any:
         check_train_batch(config, tokens, mask)
+        before = jax.tree.leaves(trained)  # arrays: merge may share (and update) the Variables
         model, optimizer = nnx.merge(graph, trained, frozen)
         loss, grads = nnx.value_and_grad(
             lambda m: masked_loss(m, tokens, mask), argnums=nnx.DiffState(0, wrt)
         )(model)
         optimizer.update(model, grads)
-        _, trained, _ = nnx.split((model, optimizer), trained_filter, ...)
-        return trained, loss, optax.tree.norm(grads)
+        _, updated, _ = nnx.split((model, optimizer), trained_filter, ...)
+        gnorm = optax.tree.norm(grads)
+        if not tcfg.skip_nonfinite:
+            return updated, loss, gnorm
+        finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+        for leaf in jax.tree.leaves(updated):
+            if jnp.issubdtype(leaf.dtype, jnp.floating):
+                finite = finite & jnp.all(jnp.isfinite(leaf))
+        leaves, treedef = jax.tree.flatten(updated)
+        kept = jax.tree.unflatten(
+            treedef, [jnp.where(finite, new, old) for new, old in zip(leaves, before)]
+        )
+        return kept, jnp.where(finite, loss, jnp.nan), gnorm
 
     def save(step_: int) -> None:
         if manager is None:
@@ -397,6 +413,7 @@ def train(
         tcfg.lr * tcfg.min_lr_ratio,
     )
     history: list[dict[str, Any]] = []
+    skipped = 0
     t0 = time.monotonic()
     last_saved = step
     end = tcfg.steps if stop_at is None else min(stop_at, tcfg.steps)
@@ -406,7 +423,9 @@ def train(
         mask = jax.device_put(mask, batch_sharding)
         trained, loss, gnorm = train_step(trained, frozen, tokens, mask)
         step += 1
-        if step % tcfg.log_every == 0 or step == tcfg.steps:
+        dropped = tcfg.skip_nonfinite and not np.isfinite(float(loss))
+        skipped += dropped
+        if dropped or step % tcfg.log_every == 0 or step == tcfg.steps:
             rec = {
                 "step": step,
                 "loss": float(loss),
@@ -414,6 +433,8 @@ def train(
                 "grad_norm": float(gnorm),
                 "seconds": time.monotonic() - t0,
             }
+            if tcfg.skip_nonfinite:
+                rec.update(skipped=bool(dropped), skipped_total=skipped)
             history.append(rec)
             if callback is not None:
                 callback(rec)

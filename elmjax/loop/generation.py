@@ -80,6 +80,9 @@ class GenerationStep:
         self.store = store
         self.pool: Any = None
         self.limits: Any = None
+        #: online fine-tuning (`elmjax.loop.finetune.OnlineFinetuner`), set by the run; None: off
+        self.finetuner: Any = None
+        self._weights_used: dict[int, int] = {}
 
     # -- numbering ------------------------------------------------------------------------------
 
@@ -130,6 +133,10 @@ class GenerationStep:
             parent_ids = [int(pid) for pid in ids]
             cell_of = {int(pid): int(c) for pid, c in zip(ids, cells)}
             timings["select"] = time.perf_counter() - t0
+            if self.finetuner is not None:  # the weights this generation is due (may wait)
+                t1 = time.perf_counter()
+                self._weights_used[generation] = self.finetuner.weights_for(generation)
+                timings["finetune_wait"] = time.perf_counter() - t1
             t1 = time.perf_counter()
             children = self.operator.mutate(
                 [texts[pid] for pid in parent_ids],
@@ -314,4 +321,21 @@ class GenerationStep:
             "errors": count(c.error_kind for c in cands if c.error_kind),
             "elapsed": elapsed(),
             "time": {k: round(v, 6) for k, v in timings.items()},
+            **self.finetune_metrics(prepared.generation),
         }
+
+    def finetune_metrics(self, generation: int) -> dict[str, Any]:
+        """With online fine-tuning: which job's weights made this generation's children (-1:
+        the base model) and, on the first generation that uses a job, what that job did."""
+        if self.finetuner is None or generation == 0:
+            return {}
+        job = self._weights_used.pop(generation, self.finetuner.due(generation))
+        out: dict[str, Any] = {"lm_weights": job}
+        if job > 0 and self.finetuner.due(generation - 1) != job:
+            out["finetune"] = self.finetuner.info.get(job, {})
+        return out
+
+    def after_commit(self, generation: int) -> None:
+        """Generation `generation` is in the store: start the fine-tuning job it is due."""
+        if self.finetuner is not None:
+            self.finetuner.after_commit(generation)

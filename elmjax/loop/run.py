@@ -129,6 +129,12 @@ class ELM:
         self.env = run_dir.make_environment(cfg)
         seed_texts = resolve_seed_programs(self.env, cfg.seed_programs)
         self.spec = run_dir.grid_spec(cfg, self.env)
+        if cfg.mutation.finetune_every and self.cluster.multi:
+            from elmjax.config import ConfigError
+
+            raise ConfigError(
+                "mutation.finetune_every", "online fine-tuning runs in one process only (today)"
+            )
         self.operator = make_mutation_operator(cfg, self.env)
         self.operator.load()  # a missing model fails now, not after the seeds are evaluated
         if self.cluster.leader:
@@ -155,6 +161,17 @@ class ELM:
             if last is not None:
                 self.last_metrics = last
                 self.elapsed_before = float(last.get("elapsed", 0.0))
+        if self.config.mutation.finetune_every:
+            from elmjax.loop.finetune import OnlineFinetuner
+
+            self.step.finetuner = OnlineFinetuner(
+                self.config,
+                self.operator.operator,
+                self.store,
+                self.out,
+                next_generation,
+                self.step.last_generation(),
+            )
         self.pipeline = Pipeline(
             self.config,
             self.step,
@@ -246,6 +263,8 @@ class ELM:
             raise
         finally:
             self.signals.restore()
+            if self.step.finetuner is not None:
+                self.step.finetuner.close()
             if self.metrics_log is not None:
                 self.metrics_log.close()
             self.store.close()

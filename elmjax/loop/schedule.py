@@ -107,6 +107,7 @@ class Pipeline:
                         )
                     )
                 self.next_generation = gen + 1
+                self.step.after_commit(gen)
                 since_checkpoint += 1
                 self.guard(self.log, row)
                 if since_checkpoint >= cfg.checkpoint_every:
