@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import random
 from pathlib import Path
 
 import pytest
 
+from elmjax.mutation import gp
 from elmjax.mutation.corpus import HELD_OUT, build_corpus, exec_validator, program_key
+from elmjax.mutation.diff_format import normalize_program
 from elmjax.sodarace.seeds import ELM_SEEDS, load_seeds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,3 +71,30 @@ def test_training_refuses_archive_diffs_of_runs_seeded_from_held_out_lineages(tm
         (run / "config.yaml").write_text(f"seed_programs:\n- {name}\n")
         with pytest.raises(SystemExit, match="held-out"):
             script.run_edits([str(run)], HELD_OUT)
+
+
+def _held_out_programs(per_seed: int = 40) -> list[str]:
+    """Held-out seeds, a sample of their GP descendants, and the frozen evaluation parents."""
+    seeds = load_seeds()
+    out = [normalize_program(seeds[name]) for name in HELD_OUT]
+    rng = random.Random(7)
+    for name in HELD_OUT:
+        for _ in range(per_seed):
+            try:
+                out.append(gp.mutate_n(seeds[name], rng, rng.randint(1, 3)).text)
+            except (gp.GPError, SyntaxError):
+                continue
+    out += [t for texts in _frozen()["parents"].values() for t in texts]
+    return out
+
+
+def test_the_shipped_model_never_trained_on_held_out_programs():
+    """`training_keys.txt` lists the syntax-tree key of every program in elm-tiny's training
+    data (parents and children); none may be a held-out lineage's or an evaluation parent."""
+    from elmjax.lm.registry import MODELS_DIR
+
+    keys_file = MODELS_DIR / "elm-tiny" / "training_keys.txt"
+    trained = set(keys_file.read_text().split())
+    assert len(trained) > 1000
+    overlap = [t[:60] for t in _held_out_programs() if program_key(t) in trained]
+    assert not overlap, overlap

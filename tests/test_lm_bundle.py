@@ -90,10 +90,11 @@ def test_version_1_directories_load(tmp_path, model):
         assert _same(load_saved_model(d).decoder, model.decoder), kind
 
 
-def test_shipped_elm_tiny_is_version_1_and_loads():
+def test_shipped_elm_tiny_loads_and_names_its_diff_format():
     meta = json.loads((MODELS_DIR / "elm-tiny" / "config.json").read_text())
-    assert meta["version"] == 1  # shipped as it was; read through the legacy names
+    assert meta["version"] == 2 and meta["diff_format"] == "numbered"  # elm-tiny v2
     m = load_saved_model(MODELS_DIR / "elm-tiny")
+    assert m.diff_format == "numbered" and m.tokenizer.token_to_id("12|") is not None
     ids = np.array([m.tokenizer.encode("def make_walker():\n").ids])
     logits, _ = m.decoder(ids)
     assert np.isfinite(np.asarray(logits)).all() and logits.shape[-1] == m.config.vocab_size
