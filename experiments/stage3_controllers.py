@@ -57,19 +57,22 @@ def main() -> None:
         seconds=args.seconds, ppo_timesteps=args.ppo_timesteps, apg_updates=args.apg_updates
     )
     t0 = time.time()
-    rows = compare(res.value, args.terrains.split(","), budget)
-    out = {
-        "body": source,
-        "joints": len(res.value["joints"]),
-        "muscles": len(res.value["muscles"]),
-        "budget": budget.__dict__,
-        "rows": rows,
-        "wall_seconds": time.time() - t0,
-        "load_average": os.getloadavg(),
-    }
-    with open(args.json, "w") as f:
-        json.dump(out, f, indent=1)
-    print(json.dumps(out, indent=1))
+
+    def write(rows: list) -> None:
+        out = {
+            "body": source,
+            "joints": len(res.value["joints"]),
+            "muscles": len(res.value["muscles"]),
+            "budget": budget.__dict__,
+            "rows": rows,
+            "wall_seconds": time.time() - t0,
+            "load_average": os.getloadavg(),
+        }
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+        print(json.dumps(rows[-1]), flush=True)
+
+    compare(res.value, args.terrains.split(","), budget, on_row=write)
 
 
 if __name__ == "__main__":

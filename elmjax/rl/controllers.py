@@ -148,9 +148,13 @@ def train_apg(env: Any, budget: ControllerBudget, frames: int) -> tuple[Callable
 
 
 def compare(
-    walker: Any, terrains: Sequence[str], budget: ControllerBudget = ControllerBudget()
+    walker: Any,
+    terrains: Sequence[str],
+    budget: ControllerBudget = ControllerBudget(),
+    on_row: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per terrain: open-loop, PPO and APG distances (units) and training seconds."""
+    """One row per terrain: open-loop, PPO and APG distances (units) and training seconds
+    (`on_row` sees the rows so far after each terrain, so a long comparison keeps its part)."""
     rows = []
     key = jax.random.key(budget.seed)
     for terrain in terrains:
@@ -172,4 +176,6 @@ def compare(
             row[f"{name}_cpu_seconds"] = time.process_time() - t0
             row[f"{name}_wall_seconds"] = time.perf_counter() - wall
         rows.append(row)
+        if on_row is not None:
+            on_row(rows)
     return rows
