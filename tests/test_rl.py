@@ -222,3 +222,16 @@ def test_finish_programs_drops_eos_and_cuts_at_stop_strings():
     kept = int(cut[1].sum())
     assert kept < len(b) and len(tok.decode(b[:kept])) > len(body)  # the token that starts <MSG>
     assert tok.decode(b[: kept - 1]) == body[: len(tok.decode(b[: kept - 1]))]
+
+
+def test_the_prompt_is_the_one_the_bundle_was_trained_on(tmp_path):
+    from elmjax.finetune.prompts import program_prompt
+    from elmjax.rl.config import DEFAULT_PROMPT, RLConfig
+    from elmjax.rl.model_io import model_prompt
+
+    assert model_prompt(tmp_path, RLConfig()) == DEFAULT_PROMPT
+    (tmp_path / "training.json").write_text('{"prompt": "# walker\\n"}')
+    assert model_prompt(tmp_path, RLConfig()) == "# walker\n"
+    (tmp_path / "finetune.json").write_text("{}")  # a stage-2 bundle of `elmjax finetune`
+    assert model_prompt(tmp_path, RLConfig()) == program_prompt()
+    assert model_prompt(tmp_path, RLConfig(prompt="x = 1\n")) == "x = 1\n"

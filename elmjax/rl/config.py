@@ -18,9 +18,9 @@ import yaml
 
 from elmjax.config_values import ConfigError, coerce_value, parse_override
 
-#: What the policy is asked before it writes a program: the header the stage-2 model was
-#: trained to continue (a bundle's `training.json` may name its own, see `model_prompt`). This
-#: one is elm-tiny's program slot, so elm-tiny-derived models start inside a program.
+#: What the policy is asked before it writes a program when neither the config nor the bundle
+#: says (`model_io.model_prompt`: `elmjax finetune` bundles get their own header): elm-tiny's
+#: program slot, so elm-tiny-derived models start inside a program.
 DEFAULT_PROMPT = "<NME> walker.py\n<BEF> "
 #: The paper's two terrain sets (section 7).
 PAPER_TERRAIN_SETS = (("left_wall", "right_wall", "tunnel"), ("left_wall", "right_wall", "bumpy"))

@@ -57,10 +57,16 @@ def bundle_meta(path: Path) -> dict[str, Any]:
 
 
 def model_prompt(path: Path, config: RLConfig) -> str:
-    """The prompt the policy continues: the config's, else the bundle's own (a `prompt` entry
-    in its training.json or config.json), else `DEFAULT_PROMPT`."""
+    """The prompt the policy continues: the config's; for a stage-2 bundle of `elmjax
+    finetune` (it has finetune.json) the unconditioned header it was trained on
+    (`finetune.prompts.program_prompt`); else a `prompt` string in the bundle's training.json
+    or config.json; else `DEFAULT_PROMPT`."""
     if config.prompt is not None:
         return config.prompt
+    if (path / "finetune.json").exists():
+        from elmjax.finetune.prompts import program_prompt
+
+        return program_prompt()
     for name in ("training.json", "config.json"):
         try:
             value = json.loads((path / name).read_text()).get("prompt")
