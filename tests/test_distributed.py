@@ -8,6 +8,7 @@ fitness bits, same cells, so the same archive.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -38,6 +39,23 @@ env: {seconds: 2.0, chunk: 8}
 archive: {shape: [6, 6, 6]}
 mutation: {operator: gp, children_per_prompt: 2}
 sandbox: {workers: 1}
+"""
+
+#: the same run with the embedded LM as the mutation operator (short completions: the test is
+#: about which tokens each child draws, not about how good they are)
+LM_TINY = """\
+seed: 5
+budget: 49
+time_limit: null
+batch_size: 16
+lag: 1
+report: false
+progress: never
+checkpoint_every: 2
+env: {{seconds: 2.0, chunk: 8}}
+archive: {{shape: [6, 6, 6]}}
+mutation: {{operator: {operator}, model: elm-tiny, children_per_prompt: 2, max_new_tokens: 48}}
+sandbox: {{workers: 1}}
 """
 
 # -- pieces ------------------------------------------------------------------------------------
@@ -102,6 +120,46 @@ def test_compile_cache_setting_resolves(monkeypatch, tmp_path):
     assert compile_cache.resolve("auto") == tmp_path / "c"
     assert compile_cache.resolve("off") is None
     assert compile_cache.resolve(str(tmp_path / "d")) == tmp_path / "d"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gp", "diff", "prompt", "crossover"])
+def test_an_operator_gives_the_same_children_however_the_batch_is_split(name):
+    """Every process of a run hands its operator the whole batch and its own `part`: the
+    children of the parts, joined, are the children of one call over the whole batch (random
+    streams by global index, crossover partners from the whole batch, one prompt length
+    bucket), whatever the slices' sizes."""
+    from elmjax.mutation.operators import make_operator
+    from elmjax.sodarace.env import Sodarace
+
+    seeds = list(Sodarace().seed_programs().values())
+    parents = (seeds * 3)[:5]  # prompts of different lengths (and length buckets)
+    ids = list(range(100, 105))
+    if name == "gp":
+        kw = {}
+    else:
+        kw = {"model": tiny_sampler().model, "sampler": tiny_sampler(), "max_new_tokens": 16}
+    op = make_operator(name, **kw)
+    whole = op.mutate(parents, 2, 123, parent_ids=ids)
+    for cuts in ([0, 2, 5], [0, 1, 4, 5], [0, 0, 5]):
+        parts = [
+            child
+            for lo, hi in zip(cuts, cuts[1:])
+            for child in op.mutate(parents, 2, 123, parent_ids=ids, part=(lo, hi))
+        ]
+        assert parts == whole, cuts
+    assert len({c.raw_output or c.text for c in whole}) > 1  # not one child repeated
+    with pytest.raises(ValueError, match="part"):
+        op.mutate(parents, 2, 123, parent_ids=ids, part=(3, 6))
+
+
+@functools.cache
+def tiny_sampler():
+    """The embedded model's sampler on one device, built once for the module."""
+    from elmjax.lm import load_model
+    from elmjax.lm.sampler import Sampler
+
+    return Sampler(load_model("elm-tiny"), mesh=None)
 
 
 def test_mesh_axes_are_auto_and_the_model_axis_divides_the_devices():
@@ -211,6 +269,62 @@ def test_two_processes_give_the_same_run_as_one(tiny, reference, tmp_path):
     assert store_rows(out) == reference
     assert json.loads((out / "provenance.json").read_text())["processes"] == 2
     assert "distributed" not in (out / "config.yaml").read_text()
+
+
+def all_rows(run: Path) -> list[dict]:
+    """Every column of the store (prompts, raw model outputs, outcomes...) but wall times."""
+    db = sqlite3.connect(f"file:{run / 'programs.sqlite'}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    try:
+        rows = db.execute("SELECT * FROM programs ORDER BY program_id").fetchall()
+        return [{k: v for k, v in zip(r.keys(), r) if k != "seconds"} for r in rows]
+    finally:
+        db.close()
+
+
+@pytest.fixture(scope="module")
+def lm_reference(tmp_path_factory):
+    """(config, store rows) of the LM run on one process and one device, per operator."""
+    runs: dict[str, tuple[Path, list[dict]]] = {}
+
+    def run(operator: str) -> tuple[Path, list[dict]]:
+        if operator not in runs:
+            config = tmp_path_factory.mktemp(f"lm-{operator}") / "lm.yaml"
+            config.write_text(LM_TINY.format(operator=operator))
+            out = config.parent / "one"
+            code, err = finish(evolve(["--config", str(config), "--out", str(out)]))
+            assert code == 0, err[-3000:]
+            rows = all_rows(out)
+            outputs = {r["raw_output"] for r in rows if r["generation"] > 0}
+            assert len(rows) == 49 and len(outputs) > 8  # the model's own, varied samples
+            runs[operator] = (config, rows)
+        return runs[operator]
+
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("operator", ["diff", "prompt"])
+def test_two_processes_give_the_same_lm_run_as_one(operator, lm_reference, tmp_path):
+    """Each process samples its own slice of the prompts, yet every child draws the tokens it
+    would draw in one process: the same prompts, raw outputs, programs and archive."""
+    config, reference = lm_reference(operator)
+    out = tmp_path / "run"
+    procs = launch_two(["--config", str(config), "--out", str(out)], free_port())
+    for code, err in [finish(p) for p in procs]:
+        assert code == 0, err[-3000:]
+    assert all_rows(out) == reference
+
+
+@pytest.mark.slow
+def test_eight_host_devices_give_the_same_lm_run_as_one(lm_reference, tmp_path):
+    """The sampler splits the 16 rows of a generation's prompts over 8 devices."""
+    config, reference = lm_reference("diff")
+    out = tmp_path / "run"
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    code, err = finish(evolve(["--config", str(config), "--out", str(out)], env))
+    assert code == 0, err[-3000:]
+    assert all_rows(out) == reference
 
 
 @pytest.mark.slow

@@ -18,9 +18,11 @@ The decoder is a `flax.nnx` module: the sampler splits it once into (graph, stat
 jit-compiled `generate` merges the graph with the state it is given, so parameters are traced
 arrays (never baked-in constants) and one compiled program serves every call of a shape.
 
-Randomness is per row: row r (prompt i, sample j) draws step s from fold_in(fold_in(key, r), s),
-so a row's sample depends only on the key, its prompt and its index, never on the batch padding
-or on other prompts in the call.
+Randomness is per row: row r (prompt i, sample j) draws step s from
+fold_in(fold_in(key, first_row + r), s), so a row's sample depends only on the key, its prompt
+and its index, never on the batch padding or on other prompts in the call. `first_row` is the
+index of the call's first row in a larger batch that several calls (the processes of a
+multi-process run) share: each draws exactly what one call over the whole batch would.
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ def generate(
     top_k: jax.Array,
     stop_seqs: jax.Array,
     eos_ids: jax.Array,
+    first_row: jax.Array | int = 0,
     *,
     n: int,
     max_new_tokens: int,
@@ -118,7 +121,8 @@ def generate(
 
     prompt_tokens [P, L] left-padded, prompt_start [P] first real slot of each row;
     stop_seqs [K, M] int32 right-aligned, left-padded with -1 (rows of all -1 are unused);
-    eos_ids [E] (-1 unused). Returns tokens [P*n, max_new] (-1 after a row ended), lengths
+    eos_ids [E] (-1 unused); first_row: int32 scalar, the index of row 0 in a batch shared by
+    several calls (traced: one compiled program serves every offset). Returns tokens [P*n, max_new] (-1 after a row ended), lengths
     [P*n] (tokens generated including the EOS / stop sequence) and stopped [P*n] flags.
 
     Prefill and decode are one compiled program, so `tracing.checked` bounds both.
@@ -151,7 +155,7 @@ def generate(
         start=rep(cache.start, axis=0),
     )
     logits = rep(logits, axis=0)
-    row_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(rows))
+    row_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(first_row + jnp.arange(rows))
     choose = functools.partial(
         choose_tokens,
         temperature=temperature,
@@ -334,10 +338,18 @@ class Sampler:
         top_k: int = 0,
         stop_ids: np.ndarray | None = None,
         ignore_eos: bool = False,
+        first_row: int = 0,
+        min_prompt_len: int = 0,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Token-level sampling: (tokens [P*n, max_new] with -1 after a row ended, lengths
         [P*n], stopped [P*n]); row i*n + j is sample j of prompt i. `stop_ids` comes from
-        `stop_array`; `ignore_eos` decodes max_new_tokens for every row (benchmarks)."""
+        `stop_array`; `ignore_eos` decodes max_new_tokens for every row (benchmarks).
+
+        A call that samples one slice of a larger batch gives `first_row` (the index of its
+        row 0 in that batch: the rows draw their random streams by global index) and
+        `min_prompt_len` (the longest prompt of the whole batch, in tokens: every slice then
+        pads to the same length bucket, so its rows run the same shapes, and the same float
+        arithmetic, as in one call over the whole batch)."""
         if not prompt_ids:
             raise ValueError("no prompts")
         if n < 1 or max_new_tokens < 1:
@@ -351,7 +363,7 @@ class Sampler:
             )
         encoded = [list(ids[-limit:] if limit else ids) or [self._pad_id()] for ids in prompt_ids]
         longest = max(len(ids) for ids in encoded)
-        length = _bucket(longest, self.prompt_buckets)
+        length = _bucket(max(longest, min_prompt_len), self.prompt_buckets)
         if limit is not None:
             length = min(length, max(limit, longest))
         batch = _bucket(len(encoded), self.batch_buckets)
@@ -378,6 +390,7 @@ class Sampler:
             jnp.int32(top_k),
             jnp.asarray(stop_ids),
             jnp.asarray(eos),
+            jnp.int32(first_row),
             n=n,
             max_new_tokens=max_new_tokens,
             greedy=greedy,
@@ -399,8 +412,11 @@ class Sampler:
         top_p: float = 1.0,
         top_k: int = 0,
         stop: Sequence[str] = (),
+        first_row: int = 0,
+        min_prompt_len: int = 0,
     ) -> SampleResult:
-        """Texts (trimmed at the first stop string or EOS), raw token ids and stop flags."""
+        """Texts (trimmed at the first stop string or EOS), raw token ids and stop flags;
+        `first_row` and `min_prompt_len` as in `generate_ids`."""
         if not prompts:
             return SampleResult([], [], [])
         if isinstance(stop, str):
@@ -414,6 +430,8 @@ class Sampler:
             top_p,
             top_k,
             self.stop_array(stop),
+            first_row=first_row,
+            min_prompt_len=min_prompt_len,
         )
         texts, toks, flags = [], [], []
         for i in range(len(prompts)):
@@ -440,10 +458,22 @@ class Sampler:
         top_p: float = 1.0,
         top_k: int = 0,
         stop: Sequence[str] = (),
+        first_row: int = 0,
+        min_prompt_len: int = 0,
     ) -> list[list[str]]:
-        """`n` completions for each prompt: result[i][j] is sample j of prompts[i]."""
+        """`n` completions for each prompt: result[i][j] is sample j of prompts[i]
+        (`first_row`, `min_prompt_len`: a slice of a larger batch, as in `generate_ids`)."""
         return self.sample_detailed(
-            prompts, n, key, max_new_tokens, temperature, top_p, top_k, stop
+            prompts,
+            n,
+            key,
+            max_new_tokens,
+            temperature,
+            top_p,
+            top_k,
+            stop,
+            first_row=first_row,
+            min_prompt_len=min_prompt_len,
         ).texts
 
     def _pad_id(self) -> int:

@@ -127,11 +127,12 @@ class GenerationStep:
             cells = np.asarray(
                 qd.sample_cells(parents_archive, keys["select"], n_prompts, cfg.archive.selection)
             )
-            lo, hi = self.cluster.shard(n_prompts)  # every process draws every cell, keeps its own
-            cells = cells[lo:hi]
+            # every process draws every parent and hands the operator the whole batch (context:
+            # crossover partners, the prompt length bucket), which mutates its own slice only
+            lo, hi = self.cluster.shard(n_prompts)
             ids = np.asarray(parents_archive.program_id)[np.maximum(cells, 0)]
             parent_ids = [int(pid) for pid in ids]
-            cell_of = {int(pid): int(c) for pid, c in zip(ids, cells)}
+            cell_of = {int(pid): int(c) for pid, c in zip(ids[lo:hi], cells[lo:hi])}
             timings["select"] = time.perf_counter() - t0
             if self.finetuner is not None:  # the weights this generation is due (may wait)
                 t1 = time.perf_counter()
@@ -143,10 +144,10 @@ class GenerationStep:
                 cfg.mutation.children_per_prompt,
                 key_to_int(keys["mutate"]),
                 parent_ids=parent_ids,
-                offset=lo,
+                part=(lo, hi),
             )
             timings.update(mutation_timings(self.operator, time.perf_counter() - t1))
-            expected = len(parent_ids) * cfg.mutation.children_per_prompt
+            expected = (hi - lo) * cfg.mutation.children_per_prompt
             if len(children) != expected:
                 raise RuntimeError(
                     f"operator returned {len(children)} children, expected {expected}"

@@ -61,11 +61,18 @@ class TimedOperator:
             _ = self.operator.sampler
 
     def mutate(
-        self, parents: list[str], n: int, seed: int, parent_ids: list[int], offset: int = 0
+        self,
+        parents: list[str],
+        n: int,
+        seed: int,
+        parent_ids: list[int],
+        part: tuple[int, int] | None = None,
     ) -> list[Any]:
+        """Children of parents[lo:hi] for `part=(lo, hi)` (the whole batch when None)."""
         self._decode = 0.0
         t0 = time.perf_counter()
-        kw = {"offset": offset} if offset else {}  # operators outside elmjax may lack it
+        whole = part is None or tuple(part) == (0, len(parents))
+        kw = {} if whole else {"part": part}  # operators outside elmjax may lack it
         children = self.operator.mutate(parents, n, seed, parent_ids=parent_ids, **kw)
         total = time.perf_counter() - t0
         if self.name == "gp":

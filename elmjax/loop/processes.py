@@ -106,8 +106,10 @@ def started_processes(out: Path) -> int:
 
 
 def check_process_count(out: Path, cluster: Cluster) -> None:
-    """A run resumes with the process count it started with: an LM operator's random streams
-    depend on how the batch is split, so another count would make another run."""
+    """A run resumes with the process count it started with (the launch contract of
+    docs/launch.md). The run itself would not change with the count (every random draw is
+    keyed by a candidate's index in the whole batch), but provenance.json records one count per
+    run, and a resume that silently changed it would misstate how the run was made."""
     started = started_processes(out)
     if started != cluster.num_processes:
         raise DistributedError(

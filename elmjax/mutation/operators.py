@@ -22,7 +22,11 @@ The operators, as the ELM paper compares them:
   third program.
 
 LM operators batch: all prompts of a `mutate` call go into one `Sampler.sample` call (n samples
-per prompt sharing its prefill). Determinism: same parents, n and seed => same children.
+per prompt sharing its prefill). Determinism: same parents, n and seed => same children, and
+the same children however the batch is split between processes (`part`): every random draw of
+a child (its GP stream, commit message, crossover partner, sampled tokens) is keyed by the
+child's index in the whole batch, and a slice's prompts are padded to the whole batch's prompt
+length bucket, so a slice runs the same arithmetic as the whole batch does.
 """
 
 from __future__ import annotations
@@ -83,6 +87,16 @@ def _rng(seed: int, *path: int) -> random.Random:
     return random.Random(repr((int(seed),) + tuple(int(p) for p in path)))
 
 
+def _part(parents: Sequence[Any], part: tuple[int, int] | None, offset: int) -> tuple[int, int]:
+    """The (lo, hi) parents of `parents` to make children for (see `Operator.mutate`)."""
+    if part is None:
+        return 0, len(parents)
+    lo, hi = int(part[0]), int(part[1])
+    if offset or not 0 <= lo <= hi <= len(parents):
+        raise ValueError(f"part {part} must lie within the {len(parents)} parents (and no offset)")
+    return lo, hi
+
+
 class Operator:
     """Base class: `name`, `model_name`, and batched `mutate`."""
 
@@ -96,13 +110,18 @@ class Operator:
         seed: int,
         parent_ids: Sequence[int] | None = None,
         offset: int = 0,
+        part: tuple[int, int] | None = None,
     ) -> list[Child]:
         """`n` children per parent, children[i * n + j] from parents[i].
 
-        `offset` is the index of `parents[0]` in the whole generation's batch: a process of a
-        multi-process run mutates its own slice, and a child's random stream is drawn from
-        its index in the whole batch (the GP operator and the diff operator's commit messages
-        then give the same children however the batch is split)."""
+        Several processes share one generation's batch: `parents` is the whole batch and
+        `part=(lo, hi)` the slice this call makes children for (`n * (hi - lo)` children, of
+        parents[lo:hi]); the other parents are context (crossover partners, the prompt length
+        bucket). A caller that holds only its slice passes it with `offset`, the index of
+        `parents[0]` in the whole batch, instead (the LM operators then pad to the slice's own
+        length bucket, which may differ from the whole batch's). Either way every random draw
+        of a child comes from its index in the whole batch, so the children do not depend on
+        how the batch is split."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -118,10 +137,12 @@ class GPOperator(Operator):
         self.steps = steps
         self.kinds = kinds
 
-    def mutate(self, parents, n, seed, parent_ids=None, offset=0):
+    def mutate(self, parents, n, seed, parent_ids=None, offset=0, part=None):
         ids = _ids(parents, parent_ids)
+        lo, hi = _part(parents, part, offset)
         out = []
-        for i, (pid, parent) in enumerate(zip(ids, parents)):
+        for i in range(lo, hi):
+            pid, parent = ids[i], parents[i]
             for j in range(n):
                 rng = _rng(seed, offset + i, j)
                 try:
@@ -187,7 +208,13 @@ class LMOperator(Operator):
         return self._sampler
 
     def _sample(
-        self, prompts: list[str], n: int, seed: int, stop: Sequence[str]
+        self,
+        prompts: list[str],
+        n: int,
+        seed: int,
+        stop: Sequence[str],
+        first_row: int = 0,
+        min_prompt_len: int = 0,
     ) -> list[list[str]]:
         import jax
 
@@ -200,6 +227,27 @@ class LMOperator(Operator):
             top_p=self.top_p,
             top_k=self.top_k,
             stop=list(stop),
+            first_row=first_row,
+            min_prompt_len=min_prompt_len,
+        )
+
+    def _sample_part(
+        self,
+        prompts: list[str],
+        lo: int,
+        hi: int,
+        offset: int,
+        n: int,
+        seed: int,
+        stop: Sequence[str],
+    ) -> list[list[str]]:
+        """Samples of prompts[lo:hi] as one call over all `prompts` would draw them: rows keyed
+        by their index in the whole batch, padded to the whole batch's length bucket."""
+        if lo == 0 and hi == len(prompts):
+            return self._sample(prompts, n, seed, stop, first_row=offset * n)
+        longest = max(len(self.sampler.encode(p)) for p in prompts)
+        return self._sample(
+            prompts[lo:hi], n, seed, stop, first_row=(offset + lo) * n, min_prompt_len=longest
         )
 
     def _child(self, pids: tuple[int, ...], prompt: str, raw: str, **kw: Any) -> Child:
@@ -265,12 +313,15 @@ class DiffOperator(LMOperator):
             out.append((self.format.prompt(parent, message, self.file_name), message))
         return out
 
-    def mutate(self, parents, n, seed, parent_ids=None, offset=0):
+    def mutate(self, parents, n, seed, parent_ids=None, offset=0, part=None):
         ids = _ids(parents, parent_ids)
+        lo, hi = _part(parents, part, offset)
         prompts = self.prompts(parents, seed, offset)
-        raw = self._sample([p for p, _ in prompts], n, seed, STOP)
+        raw = self._sample_part([p for p, _ in prompts], lo, hi, offset, n, seed, STOP)
         out = []
-        for pid, parent, (prompt, message), samples in zip(ids, parents, prompts, raw):
+        for pid, parent, (prompt, message), samples in zip(
+            ids[lo:hi], parents[lo:hi], prompts[lo:hi], raw
+        ):
             for completion in samples:
                 applied = try_apply(parent, self.format.to_unified(completion))
                 if applied.ok:
@@ -323,12 +374,13 @@ class PromptOperator(LMOperator):
         comment = self.instruction.format(entry=self.entry)
         return f"{old}\n\n\n# {comment}\ndef {self.entry}("
 
-    def mutate(self, parents, n, seed, parent_ids=None, offset=0):
+    def mutate(self, parents, n, seed, parent_ids=None, offset=0, part=None):
         ids = _ids(parents, parent_ids)
+        lo, hi = _part(parents, part, offset)
         prompts = [self.prompt(p) for p in parents]
-        raw = self._sample(prompts, n, seed, FUNCTION_STOP)
+        raw = self._sample_part(prompts, lo, hi, offset, n, seed, FUNCTION_STOP)
         out = []
-        for pid, parent, prompt, samples in zip(ids, parents, prompts, raw):
+        for pid, parent, prompt, samples in zip(ids[lo:hi], parents[lo:hi], prompts[lo:hi], raw):
             for completion in samples:
                 new_def = f"def {self.entry}(" + completion
                 try:
@@ -343,7 +395,8 @@ class PromptOperator(LMOperator):
 
 class CrossoverOperator(LMOperator):
     """LMX-style crossover: two parents as numbered examples; the model writes the next one.
-    Parent i is paired with a partner drawn (per seed) from the other parents."""
+    Parent i is paired with a partner drawn (per seed and i) from the other parents of the
+    whole batch (`parents`, of which `part` is this call's slice)."""
 
     name = "crossover"
     default_max_new_tokens = 512
@@ -351,17 +404,20 @@ class CrossoverOperator(LMOperator):
     def prompt(self, a: str, b: str) -> str:
         return f"# Program 1\n{a.rstrip()}\n\n\n# Program 2\n{b.rstrip()}\n\n\n# Program 3\n"
 
-    def mutate(self, parents, n, seed, parent_ids=None, offset=0):
-        # Partners come from the parents at hand (a process's slice in a multi-process run).
+    def mutate(self, parents, n, seed, parent_ids=None, offset=0, part=None):
+        # Partners come from the parents at hand: the whole batch when the caller passes it
+        # with `part`, else (a slice with `offset`) the slice.
         ids = _ids(parents, parent_ids)
+        lo, hi = _part(parents, part, offset)
         pairs = []
         for i in range(len(parents)):
             others = [k for k in range(len(parents)) if k != i] or [i]
             pairs.append((i, _rng(seed, offset + i, -2).choice(others)))
         prompts = [self.prompt(parents[i], parents[k]) for i, k in pairs]
-        raw = self._sample(prompts, n, seed, ("\n# Program 4", "\n# Program"))
+        stop = ("\n# Program 4", "\n# Program")
+        raw = self._sample_part(prompts, lo, hi, offset, n, seed, stop)
         out = []
-        for (i, k), prompt, samples in zip(pairs, prompts, raw):
+        for (i, k), prompt, samples in zip(pairs[lo:hi], prompts[lo:hi], raw):
             pids = (ids[i], ids[k])
             for completion in samples:
                 text = completion.strip("\n") + "\n"
