@@ -218,6 +218,10 @@ class LMOperator(Operator):
     ) -> list[list[str]]:
         import jax
 
+        # only a slice of a larger batch needs these (a sampler of one's own may lack them)
+        part = {"first_row": first_row} if first_row else {}
+        if min_prompt_len:
+            part["min_prompt_len"] = min_prompt_len
         return self.sampler.sample(
             prompts,
             n,
@@ -227,8 +231,7 @@ class LMOperator(Operator):
             top_p=self.top_p,
             top_k=self.top_k,
             stop=list(stop),
-            first_row=first_row,
-            min_prompt_len=min_prompt_len,
+            **part,
         )
 
     def _sample_part(
