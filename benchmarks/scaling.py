@@ -202,6 +202,11 @@ def main() -> None:
         "load_average_start": os.getloadavg(),
     }
     top = str(max(chunks))
+
+    def save() -> None:  # after every part: a failure later keeps what was measured
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+
     # one device on one core (the process pinned), one device free to use both cores (XLA's
     # intra-op threads take some of a large call's work), two devices (one thread each)
     one_core = sim(1, per_seed, seconds, [max(chunks)], repeats, one_core=PIN_SUPPORTED)
@@ -220,6 +225,7 @@ def main() -> None:
         "devices": 2,
         "evals_per_s": {c: v["evals_per_s"] for c, v in two["by_chunk"].items()},
     }
+    save()
     with tempfile.TemporaryDirectory(prefix="elmjax-scaling-") as tmp:
         tmp = Path(tmp)
         config = tmp / "e2e.yaml"
@@ -238,6 +244,7 @@ def main() -> None:
                 "evals_per_s": steady_evals_per_s(out),
             }
         results["e2e"] = e2e
+        save()
         cache = str(tmp / "cache")
         restart = {
             "cold_cache_s": evolve(config, tmp / "c1", 1, [f"compile_cache={cache}"]),
@@ -259,10 +266,8 @@ def main() -> None:
         / e2e["1_process"]["evals_per_s"],
         "restart_warm_cache_vs_off": restart["off_s"] / restart["warm_cache_s"],
     }
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    print(json.dumps(results, indent=2))
+    save()
 
 
 if __name__ == "__main__":
