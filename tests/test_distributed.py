@@ -296,7 +296,7 @@ def lm_reference(tmp_path_factory):
             assert code == 0, err[-3000:]
             rows = all_rows(out)
             outputs = {r["raw_output"] for r in rows if r["generation"] > 0}
-            assert len(rows) == 49 and len(outputs) > 8  # the model's own, varied samples
+            assert len(rows) == 49 and len(outputs) > 4  # the model's own, varied samples
             runs[operator] = (config, rows)
         return runs[operator]
 
