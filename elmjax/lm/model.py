@@ -50,9 +50,10 @@ _NEG = -1e30  # finite "minus infinity": fully masked rows give uniform weights,
 class KVCache:
     """Keys and values of every layer, written in place as decoding proceeds.
 
-    k, v: tuple over layers of [B, S, kv_heads, head_dim] (unrolled decoder) or one array
-    [L, B, S, kv_heads, head_dim] (scanned decoder). `index` is the next slot to write (shared by
-    all rows); slots < start[b] are padding of row b and never attended to.
+    k, v: tuple over layers of [B, kv_heads, S, head_dim] (unrolled decoder) or one array
+    [L, B, kv_heads, S, head_dim] (scanned decoder): heads before slots, so attention reads a
+    window of the cache as it lies, without transposing it every step. `index` is the next slot
+    to write (shared by all rows); slots < start[b] are padding of row b and never attended to.
     """
 
     k: Any
@@ -69,7 +70,7 @@ def init_cache(
     start: jax.Array | None = None,
     scanned: bool = False,
 ) -> KVCache:
-    shape = (batch, length, config.kv_heads, config.hd)
+    shape = (batch, config.kv_heads, length, config.hd)
     if scanned:
         k = jnp.zeros((config.n_layers, *shape), dtype)
         v = jnp.zeros((config.n_layers, *shape), dtype)
@@ -158,19 +159,30 @@ def _activation(name: str, x: jax.Array) -> jax.Array:
     raise ValueError(f"unsupported activation {name!r}")
 
 
-def _rope(x: jax.Array, positions: jax.Array, config: LMConfig) -> jax.Array:
-    """Rotary embedding of [B, T, heads, hd] at integer positions [B, T].
+def rope_tables(positions: jax.Array, config: LMConfig) -> tuple[jax.Array, jax.Array] | None:
+    """(sin, cos) [B, T, 1, rope_dims / 2] of integer positions [B, T], or None without RoPE.
+
+    Computed once per forward pass and shared by every layer (each layer rotates its own q and k
+    with the same tables), so the transcendentals are not repeated per layer.
+    """
+    rd = config.rope_dims
+    if rd == 0:
+        return None
+    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, rd, 2, dtype=np.float32) / rd))
+    angle = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+    return jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
+
+
+def _rope(x: jax.Array, tables: tuple[jax.Array, jax.Array] | None, config: LMConfig) -> jax.Array:
+    """Rotary embedding of [B, T, heads, hd] with the `rope_tables` of its positions.
 
     Llama rotates the two halves of the head (HF `rotate_half`); CodeGen rotates interleaved pairs
     (2i, 2i+1) of only the first `rotary_dim` dims (GPT-J `rotate_every_two`).
     """
-    rd = config.rope_dims
-    if rd == 0:
+    if tables is None:
         return x
-    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, rd, 2, dtype=np.float32) / rd))
-    angle = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
-    sin = jnp.sin(angle)[:, :, None, :]
-    cos = jnp.cos(angle)[:, :, None, :]
+    sin, cos = tables
+    rd = config.rope_dims
     xr = x[..., :rd].astype(jnp.float32)
     if config.arch == "codegen":
         x1, x2 = xr[..., 0::2], xr[..., 1::2]
@@ -184,19 +196,36 @@ def _rope(x: jax.Array, positions: jax.Array, config: LMConfig) -> jax.Array:
     return jnp.concatenate([out, x[..., rd:]], axis=-1)
 
 
-def _cache_mask(q_slot: jax.Array, k_slot: jax.Array, start: jax.Array) -> jax.Array:
-    """[B, T, S]: query slot q sees key slot k when start <= k <= q (start [B]: left padding)."""
-    k = k_slot[None, None, :]
-    return (k <= q_slot[None, :, None]) & (k >= start[:, None, None])
+def attention_mask(
+    t: int, width: int | None = None, index: jax.Array | None = None, start: jax.Array | None = None
+) -> jax.Array:
+    """[B or 1, T, S] boolean mask of which keys each of T queries sees, built once per forward
+    pass and shared by every layer.
+
+    No cache (`width` None): causal over the T tokens. With a cache, query i sits at slot
+    index + i and sees key slot k when start[b] <= k <= index + i (slots before start[b] are row
+    b's left padding); S = `width` (a prefill into an empty cache: width = T and index = 0).
+    """
+    if width is None:
+        slot = jnp.arange(t)
+        return (slot[None, :] <= slot[:, None])[None]
+    k = jnp.arange(width)[None, None, :]
+    q = (index + jnp.arange(t))[None, :, None]
+    return (k <= q) & (k >= start[:, None, None])
+
+
+def _heads_major(x: jax.Array) -> jax.Array:
+    """[B, T, heads, hd] -> [B, heads, T, hd], the layout of the KV cache."""
+    return jnp.swapaxes(x, 1, 2)
 
 
 def _write_cache(
     k_cache: jax.Array, v_cache: jax.Array, k: jax.Array, v: jax.Array, index: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """The new keys and values written into the caches at slot `index` (cache dtype)."""
+    """The new keys and values [B, kv_heads, T, hd] written at slot `index` (cache dtype)."""
     return (
-        jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0)),
-        jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0)),
+        jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, index, 0)),
+        jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, index, 0)),
     )
 
 
@@ -217,49 +246,53 @@ class Attention(nnx.Module):
     def __call__(
         self,
         x: jax.Array,
-        positions: jax.Array,
+        rope: tuple[jax.Array, jax.Array] | None,
+        mask: jax.Array,
         k_cache: jax.Array | None = None,
         v_cache: jax.Array | None = None,
         index: jax.Array | None = None,
-        start: jax.Array | None = None,
         fresh: bool = False,
-        window: int | None = None,
     ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
         """Attention output [B, T, D] and the updated caches.
 
+        `rope`: `rope_tables` of the positions; `mask` [B or 1, T, S]: `attention_mask`.
         No cache: causal over the T tokens. `fresh`: a prefill into an empty cache, attending to
-        the T new keys only (in float32). Otherwise the T tokens attend to the cache slots
-        [0, window) (default: all), which must include slot index + T - 1: the sampler decodes
-        in length buckets so it reads only the filled part of the cache.
+        the T new keys only (in float32). Otherwise the T tokens attend to the first S cache
+        slots (the mask's width), which must include slot index + T - 1: the sampler decodes in
+        length buckets so it reads only the filled part of the cache.
+
+        Keys and values are laid out [B, kv_heads, S, hd] (the cache's layout), so both attention
+        products are batched over (B, kv_heads) with no transpose of the cache per step.
         """
         config = self.config
         b, t, _ = x.shape
         h, kvh, hd = config.n_heads, config.kv_heads, config.hd
-        q = _rope(self.q(x).reshape(b, t, h, hd), positions, config)
-        k = _rope(self.k(x).reshape(b, t, kvh, hd), positions, config)
-        v = self.v(x).reshape(b, t, kvh, hd)
-        if k_cache is None:
+        groups = h // kvh
+        q = _rope(self.q(x).reshape(b, t, h, hd), rope, config) * (hd**-0.5)
+        k = _heads_major(_rope(self.k(x).reshape(b, t, kvh, hd), rope, config))
+        v = _heads_major(self.v(x).reshape(b, t, kvh, hd))
+        if k_cache is None or fresh:
             keys, values = k, v
-            slot = jnp.arange(t)
-            mask = (slot[None, :] <= slot[:, None])[None]  # [1, T, S] causal
-        elif fresh:
-            k_cache, v_cache = _write_cache(k_cache, v_cache, k, v, index)
-            keys, values = k, v
-            mask = _cache_mask(jnp.arange(t), jnp.arange(t), start)
+            if k_cache is not None:
+                k_cache, v_cache = _write_cache(k_cache, v_cache, k, v, index)
         else:
             k_cache, v_cache = _write_cache(k_cache, v_cache, k, v, index)
-            width = k_cache.shape[1] if window is None else min(window, k_cache.shape[1])
-            keys, values = k_cache[:, :width], v_cache[:, :width]
-            mask = _cache_mask(index + jnp.arange(t), jnp.arange(width), start)
-        groups = h // kvh
-        qg = q.reshape(b, t, kvh, groups, hd)
+            width = mask.shape[-1]
+            keys, values = k_cache[:, :, :width], v_cache[:, :, :width]
+        # [B, T, kvh * groups, hd] -> [B, kvh, groups * T, hd]: query heads grouped by KV head
+        qg = jnp.moveaxis(q.reshape(b, t, kvh, groups, hd), 1, 3).reshape(b, kvh, groups * t, hd)
         scores = jnp.einsum(
-            "btkgd,bskd->bkgts", qg.astype(keys.dtype), keys, preferred_element_type=jnp.float32
-        )
-        scores = scores * (hd**-0.5)
+            "bkqd,bksd->bkqs", qg.astype(keys.dtype), keys, preferred_element_type=jnp.float32
+        ).reshape(b, kvh, groups, t, -1)
         scores = jnp.where(mask[:, None, None], scores, _NEG)
         weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", weights, values, preferred_element_type=jnp.float32)
+        out = jnp.einsum(
+            "bkqs,bksd->bkqd",
+            weights.reshape(b, kvh, groups * t, -1),
+            values,
+            preferred_element_type=jnp.float32,
+        )
+        out = jnp.moveaxis(out.reshape(b, kvh, groups, t, hd), 3, 1)  # [B, T, kvh, groups, hd]
         return self.o(out.reshape(b, t, h * hd)), k_cache, v_cache
 
 
@@ -304,16 +337,15 @@ class Block(nnx.Module):
     def __call__(
         self,
         x: jax.Array,
-        positions: jax.Array,
+        rope: tuple[jax.Array, jax.Array] | None,
+        mask: jax.Array,
         k_cache: jax.Array | None = None,
         v_cache: jax.Array | None = None,
         index: jax.Array | None = None,
-        start: jax.Array | None = None,
         fresh: bool = False,
-        window: int | None = None,
     ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
         h = self.ln1(x)
-        a, k_cache, v_cache = self.attn(h, positions, k_cache, v_cache, index, start, fresh, window)
+        a, k_cache, v_cache = self.attn(h, rope, mask, k_cache, v_cache, index, fresh)
         if self.parallel:
             return x + a + self.mlp(h), k_cache, v_cache
         x = x + a
@@ -381,13 +413,23 @@ class Decoder(nnx.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions).astype(jnp.float32)
         index = None if cache is None else cache.index
-        start = None if cache is None else cache.start
+        t = tokens.shape[1]
+        # shared by every layer: RoPE tables and the attention mask
+        rope = rope_tables(positions, self.config)
+        if cache is None:
+            mask = attention_mask(t)
+        elif fresh_cache:
+            mask = attention_mask(t, t, jnp.zeros((), jnp.int32), cache.start)
+        else:
+            slots = cache.k[0].shape[2] if not self.scanned else cache.k.shape[3]
+            width = slots if window is None else min(window, slots)
+            mask = attention_mask(t, width, index, cache.start)
         if not self.scanned:
             ks, vs = [], []
             for i, block in enumerate(self.layers):
                 kc = None if cache is None else cache.k[i]
                 vc = None if cache is None else cache.v[i]
-                x, kc, vc = block(x, positions, kc, vc, index, start, fresh_cache, window)
+                x, kc, vc = block(x, rope, mask, kc, vc, index, fresh_cache)
                 ks.append(kc)
                 vs.append(vc)
             new_k, new_v = tuple(ks), tuple(vs)
@@ -396,7 +438,7 @@ class Decoder(nnx.Module):
             if cache is None:
 
                 def body(x: jax.Array, state: Any) -> tuple[jax.Array, None]:
-                    return nnx.merge(graph, state)(x, positions)[0], None
+                    return nnx.merge(graph, state)(x, rope, mask)[0], None
 
                 x, _ = jax.lax.scan(body, x, stacked)
                 new_k = new_v = None
@@ -405,7 +447,7 @@ class Decoder(nnx.Module):
                 def body_c(x: jax.Array, inp: Any) -> tuple[jax.Array, Any]:
                     state, kc, vc = inp
                     block = nnx.merge(graph, state)
-                    x, kc, vc = block(x, positions, kc, vc, index, start, fresh_cache, window)
+                    x, kc, vc = block(x, rope, mask, kc, vc, index, fresh_cache)
                     return x, (kc, vc)
 
                 x, (new_k, new_v) = jax.lax.scan(body_c, x, (stacked, cache.k, cache.v))
