@@ -465,8 +465,8 @@ class ProgramStore:
         for g, recs in self.iter_generations(from_generation):
             if to_generation is not None and g > to_generation:
                 break
-            if not recs:
-                continue
+            # An empty generation is still one insert (of padding only), as it was live: it
+            # resets `last_n_evaluated`, so skipping it would replay a different archive.
             archive, _ = insert(archive, *_batch_arrays(recs, dim, token_len))
         return archive
 

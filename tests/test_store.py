@@ -10,7 +10,7 @@ import textwrap
 import chex
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from elmjax import qd
@@ -69,6 +69,7 @@ def assert_archives_equal(a, b):
 
 @settings(max_examples=8)
 @given(st.integers(0, 2**32 - 1), st.integers(1, 6), st.integers(0, 6))
+@example(seed=45, generations=3, checkpoint_at=0)  # its last generation is empty
 def test_replay_equals_live_archive(tmp_path_factory, seed, generations, checkpoint_at):
     rng = np.random.default_rng(seed)
     path = tmp_path_factory.mktemp("store") / "programs.sqlite"
