@@ -410,10 +410,23 @@ class Decoder(nnx.Module):
     ) -> tuple[jax.Array, KVCache | None]:
         """Final-normed hidden states [B, T, D] (float32) and the updated cache."""
         x = self.embed(tokens).astype(jnp.float32)  # the residual stream is float32
+        return self.hidden_states_of_vectors(x, positions, cache, fresh_cache, window)
+
+    def hidden_states_of_vectors(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        cache: KVCache | None = None,
+        fresh_cache: bool = False,
+        window: int | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """`hidden_states` from input vectors x [B, T, D] instead of token ids: the way in for
+        a soft prompt (learned vectors before the token embeddings, as stage 3's policy uses)."""
+        x = x.astype(jnp.float32)
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions).astype(jnp.float32)
         index = None if cache is None else cache.index
-        t = tokens.shape[1]
+        t = x.shape[1]
         # shared by every layer: RoPE tables and the attention mask
         rope = rope_tables(positions, self.config)
         if cache is None:
@@ -453,7 +466,7 @@ class Decoder(nnx.Module):
                 x, (new_k, new_v) = jax.lax.scan(body_c, x, (stacked, cache.k, cache.v))
         x = self.final_norm(x)
         if cache is not None:
-            cache = cache.replace(k=new_k, v=new_v, index=cache.index + tokens.shape[1])
+            cache = cache.replace(k=new_k, v=new_v, index=cache.index + t)
         return x, cache
 
     def logits(self, x: jax.Array) -> jax.Array:

@@ -58,21 +58,7 @@ def run_layers(
     fresh: bool = False,
 ) -> tuple[jax.Array, KVCache | None]:
     """`Decoder.hidden_states` from input vectors x [B, T, D] instead of token ids."""
-    if decoder.pos_embed is not None:
-        x = x + decoder.pos_embed(positions).astype(jnp.float32)
-    index = None if cache is None else cache.index
-    start = None if cache is None else cache.start
-    ks, vs = [], []
-    for i, block in enumerate(decoder.layers):
-        kc = None if cache is None else cache.k[i]
-        vc = None if cache is None else cache.v[i]
-        x, kc, vc = block(x, positions, kc, vc, index, start, fresh)
-        ks.append(kc)
-        vs.append(vc)
-    x = decoder.final_norm(x)
-    if cache is not None:
-        cache = cache.replace(k=tuple(ks), v=tuple(vs), index=cache.index + x.shape[1])
-    return x, cache
+    return decoder.hidden_states_of_vectors(x, positions, cache, fresh_cache=fresh)
 
 
 def _inputs(decoder: Decoder, prefix: jax.Array | None, ids: jax.Array) -> jax.Array:
