@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,22 +81,24 @@ def prepare_new(path: str | Path, config: RunConfig, force: bool = False) -> Pat
                 f"{path} already holds a run; continue it with `elmjax evolve --resume {path}`, "
                 "or pass --force to overwrite it"
             )
-        for name in (
-            *_RUN_MARKERS,
-            PROVENANCE,
-            TENSORBOARD,
-            REPORT,
-            STORE + "-wal",
-            STORE + "-shm",
-        ):
-            target = path / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        remove_entries(
+            path,
+            (*_RUN_MARKERS, PROVENANCE, TENSORBOARD, REPORT, STORE + "-wal", STORE + "-shm"),
+        )
     check_writable(path)
     dump_config(config, path / CONFIG)
     return path
+
+
+def remove_entries(path: Path, names: Iterable[str]) -> None:
+    """Delete the named files and directories under `path` (those that exist): how `--force`
+    clears what an earlier job left, and nothing else of the directory."""
+    for name in names:
+        target = path / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
 
 
 def check_writable(path: Path) -> None:

@@ -21,7 +21,6 @@ evaluation); a MODEL_DIR made from other runs or another training config is refu
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -46,6 +45,7 @@ from elmjax.finetune.training import (
     run_training,
     tokenize,
 )
+from elmjax.run_dir import remove_entries
 
 FINETUNE_JSON = "finetune.json"
 EVAL_JSON = "eval.json"
@@ -106,12 +106,7 @@ def _prepare_dir(out: Path, cfg: FinetuneConfig, ds: Dataset, force: bool) -> No
                 f"{out} exists and is not a stage-2 model directory; "
                 "choose another --out (or --force to clear it)"
             )
-        for name in (CHECKPOINTS, TENSORBOARD, DATA, *_MODEL_FILES):
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        remove_entries(out, (CHECKPOINTS, TENSORBOARD, DATA, *_MODEL_FILES))
     out.mkdir(parents=True, exist_ok=True)
 
 

@@ -96,14 +96,9 @@ def start(out: str | Path, config: RLConfig, force: bool = False) -> dict[str, A
         )
     bundle, prompt = preflight(config)
     if force:
-        import shutil
+        from elmjax.run_dir import remove_entries
 
-        for name in (*RUN_MARKERS, "tb", BEFORE, "eval.json", "eval"):
-            target = path / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        remove_entries(path, (*RUN_MARKERS, "tb", BEFORE, "eval.json", "eval"))
     path.mkdir(parents=True, exist_ok=True)
     save_config(config, path / CONFIG)
     info = _provenance(config, bundle)
