@@ -20,7 +20,6 @@ import dataclasses
 import difflib
 import math
 import re
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import yaml
 
 from elmjax.config_values import (  # noqa: F401  (re-exported: the config API)
     ConfigError,
+    build_dataclass,
     coerce_value,
     parse_duration,
     parse_override,
@@ -414,7 +414,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         """Build and check a config; unknown keys, wrong types and bad values raise ConfigError."""
-        config = _build(cls, data, prefix="")
+        config = build_dataclass(cls, data, unknown_key)
         config.check()
         return config
 
@@ -498,29 +498,6 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any], prefix: str) -> None
             _merge(base[key], value, prefix=dotted + ".")
         else:
             base[key] = value
-
-
-def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise ConfigError(prefix.rstrip(".") or "<root>", "must be a mapping")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            raise unknown_key(f"{prefix}{key}", list(fields))
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{prefix}{name}"
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, prefix=key + ".")
-            continue
-        parse = fields[name].metadata.get("parse")
-        try:
-            kwargs[name] = parse(value) if parse else coerce_value(value, hint)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(key, str(err)) from None
-    return cls(**kwargs)
 
 
 def dump_config(config: RunConfig, path: str | Path) -> None:

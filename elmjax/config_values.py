@@ -7,11 +7,12 @@ a declared type, or a `ConfigError` that names the key or the option the user ga
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -131,3 +132,37 @@ def coerce_value(value: Any, hint: Any) -> Any:
             raise TypeError(f"expected a string, got {value!r}")
         return value
     raise TypeError(f"unsupported config type {hint}")
+
+
+def build_dataclass(
+    cls: type,
+    data: Mapping[str, Any],
+    unknown: Callable[[str, list[str]], ConfigError],
+    prefix: str = "",
+) -> Any:
+    """`cls(**data)` with each value coerced to its field's declared type (`coerce_value`, or the
+    field's `metadata["parse"]`), nested dataclass fields built from nested mappings.
+
+    One builder for every config of the command line (`evolve`, `finetune`, `rl`), so a YAML
+    value or a `--set` means the same everywhere; `unknown(key, field_names)` makes the error
+    for a key `cls` does not have (each command words its own suggestion)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(prefix.rstrip(".") or "<root>", "must be a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise unknown(f"{prefix}{key}", list(fields))
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = build_dataclass(hint, value, unknown, prefix=key + ".")
+            continue
+        parse = fields[name].metadata.get("parse")
+        try:
+            kwargs[name] = parse(value) if parse else coerce_value(value, hint)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(key, str(err)) from None
+    return cls(**kwargs)

@@ -8,11 +8,10 @@ evaluated on 1,024 samples. `base=smollm2-135m lora_rank=8` is the optional, slo
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from elmjax.config_values import ConfigError, coerce_value, parse_override
+from elmjax.config_values import ConfigError, build_dataclass, parse_override
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,17 +78,10 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FinetuneConfig:
-        hints = typing.get_type_hints(cls)
-        values = {}
-        for key, value in data.items():
-            if key not in hints:
-                known = ", ".join(sorted(hints))
-                raise ConfigError(key, f"unknown finetune key; known: {known}")
-            try:
-                values[key] = coerce_value(value, hints[key])
-            except (TypeError, ValueError) as err:
-                raise ConfigError(key, str(err)) from None
-        config = cls(**values)
+        def unknown(key: str, known: list[str]) -> ConfigError:
+            return ConfigError(key, f"unknown finetune key; known: {', '.join(sorted(known))}")
+
+        config = build_dataclass(cls, data, unknown)
         config.check()
         return config
 

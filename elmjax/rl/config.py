@@ -9,14 +9,13 @@ not exist or a number that cannot work is refused with the key's name.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from elmjax.config_values import ConfigError, coerce_value, parse_override
+from elmjax.config_values import ConfigError, build_dataclass, parse_override
 
 #: What the policy is asked before it writes a program when neither the config nor the bundle
 #: says (`model_io.model_prompt`: `elmjax finetune` bundles get their own header): elm-tiny's
@@ -118,19 +117,15 @@ def parse_terrains(text: str | Iterable[str]) -> tuple[str, ...]:
 
 def build_config(values: dict[str, Any]) -> RLConfig:
     """An RLConfig from plain values (YAML or `--set`), each coerced to its declared type."""
-    hints = typing.get_type_hints(RLConfig)
-    kwargs = {}
-    for key, value in values.items():
-        if key not in hints:
-            known = ", ".join(sorted(hints))
-            raise ConfigError(key, f"unknown key for `elmjax rl` (known: {known})")
-        if key == "terrains":
-            value = parse_terrains(value if isinstance(value, str) else list(value))
-        try:
-            kwargs[key] = coerce_value(value, hints[key])
-        except (TypeError, ValueError) as err:
-            raise ConfigError(key, str(err)) from None
-    return RLConfig(**kwargs)
+
+    def unknown(key: str, known: list[str]) -> ConfigError:
+        return ConfigError(key, f"unknown key for `elmjax rl` (known: {', '.join(sorted(known))})")
+
+    if "terrains" in values:  # names through get_terrain, before the type coercion
+        terrains = values["terrains"]
+        terrains = parse_terrains(terrains if isinstance(terrains, str) else list(terrains))
+        values = {**values, "terrains": terrains}
+    return build_dataclass(RLConfig, values, unknown)
 
 
 def apply_overrides(base: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
