@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from elmjax.envs.base import DescriptorSpace, Evaluation
+from elmjax.sandbox.schemas import ReplyError
 
 #: The 16 inputs, in a fixed order.
 INPUTS: tuple[tuple[int, int, int, int], ...] = tuple(itertools.product((0, 1), repeat=4))
@@ -125,3 +126,16 @@ def run_parity(sources: Sequence[str], **kw: Any) -> list[float | None]:
 
     results = run_programs(list(sources), "parity", check_parity, call=False, **kw)
     return [score(r.value) if r.ok else None for r in results]
+
+
+def parity_reply(value: Any) -> list[int | None]:
+    """`check_parity`'s output: one answer per input, each 0, 1 or None."""
+    if type(value) is not list or len(value) != len(INPUTS):
+        raise ReplyError(f"parity reply must be a list of {len(INPUTS)} answers")
+    if any(not (a is None or (type(a) is int and a in (0, 1))) for a in value):
+        raise ReplyError("parity answers must be 0, 1 or None")
+    return value
+
+
+#: the caller checks every reply of `check_parity` against this (sandbox `schema_for`)
+check_parity.reply_schema = parity_reply  # type: ignore[attr-defined]

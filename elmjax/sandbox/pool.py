@@ -114,7 +114,7 @@ class SandboxPool:
         self._workers: list[Worker | None] = [None] * self.limits.workers
         self._failed_starts = 0
         self._closed = False
-        self._batch = _Batch(self.limits, schema_for(""), 0)
+        self._batch = _Batch(self.limits, schema_for(None), 0)
         # the folder goes even if close() is never called (daemonic workers die with the caller)
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._root, True)
         start_forkserver(self.preload)
@@ -211,8 +211,9 @@ class SandboxPool:
         sources = list(sources)
         seeds = _seeds_for(sources, seeds)
         check_ref = _ref(check, "check")
-        job = _job(entry, check_ref, inject, call, limits, schema is None and has_schema(check_ref))
-        state = _Batch(limits, schema or schema_for(check_ref), len(sources))
+        check_fn = resolve(check_ref)
+        job = _job(entry, check_ref, inject, call, limits, schema is None and has_schema(check_fn))
+        state = _Batch(limits, schema or schema_for(check_fn), len(sources))
         queue = _admit(sources, state)
         with self._lock:
             if self._closed:

@@ -30,6 +30,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from elmjax.sandbox.schemas import ReplyError
+
 # ---- limits: every constant in one place, with the reason for it -------------------------------
 
 #: Joints per walker. The simulator's largest size bucket holds 64 joints; more than that is
@@ -353,3 +355,74 @@ def _handle(handles: list[Joint], index: Any) -> Joint:
     if type(index) is not int or not 0 <= index < len(handles):
         raise WalkerError(f"muscle names joint {index!r:.20}, which this walker does not have")
     return handles[index]
+
+
+_WALKER_KEYS = frozenset({"joints", "muscles", "descriptor"})
+_DESCRIPTOR_KEYS = ("height", "width", "mass")
+
+
+_SPEC_KEYS = frozenset({"type", "amplitude", "phase"})
+
+
+def walker_reply(value: Any) -> dict[str, Any]:
+    """`check_walker`'s output, in the paper's dict form plus its descriptor: exactly the keys
+    joints/muscles/descriptor and type/amplitude/phase; floats and ints where `Walker.to_dict`
+    puts them, finite and within the walker limits; muscle endpoints that are real, distinct
+    joints; the count limits (joints, muscles, muscles per joint); and the descriptor the walker
+    has. (`MIN_JOINT_DISTANCE`, a rule about the shape rather than the data, is left to the
+    worker's `check_walker`.) Checked inline rather than by rebuilding the walker: this runs in
+    the caller for every program."""
+    if type(value) is not dict or value.keys() != _WALKER_KEYS:
+        raise ReplyError("walker reply must have exactly the keys joints, muscles, descriptor")
+    joints, muscles = value["joints"], value["muscles"]
+    if type(joints) is not list or type(muscles) is not list:
+        raise ReplyError("walker joints and muscles must be lists")
+    n = len(joints)
+    if not 2 <= n <= MAX_JOINTS or not 1 <= len(muscles) <= MAX_MUSCLES:
+        raise ReplyError("walker reply breaks the joint or muscle count limits")
+    bound = MAX_COORDINATE
+    for p in joints:
+        if type(p) is not list or len(p) != 2:
+            raise ReplyError("a joint must be [x, y]")
+        x, y = p
+        if type(x) is not float or type(y) is not float or not (abs(x) <= bound >= abs(y)):
+            raise ReplyError("joint coordinates must be finite floats within the limit")
+    degree = [0] * n
+    for entry in muscles:
+        if type(entry) is not list or len(entry) != 3:
+            raise ReplyError("a muscle must be [i, j, spec]")
+        i, j, spec = entry
+        if type(i) is not int or type(j) is not int or not (0 <= i < n and 0 <= j < n and i != j):
+            raise ReplyError("a muscle must join two distinct joints of the walker")
+        if type(spec) is not dict or spec.keys() != _SPEC_KEYS:
+            raise ReplyError("a muscle spec has exactly the keys type, amplitude, phase")
+        amplitude, phase = spec["amplitude"], spec["phase"]
+        if (
+            type(amplitude) is not float
+            or type(phase) is not float
+            or not abs(amplitude) <= MAX_AMPLITUDE
+            or not abs(phase) <= MAX_PHASE
+        ):
+            raise ReplyError("muscle amplitude and phase must be finite floats within the limits")
+        if spec["type"] != ("muscle" if amplitude != 0.0 else "distance"):
+            raise ReplyError("muscle type does not match its amplitude")
+        degree[i] += 1
+        degree[j] += 1
+    if max(degree) > MAX_MUSCLES_PER_JOINT:
+        raise ReplyError("a joint has more muscles than the limit")
+    xs, ys = zip(*joints)
+    # summed by `sum`, as `walker.descriptors` sums it: the same float, bit for bit, on every
+    # Python (3.12's `sum` compensates rounding; a running `+=` would not agree with it)
+    length = sum(math.dist(joints[i], joints[j]) for i, j, _ in muscles)
+    expected = {
+        "height": max(ys) - min(ys),
+        "width": max(xs) - min(xs),
+        "mass": JOINT_MASS * n + RHO * length,
+    }
+    if value["descriptor"] != expected:
+        raise ReplyError("walker reply's descriptor is not the walker's")
+    return value
+
+
+#: the caller checks every reply of `check_walker` against this (sandbox `schema_for`)
+check_walker.reply_schema = walker_reply  # type: ignore[attr-defined]
