@@ -10,6 +10,8 @@ import os
 import pathlib
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -641,3 +643,32 @@ def test_a_finaliser_past_the_budget_is_the_programs_timeout_whatever_ran_before
         results = run_walkers(pool, batch * 3, limits=limits)
         assert [r.error.kind for r in results if not r.ok] == ["timeout"] * 3
         assert sum(r.ok for r in results) == 3 * (before + 1)
+
+
+ORDER_SCRIPT = """
+import json, sys
+from elmjax.sandbox import Limits, SandboxPool
+from elmjax.sodarace.walker import check_walker
+limits = Limits(cpu_seconds=1.0, wall_seconds=5.0, address_space_bytes=256 << 20, workers=1)
+with SandboxPool(limits, preload=("numpy",)) as heavy:  # the first pool of the process
+    heavy.run(["def f():\\n    return 1\\n"], "f", "sandbox_checks:identity")
+with SandboxPool(limits, preload=("elmjax.sodarace.walker",)) as light:
+    (result,) = light.run([sys.argv[1]], "make_walker", check_walker)
+print(json.dumps({"kind": result.error.kind if result.error else None}))
+"""
+
+
+def test_a_pools_memory_does_not_depend_on_the_pools_before_it():
+    """Every pool of a process shares one fork server. A module a first pool needs (numpy here,
+    ~100 MiB of address space) must not end up in a later pool's workers, where it would count
+    against each program's memory limit: a program that fits its limit fits it whatever ran
+    before, so the hoarder still gets its own `exception`, not `memory`."""
+    hoard = (HOSTILE / "hoard_memory_for_next.py").read_text()
+    tests_dir = str(pathlib.Path(__file__).parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([tests_dir, *sys.path]))
+    proc = subprocess.run(
+        [sys.executable, "-c", ORDER_SCRIPT, hoard], capture_output=True, text=True, timeout=180,
+        env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"kind": "exception"}

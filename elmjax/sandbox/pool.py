@@ -117,7 +117,7 @@ class SandboxPool:
         self._batch = _Batch(self.limits, schema_for(None), 0)
         # the folder goes even if close() is never called (daemonic workers die with the caller)
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._root, True)
-        start_forkserver(self.preload)
+        start_forkserver()
 
     @property
     def isolation(self) -> dict[str, str]:

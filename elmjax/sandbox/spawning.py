@@ -12,7 +12,6 @@ import multiprocessing
 import os
 import sys
 import threading
-from collections.abc import Sequence
 from multiprocessing import context as mp_context
 from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
 from typing import Any
@@ -21,15 +20,21 @@ CONTEXT = multiprocessing.get_context("forkserver")
 _FORKSERVER_LOCK = threading.Lock()
 
 
-def start_forkserver(preload: Sequence[str]) -> None:
+def start_forkserver() -> None:
     """Start the fork server ourselves the first time, preloading only the worker module (not the
     caller's `__main__`, which may have imported JAX) and with a fixed hash seed, so set and dict
-    orders inside programs do not change from run to run."""
+    orders inside programs do not change from run to run.
+
+    A pool's own modules (its check, what it injects) are imported by each worker, never by the
+    server: the server is shared by every pool of the process, so a module it preloaded for the
+    first pool (numpy, say, 100+ MiB of address space) would sit in every later pool's workers and
+    count against their programs' memory limit, which would then depend on which pool came first.
+    """
     server = forkserver._forkserver
     with _FORKSERVER_LOCK:
         if getattr(server, "_forkserver_pid", None) is not None:
             return
-        CONTEXT.set_forkserver_preload(["elmjax.sandbox.worker", *preload])
+        CONTEXT.set_forkserver_preload(["elmjax.sandbox.worker"])
         previous = os.environ.get("PYTHONHASHSEED")
         os.environ["PYTHONHASHSEED"] = "0"
         try:
