@@ -25,8 +25,9 @@ LM operators batch: all prompts of a `mutate` call go into one `Sampler.sample` 
 per prompt sharing its prefill). Determinism: same parents, n and seed => same children, and
 the same children however the batch is split between processes (`part`): every random draw of
 a child (its GP stream, commit message, crossover partner, sampled tokens) is keyed by the
-child's index in the whole batch, and a slice's prompts are padded to the whole batch's prompt
-length bucket, so a slice runs the same arithmetic as the whole batch does.
+child's index in the whole batch, and a slice's prompts are padded as the whole batch pads them
+(the sampler's length groups are a function of the whole batch's prompt lengths), so a slice
+runs the same arithmetic as the whole batch does.
 """
 
 from __future__ import annotations
@@ -116,12 +117,12 @@ class Operator:
 
         Several processes share one generation's batch: `parents` is the whole batch and
         `part=(lo, hi)` the slice this call makes children for (`n * (hi - lo)` children, of
-        parents[lo:hi]); the other parents are context (crossover partners, the prompt length
-        bucket). A caller that holds only its slice passes it with `offset`, the index of
-        `parents[0]` in the whole batch, instead (the LM operators then pad to the slice's own
-        length bucket, which may differ from the whole batch's). Either way every random draw
-        of a child comes from its index in the whole batch, so the children do not depend on
-        how the batch is split."""
+        parents[lo:hi]); the other parents are context (crossover partners, the prompts'
+        length groups). A caller that holds only its slice passes it with `offset`, the index
+        of `parents[0]` in the whole batch, instead (the LM operators then group and pad the
+        slice's prompts by their own lengths, which may differ from the whole batch's). Either
+        way every random draw of a child comes from its index in the whole batch, so the
+        children do not depend on how the batch is split."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -214,14 +215,14 @@ class LMOperator(Operator):
         seed: int,
         stop: Sequence[str],
         first_row: int = 0,
-        min_prompt_len: int = 0,
+        batch_lengths: list[int] | None = None,
     ) -> list[list[str]]:
         import jax
 
         # only a slice of a larger batch needs these (a sampler of one's own may lack them)
-        part = {"first_row": first_row} if first_row else {}
-        if min_prompt_len:
-            part["min_prompt_len"] = min_prompt_len
+        part: dict[str, Any] = {"first_row": first_row} if first_row else {}
+        if batch_lengths is not None:
+            part["batch_lengths"] = batch_lengths
         return self.sampler.sample(
             prompts,
             n,
@@ -245,12 +246,13 @@ class LMOperator(Operator):
         stop: Sequence[str],
     ) -> list[list[str]]:
         """Samples of prompts[lo:hi] as one call over all `prompts` would draw them: rows keyed
-        by their index in the whole batch, padded to the whole batch's length bucket."""
+        by their index in the whole batch, each prompt padded to the length its group in the
+        whole batch has (the sampler's length groups are a function of all the lengths)."""
         if lo == 0 and hi == len(prompts):
             return self._sample(prompts, n, seed, stop, first_row=offset * n)
-        longest = max(len(self.sampler.encode(p)) for p in prompts)
+        lengths = [len(self.sampler.encode(p)) for p in prompts]
         return self._sample(
-            prompts[lo:hi], n, seed, stop, first_row=(offset + lo) * n, min_prompt_len=longest
+            prompts[lo:hi], n, seed, stop, first_row=(offset + lo) * n, batch_lengths=lengths
         )
 
     def _child(self, pids: tuple[int, ...], prompt: str, raw: str, **kw: Any) -> Child:
