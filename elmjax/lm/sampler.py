@@ -13,8 +13,8 @@ One call samples `n` completions for each of a batch of prompts:
 3. `lax.while_loop`s decode one token per step for all rows, with temperature, top-k and top-p,
    until every row has emitted EOS or a stop token sequence, or `max_new_tokens` is reached.
    Finished rows keep running (static shapes) but their output is frozen. The decode runs in
-   length buckets of the cache (`decode_windows`): each loop attends only to the part of the
-   cache that can be filled by its last step, not to the whole padded cache.
+   length buckets of the cache (`decode_windows`): each loop's cache holds only the slots its
+   last step can fill (it grows between loops), so a step attends to that window and no more.
 4. On the host, text is decoded and cut at the first exact stop string (the device check on
    token sequences only ends rows early; a stop string tokenized differently is still caught).
 
@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -70,7 +71,9 @@ MAX_PROMPT_GROUPS = 4  # length groups (compiled calls) per sampling call at mos
 #: decode loop and dispatch)
 ATTENTION_TOKENS = 512
 GROUP_TOKENS = 2048
-DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+#: batch buckets (prompts per call): powers of two and 1.5x between them, so a length group of
+#: 5 prompts pads to 6 rows, not 8 (on a mesh only those the `data` axis divides are added)
+DEFAULT_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 MAX_STOP_TOKENS = 8  # longest stop token sequence checked on device (longer ones: host only)
 MIN_WINDOW_STEPS = 32  # decode steps below which a cache-length bucket is not worth a loop
 
@@ -207,10 +210,11 @@ def generate(
     num_prompts, prompt_len = prompt_tokens.shape
     rows = num_prompts * n
     scanned = model.scanned
+    windows = decode_windows(prompt_len, max_new_tokens)
     cache = init_cache(
         config,
         num_prompts,
-        prompt_len + max_new_tokens,
+        windows[0][1],  # the first loop's slots; the cache grows between loops
         cache_dtype,
         start=prompt_start,
         scanned=scanned,
@@ -283,8 +287,26 @@ def generate(
 
         return cond, body
 
+    slot_axis = 3 if scanned else 2
+
+    def grow(x: jax.Array, slots: int) -> jax.Array:
+        pad = [(0, 0)] * x.ndim
+        pad[slot_axis] = (0, slots - x.shape[slot_axis])
+        return jnp.pad(x, pad)
+
     carry = state0
-    for end, window in decode_windows(prompt_len, max_new_tokens):
+    for end, window in windows:
+        # each loop's cache holds exactly the slots it attends to: the attention reads the
+        # whole buffer, which the step updates in place (a window sliced out of a longer cache
+        # is a copy per layer per step on CPU); growing it costs one copy per loop
+        cache = carry[0]
+        carry = (
+            cache.replace(
+                k=jax.tree.map(lambda x, w=window: grow(x, w), cache.k),
+                v=jax.tree.map(lambda x, w=window: grow(x, w), cache.v),
+            ),
+            *carry[1:],
+        )
         carry = jax.lax.while_loop(*loop(end, window), carry)
     _, _, steps, done, out, lengths = carry
     lengths = jnp.minimum(lengths, steps)
@@ -356,7 +378,10 @@ class Sampler:
         else:
             self.prefill_state = place(cast_state(state, self.prefill_dtype))
         self.prompt_buckets = tuple(sorted(prompt_buckets))
-        self.batch_buckets = tuple(sorted(batch_buckets))
+        data = 1 if mesh is None else mesh.shape.get(DATA, 1)
+        self.batch_buckets = tuple(
+            sorted(b for b in batch_buckets if data == 1 or b % data == 0 or b & (b - 1) == 0)
+        )
         self.add_special_tokens = add_special_tokens
         self.eos_ids = self._eos_ids()
         self.max_groups = max_groups
@@ -493,7 +518,8 @@ class Sampler:
         out = np.full((rows, max_new_tokens), -1, np.int32)
         lengths = np.zeros((rows,), np.int32)
         stopped = np.zeros((rows,), bool)
-        for length in sorted(set(pad_of[len(ids)] for ids in encoded)):
+
+        def run_group(length: int) -> tuple[list[int], Any]:
             members = [i for i, ids in enumerate(encoded) if pad_of[len(ids)] == length]
             batch = _bucket(len(members), self.batch_buckets)
             tokens = np.full((batch, length), self._pad_id(), np.int32)
@@ -507,7 +533,7 @@ class Sampler:
             first = first_row + n * np.concatenate(
                 [np.asarray(members), len(encoded) + np.arange(batch - len(members))]
             ).astype(np.int32)
-            g_out, g_len, g_stop = self._generate(
+            result = self._generate(
                 self.state,
                 self.prefill_state,
                 self._rows(tokens),
@@ -516,7 +542,18 @@ class Sampler:
                 self._rows(first),
                 **static,
             )
-            g_out, g_len, g_stop = jax.device_get((g_out, g_len, g_stop))
+            return members, jax.device_get(result)
+
+        group_lengths = sorted(set(pad_of[len(ids)] for ids in encoded))
+        if len(group_lengths) > 1 and (self.mesh is None or self.mesh.size == 1):
+            # groups are independent programs: compiling and running them side by side keeps
+            # both cores of a small host busy (a small group's decode loop is mostly dispatch);
+            # each is deterministic, so the order they finish in changes nothing
+            with ThreadPoolExecutor(len(group_lengths)) as pool:
+                results = list(pool.map(run_group, group_lengths))
+        else:  # one program at a time: a sharded one may hold collectives across devices
+            results = [run_group(length) for length in group_lengths]
+        for members, (g_out, g_len, g_stop) in results:
             at = (np.asarray(members)[:, None] * n + np.arange(n)[None]).reshape(-1)
             k = len(members) * n
             out[at], lengths[at], stopped[at] = g_out[:k], g_len[:k], g_stop[:k]
