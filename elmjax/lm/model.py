@@ -259,7 +259,7 @@ class Attention(nnx.Module):
         No cache: causal over the T tokens. `fresh`: a prefill into an empty cache, attending to
         the T new keys only (in float32). Otherwise the T tokens attend to the first S cache
         slots (the mask's width), which must include slot index + T - 1: the sampler decodes in
-        length buckets so it reads only the filled part of the cache.
+        length buckets (a cache per bucket) so it reads only the filled part of the cache.
 
         Keys and values are laid out [B, kv_heads, S, hd] (the cache's layout), so both attention
         products are batched over (B, kv_heads) with no transpose of the cache per step.
