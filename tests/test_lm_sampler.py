@@ -252,3 +252,45 @@ def test_top_k_top_p_without_full_sort_equals_full_sort(top_k, top_p, flat_rows)
     )
     want = _choose_by_full_sort(logits, keys, 0.8, top_p, top_k)
     assert TOP_CANDIDATES < 200 and np.array_equal(np.asarray(got), want)
+
+
+def test_prompt_groups_pad_each_prompt_to_a_bucket_of_its_group():
+    from elmjax.lm.sampler import DEFAULT_PROMPT_BUCKETS, MAX_PROMPT_GROUPS, prompt_groups
+
+    buckets = DEFAULT_PROMPT_BUCKETS
+    lengths = [int(n) for n in np.random.default_rng(0).integers(20, 1400, 40)]
+    pad = prompt_groups(lengths, buckets)
+    assert all(n <= pad[n] and pad[n] in buckets for n in lengths)
+    assert 1 < len(set(pad.values())) <= MAX_PROMPT_GROUPS
+    ordered = sorted(set(lengths))  # groups are runs of lengths: longer never pads shorter
+    assert all(pad[a] <= pad[b] for a, b in zip(ordered, ordered[1:]))
+    # a function of the multiset of lengths only (every slice of a batch reproduces it)
+    assert prompt_groups(lengths[::-1], buckets) == pad
+    # one group: everything pads to the longest prompt's bucket
+    assert set(prompt_groups(lengths, buckets, 1).values()) == {pad[max(lengths)]}
+
+
+@pytest.mark.slow
+def test_length_groups_sample_as_slices_given_the_batch_lengths(model, monkeypatch):
+    """Prompts in different length groups: one call equals calls over slices of the batch that
+    pass the whole batch's lengths and their first row (the operators' split invariance)."""
+    import elmjax.lm.sampler as sampler_module
+
+    monkeypatch.setattr(sampler_module, "GROUP_TOKENS", 0)  # tiny prompts: one group per bucket
+    s = Sampler(model, prompt_buckets=(8, 16, 32), batch_buckets=(1, 2, 4))
+    prompts = ["x", TEXTS[3] * 2, "def f1(x):", TEXTS[5], "return x"]
+    ids = [s.encode(p) for p in prompts]
+    lengths = [len(i) for i in ids]
+    assert len(set(sampler_module.prompt_groups(lengths, s.prompt_buckets).values())) > 1
+    kw = dict(max_new_tokens=6, temperature=1.0, top_p=0.9)
+    whole = s.sample_detailed(prompts, 2, jax.random.key(4), **kw)
+    for lo, hi in ((0, 2), (2, 5)):
+        part = s.sample_detailed(
+            prompts[lo:hi], 2, jax.random.key(4), first_row=2 * lo, batch_lengths=lengths, **kw
+        )
+        assert part.tokens == whole.tokens[lo:hi]
+    greedy = s.sample_detailed(prompts, 1, jax.random.key(0), 8, temperature=0.0)
+    for prompt, rows in zip(prompts, greedy.tokens):  # each group is exact, in prompt order
+        ref = _reference_greedy(model, prompt, 8)
+        eos = model.config.eos_token_id
+        assert rows[0] == (ref[: ref.index(eos) + 1] if eos in ref else ref)
