@@ -17,7 +17,7 @@ from flax import struct
 
 #: Bump when a change to the simulator (`physics.py`) changes any score: part of a run's physics identity
 #: (`physics_identity`), so a run is never resumed under other physics.
-PHYSICS_VERSION = 3
+PHYSICS_VERSION = 4
 
 
 @struct.dataclass
@@ -33,14 +33,17 @@ class SimParams:
     #: substeps (4 overrated it by 19%); elites evolved at 6 still lose 16-47% at 12, mostly to
     #: chaos (a 0.001-unit jitter costs them ~20%), which more substeps do not remove
     #: (experiments/RESULTS.md, physics audit).
-    substeps: int = struct.field(pytree_node=False, default=6)
+    substeps: int = struct.field(pytree_node=False, default=4)
     #: Jacobi constraint iterations per substep; substeps buy more rigidity per FLOP than
     #: iterations (Macklin 2019).
-    iterations: int = struct.field(pytree_node=False, default=2)
+    iterations: int = struct.field(pytree_node=False, default=1)
+    #: Constraint sweep: "jacobi" (every spring at once, step / max degree) or "gauss_seidel"
+    #: (springs in order, full step).
+    solver: str = struct.field(pytree_node=False, default="gauss_seidel")
     #: Over-relaxation of the per-spring Jacobi factor `relaxation / max(deg_i, deg_j)`
     #: (dimensionless). Dividing by the larger degree is safe but under-corrects; 1.5 recovers
     #: much of Gauss-Seidel's rate and stays below the divergence bound of 2.
-    relaxation: float = struct.field(pytree_node=False, default=1.5)
+    relaxation: float = struct.field(pytree_node=False, default=1.0)
     #: Simulated time T (s) of an evaluation: 10 s by default, i.e. 10 muscle periods.
     seconds: float = struct.field(pytree_node=False, default=10.0)
     #: Gravity (units/s^2): 9.81 m/s^2 with one unit = 0.1 m. Walkers are 1-3 m tall.
@@ -158,6 +161,10 @@ def check_params(params: SimParams) -> None:
     for key in nonneg:
         if not getattr(params, key) >= 0:
             raise ValueError(f"physics parameter {key} must be >= 0, got {getattr(params, key)}")
+    if params.solver not in ("jacobi", "gauss_seidel"):
+        raise ValueError(
+            f"physics parameter solver must be jacobi or gauss_seidel, got {params.solver!r}"
+        )
     if params.contact not in ("hard", "smooth"):
         raise ValueError(
             f"physics parameter contact must be hard or smooth, got {params.contact!r}"

@@ -223,6 +223,103 @@ SpringSolver = Callable[
 
 
 def spring_solver(params: SimParams, body: Body) -> SpringSolver:
+    """The constraint sweep `params.solver` names: `gauss_seidel_solver` or `jacobi_solver`."""
+    if params.solver == "gauss_seidel":
+        return gauss_seidel_solver(params, body)
+    return jacobi_solver(params, body)
+
+
+#: Buckets up to this many joints and springs run the Gauss-Seidel sweep unrolled over dense
+#: per-spring rows [J, B] (no gathers or scatters: measured ~2x faster per iteration than the
+#: Jacobi sweep's gathers and scatter-adds on CPU); larger ones loop over springs with per-lane
+#: gathers and scatters (dense rows would cost J x S x B floats each). Same arithmetic either way.
+GS_DENSE_MAX_JOINTS = 24
+GS_DENSE_MAX_SPRINGS = 64
+
+
+def gauss_seidel_solver(params: SimParams, body: Body) -> SpringSolver:
+    """One Gauss-Seidel XPBD sweep: springs one after another, each seeing its predecessors'
+    corrections, with the full XPBD step `relaxation * dlam` (no division by the degree).
+
+    Why: Jacobi must divide each spring's step by the joints' degree to stay stable, so a joint
+    with many springs converges in ~degree times as many iterations, and an unconverged solve
+    leaves bones and muscles soft by an amount that depends on the substep count, which evolution
+    exploited (experiments/RESULTS.md, physics audit). A sweep in order converges a rigid truss
+    in a few passes whatever the degrees. Momentum: each spring still moves its two ends equal
+    and opposite (`-w_i dlam n`, `+w_j dlam n`), so no spring moves the centre of mass; `lam`
+    accumulates the applied increment and muscles' `lam` is clamped to `muscle_force * h^2`.
+    The order is the walker's connection order: deterministic, and the same for a mirror image.
+    """
+    J, B = body.x0.shape
+    S = body.rest.shape[0]
+    dtype = body.inv_mass.dtype
+    wi = _gather(body.inv_mass, body.spring_i) * body.spring_mask  # [S, B]
+    wj = _gather(body.inv_mass, body.spring_j) * body.spring_mask
+    w_sum = wi + wj
+    h = params.substep_dt
+    cap = jnp.where(body.is_muscle > 0, params.muscle_force * h * h, jnp.inf).astype(dtype)
+    scale = params.relaxation * jnp.asarray(body.spring_mask)
+
+    def spring(s, x, y, lam_s, target_s, at_s, ends, move):
+        dx, dy = ends(s, x, y)
+        length = jnp.sqrt(dx * dx + dy * dy + 1e-12)
+        denom = w_sum[s] + at_s
+        dlam = -(length - target_s + at_s * lam_s) / jnp.where(denom > 0, denom, 1.0)
+        new = jnp.clip(lam_s + scale[s] * dlam, -cap[s], cap[s])
+        p = (new - lam_s) / length
+        x, y = move(s, x, y, p * dx, p * dy)
+        return x, y, new
+
+    if J <= GS_DENSE_MAX_JOINTS and S <= GS_DENSE_MAX_SPRINGS:
+        joints = jnp.arange(J, dtype=body.spring_i.dtype)[None, :, None]
+        at_i = (body.spring_i[:, None, :] == joints).astype(dtype)  # [S, J, B] one-hot
+        at_j = (body.spring_j[:, None, :] == joints).astype(dtype)
+        diff = at_j - at_i
+        push = at_j * wj[:, None] - at_i * wi[:, None]
+
+        def ends_dense(s, x, y):
+            return jnp.sum(diff[s] * x, axis=0), jnp.sum(diff[s] * y, axis=0)
+
+        def move_dense(s, x, y, px, py):
+            return x + push[s] * px, y + push[s] * py
+
+        def solve(x, y, lam, target, alpha_tilde):
+            out = []
+            for s in range(S):
+                x, y, new = spring(s, x, y, lam[s], target[s], alpha_tilde[s], ends_dense,
+                                   move_dense)  # fmt: skip
+                out.append(new)
+            return x, y, jnp.stack(out)
+
+        return solve
+
+    fi, fj = (
+        _flat_index(body.spring_i, B).reshape(S, B),
+        _flat_index(body.spring_j, B).reshape(S, B),
+    )
+
+    def ends_flat(s, x, y):
+        i, j = fi[s], fj[s]
+        return x[j] - x[i], y[j] - y[i]
+
+    def move_flat(s, x, y, px, py):
+        i, j = fi[s], fj[s]
+        x = x.at[i].add(-wi[s] * px).at[j].add(wj[s] * px)
+        return x, y.at[i].add(-wi[s] * py).at[j].add(wj[s] * py)
+
+    def solve_flat(x, y, lam, target, alpha_tilde):
+        def one(s, carry):
+            x, y, lam = carry
+            x, y, new = spring(s, x, y, lam[s], target[s], alpha_tilde[s], ends_flat, move_flat)
+            return x, y, lam.at[s].set(new)
+
+        x, y, lam = jax.lax.fori_loop(0, S, one, (x.reshape(-1), y.reshape(-1), lam))
+        return x.reshape(J, B), y.reshape(J, B), lam
+
+    return solve_flat
+
+
+def jacobi_solver(params: SimParams, body: Body) -> SpringSolver:
     """One Jacobi XPBD iteration over all springs: `(x, y, lam, target, alpha_tilde) -> (x, y,
     lam)`, with everything that depends only on the body (end weights, indices) computed once.
 
@@ -379,9 +476,13 @@ def substep(
     return new, lam
 
 
-def step(params: SimParams, body: Body, state: SimState, terrain: Terrain) -> SimState:
-    """One frame (dt) = `substeps` XPBD substeps; freezes bodies that leave the finite world."""
-    return _frame(params, body, terrain, prepare(params, body), state)
+def step(
+    params: SimParams, body: Body, state: SimState, terrain: Terrain, prep: Prepared | None = None
+) -> SimState:
+    """One frame (dt) = `substeps` XPBD substeps; freezes bodies that leave the finite world.
+    `prep` (from `prepare`) saves rebuilding the per-body constants when stepping repeatedly."""
+    prep = prepare(params, body) if prep is None else prep
+    return _frame(params, body, terrain, prep, state)
 
 
 def _frame(
