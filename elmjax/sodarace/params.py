@@ -29,20 +29,27 @@ class SimParams:
 
     #: Frame length (s). 60 Hz, Box2D's (and OpenELM's) usual step; muscles and recording use it.
     dt: float = struct.field(pytree_node=False, default=1.0 / 60.0)
-    #: XPBD substeps per frame. On a fixed set of GP elites the median score is flat from 6 to 16
-    #: substeps (4 overrated it by 19%); elites evolved at 6 still lose 16-47% at 12, mostly to
-    #: chaos (a 0.001-unit jitter costs them ~20%), which more substeps do not remove
-    #: (experiments/RESULTS.md, physics audit).
+    #: XPBD substeps per frame. 4, each with one Gauss-Seidel sweep (version 4; version 3 had
+    #: 6 x 2 Jacobi iterations). With the Jacobi solve, elites evolved at 6 substeps scored
+    #: 27-71% above the 12-substep reference: evolution exploited how soft the unconverged
+    #: solve left bones and muscles, and that softness depends on the substep count. With
+    #: Gauss-Seidel, elites evolved at 4 substeps rank the same under 12 (rank correlation
+    #: 0.83-0.86 on three GP runs) and score 15-26% more there; at 4 all three hand-designed
+    #: seeds travel more than a body width, at 6 two of them stalled (experiments/RESULTS.md,
+    #: physics audit, version 4).
     substeps: int = struct.field(pytree_node=False, default=4)
-    #: Jacobi constraint iterations per substep; substeps buy more rigidity per FLOP than
-    #: iterations (Macklin 2019).
+    #: Constraint sweeps per substep. One Gauss-Seidel sweep per substep: substeps buy more
+    #: rigidity per FLOP than iterations (Macklin et al. 2019, "Small steps in physics
+    #: simulation"), and a Gauss-Seidel sweep does not divide its step by the joints' degree.
     iterations: int = struct.field(pytree_node=False, default=1)
-    #: Constraint sweep: "jacobi" (every spring at once, step / max degree) or "gauss_seidel"
-    #: (springs in order, full step).
+    #: Constraint sweep: "gauss_seidel" (springs one after another, full XPBD step; converges a
+    #: rigid truss in a few sweeps whatever its degrees, and on CPU costs less per sweep than
+    #: Jacobi's gathers and scatter-adds) or "jacobi" (every spring at once, step divided by the
+    #: larger degree of its joints: version 3's solve, kept for comparison).
     solver: str = struct.field(pytree_node=False, default="gauss_seidel")
-    #: Over-relaxation of the per-spring Jacobi factor `relaxation / max(deg_i, deg_j)`
-    #: (dimensionless). Dividing by the larger degree is safe but under-corrects; 1.5 recovers
-    #: much of Gauss-Seidel's rate and stays below the divergence bound of 2.
+    #: Over-relaxation of each spring's XPBD step (dimensionless, in (0, 2)). Gauss-Seidel: 1,
+    #: the plain projection. Jacobi: the step is `relaxation / max(deg_i, deg_j)`; dividing by
+    #: the larger degree is safe but under-corrects, and 1.5 (version 3) recovers part of it.
     relaxation: float = struct.field(pytree_node=False, default=1.0)
     #: Simulated time T (s) of an evaluation: 10 s by default, i.e. 10 muscle periods.
     seconds: float = struct.field(pytree_node=False, default=10.0)

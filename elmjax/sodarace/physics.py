@@ -2,15 +2,15 @@
 
 Integrator: extended position-based dynamics (XPBD; Macklin, Mueller & Chentanez 2016) with
 substeps (Macklin et al. 2019, "Small steps in physics simulation"). Each substep predicts
-positions with gravity and damping (semi-implicit Euler), then runs a few Jacobi iterations that
-project every spring onto its (time-varying) length and projects joints out of ground, walls and
-ceiling with Coulomb friction.
+positions with gravity and damping (semi-implicit Euler), then runs a Gauss-Seidel sweep that
+projects every spring, one after another, onto its (time-varying) length, and projects joints
+out of ground, walls and ceiling with Coulomb friction.
 
 **Internal forces conserve momentum.** Every spring's correction is applied equal and opposite
-to its two joints, weighted by inverse mass, with ONE Jacobi factor per spring,
-`relaxation / max(degree_i, degree_j)` (never one per joint: the earlier per-joint
-`relaxation / degree` gave the two ends of a spring different impulses, so a body in free flight
-pushed its own centre of mass around; evolution found and exploited that). The XPBD multiplier
+to its two joints, weighted by inverse mass (one step per spring, never one per joint: an early
+per-joint Jacobi average `relaxation / degree` gave the two ends of a spring different impulses,
+so a body in free flight pushed its own centre of mass around; evolution found and exploited
+that). The XPBD multiplier
 accumulates exactly the scaled increment that moved the joints, so a muscle's compliance and the
 force read from the multiplier (`lambda / h^2`) are the ones configured. Damping acts only on
 the non-rigid part of the joints' velocities (tissue losses), so it changes neither momentum nor
@@ -43,11 +43,19 @@ alone, but on every deformation) is what keeps scores from being chaotic: with 0
 jitter of the joints or a change of substeps reshuffled the ranking of evolved elites.
 
 Why XPBD and not force-based springs with substeps: bones must stay rigid and the solve cannot
-blow up from stiffness (a projection is bounded by the constraint's violation). Jacobi (not
-Gauss-Seidel) because every spring is solved in parallel: one gather and one merged scatter-add
-per iteration (1-D gathers on flat per-lane indices computed once per rollout, and one 1-D
-scatter-add per axis: measured faster on CPU than 2-D `take_along_axis` gathers and a merged
-[J * B, 2] scatter). Measured in benchmarks/sim_vs_openelm.py and experiments/physics_audit.py.
+blow up from stiffness (a projection is bounded by the constraint's violation). Why Gauss-Seidel
+and not Jacobi (version 3 ran 6 substeps x 2 Jacobi iterations, every spring at once with its
+step divided by the larger degree of its joints, to stay stable): the Jacobi solve was left
+unconverged (bones 1.5% soft on CPPN-Mutable), how soft depended on the substep count, and
+evolution selected bodies that exploited it, so evolved elites scored 27-71% more than under the
+12-substep reference. One Gauss-Seidel sweep per substep (springs in the walker's connection
+order, each seeing its predecessors' corrections, full step) halves the bone error at 4
+substeps, and costs less: per spring it is a few fused multiply-adds and reductions over dense
+[J, B] rows (+1/-1 and the ends' inverse masses, built once per rollout), with no gathers or
+scatter-adds, which dominated the Jacobi step on CPU. Large buckets (see `GS_DENSE_MAX_JOINTS`)
+loop over springs with per-lane gathers and scatters instead; same arithmetic. `solver="jacobi"`
+keeps the old solve for comparison. Measured in benchmarks/sim_vs_openelm.py and
+experiments/physics_audit.py.
 
 Diagnostics (`Diagnostics`), accumulated in the same scan as the score: the share of 60 Hz frames
 in which no joint is within `touch_distance` of a surface (`airborne_fraction`), the largest
