@@ -24,12 +24,12 @@ from elmjax.sodarace.walker import check_walker, walker_creator
 
 def crawler(direction: float = 1.0):
     """The Galloper seed, mirrored so that it travels toward `direction` in the first 4 s (it
-    goes -x there under physics versions 2 and 3 (10.5 units at version 3; at 3 s version 3 has
-    it still rocking, +1.5); +x under version 1)."""
+    goes +x there under physics version 4 (57 units) and version 1, -x under versions 2 and 3
+    (10.5 units at version 3; at 3 s version 3 has it still rocking, +1.5))."""
     g = {"walker_creator": walker_creator}
     exec(load_seed("galloper"), g)
     w = check_walker(g["make_walker"]())
-    return {**w, "joints": [[-direction * x, y] for x, y in w["joints"]]}
+    return {**w, "joints": [[direction * x, y] for x, y in w["joints"]]}
 
 
 @pytest.mark.parametrize("name", sorted(TERRAINS))

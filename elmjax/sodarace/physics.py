@@ -49,11 +49,12 @@ step divided by the larger degree of its joints, to stay stable): the Jacobi sol
 unconverged (bones 1.5% soft on CPPN-Mutable), how soft depended on the substep count, and
 evolution selected bodies that exploited it, so evolved elites scored 27-71% more than under the
 12-substep reference. One Gauss-Seidel sweep per substep (springs in the walker's connection
-order, each seeing its predecessors' corrections, full step) halves the bone error at 4
-substeps, and costs less: per spring it is a few fused multiply-adds and reductions over dense
+order, each seeing its predecessors' corrections, full step) has no degree penalty, and at 4
+substeps it costs less: per spring it is a few fused multiply-adds and reductions over dense
 [J, B] rows (+1/-1 and the ends' inverse masses, built once per rollout), with no gathers or
-scatter-adds, which dominated the Jacobi step on CPU. Large buckets (see `GS_DENSE_MAX_JOINTS`)
-loop over springs with per-lane gathers and scatters instead; same arithmetic. `solver="jacobi"`
+scatter-adds, which dominated the Jacobi step on CPU (1.3x less CPU per walker-frame). Large
+buckets (see `GS_DENSE_MAX_JOINTS`) loop over springs with per-lane gathers and scatters
+instead; same arithmetic. `solver="jacobi"`
 keeps the old solve for comparison. Measured in benchmarks/sim_vs_openelm.py and
 experiments/physics_audit.py.
 
@@ -237,10 +238,12 @@ def spring_solver(params: SimParams, body: Body) -> SpringSolver:
     return jacobi_solver(params, body)
 
 
-#: Buckets up to this many joints and springs run the Gauss-Seidel sweep unrolled over dense
-#: per-spring rows [J, B] (no gathers or scatters: measured ~2x faster per iteration than the
-#: Jacobi sweep's gathers and scatter-adds on CPU); larger ones loop over springs with per-lane
-#: gathers and scatters (dense rows would cost J x S x B floats each). Same arithmetic either way.
+#: Buckets up to this many joints and springs run the Gauss-Seidel sweep as a loop over springs
+#: reading and writing dense per-spring rows [J, B] (no gathers or scatters: 8.9 us of CPU per
+#: walker-frame against 11.5 for version 3's Jacobi step, measured); larger ones loop over
+#: springs with per-lane gathers and scatters (dense rows would cost J x S x B floats each).
+#: Same arithmetic either way. Unrolling the loop ran 5.5 us but compiled 5x slower (22 s of
+#: CPU per bucket shape against 4.7), too slow for a test suite that compiles dozens of shapes.
 GS_DENSE_MAX_JOINTS = 24
 GS_DENSE_MAX_SPRINGS = 64
 
@@ -292,12 +295,13 @@ def gauss_seidel_solver(params: SimParams, body: Body) -> SpringSolver:
             return x + push[s] * px, y + push[s] * py
 
         def solve(x, y, lam, target, alpha_tilde):
-            out = []
-            for s in range(S):
+            def one(s, carry):
+                x, y, lam = carry
                 x, y, new = spring(s, x, y, lam[s], target[s], alpha_tilde[s], ends_dense,
                                    move_dense)  # fmt: skip
-                out.append(new)
-            return x, y, jnp.stack(out)
+                return x, y, lam.at[s].set(new)
+
+            return jax.lax.fori_loop(0, S, one, (x, y, lam))
 
         return solve
 
