@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", nargs="*", default=[], help="run directories: accepted diffs")
     p.add_argument("--export", action="store_true", help="ship the latest checkpoint, no training")
     p.add_argument("--build-only", action="store_true", help="corpus only")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="corpus, packing and data order: a "
+                   "continued round takes another, so it does not repeat the first rows")  # fmt: skip
     p.add_argument("--generations", type=int, default=10)
     p.add_argument("--children", type=int, default=200, help="GP children per generation")
     p.add_argument("--random-bodies", type=int, default=60)
@@ -233,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         log_every=5,
         checkpoint_every=20,
         time_limit_s=args.time_limit,
+        seed=args.seed,
     )
 
     def on_log(rec: dict) -> None:
