@@ -649,26 +649,34 @@ ORDER_SCRIPT = """
 import json, sys
 from elmjax.sandbox import Limits, SandboxPool
 from elmjax.sodarace.walker import check_walker
-limits = Limits(cpu_seconds=1.0, wall_seconds=5.0, address_space_bytes=256 << 20, workers=1)
+limits = Limits(cpu_seconds=1.0, wall_seconds=5.0, address_space_bytes=256 << 20, workers=2)
 with SandboxPool(limits, preload=("numpy",)) as heavy:  # the first pool of the process
     heavy.run(["def f():\\n    return 1\\n"], "f", "sandbox_checks:identity")
-with SandboxPool(limits, preload=("elmjax.sodarace.walker",)) as light:
-    (result,) = light.run([sys.argv[1]], "make_walker", check_walker)
-print(json.dumps({"kind": result.error.kind if result.error else None}))
+sources = json.loads(sys.stdin.read())
+with SandboxPool(limits, preload=("elmjax.sodarace.walker", "sandbox_checks")) as light:
+    results = light.run(sources, "make_walker", check_walker,
+                        inject={"walker_creator": "elmjax.sodarace.walker:walker_creator"})
+print(json.dumps([r.error.kind if r.error else None for r in results]))
 """
 
 
-def test_a_pools_memory_does_not_depend_on_the_pools_before_it():
+def test_the_hostile_corpus_holds_whatever_pool_came_first():
     """Every pool of a process shares one fork server. A module a first pool needs (numpy here,
     ~100 MiB of address space) must not end up in a later pool's workers, where it would count
-    against each program's memory limit: a program that fits its limit fits it whatever ran
-    before, so the hoarder still gets its own `exception`, not `memory`."""
-    hoard = (HOSTILE / "hoard_memory_for_next.py").read_text()
+    against each program's memory limit: the whole hostile corpus, run in a fresh process after
+    a numpy pool, gets the same error kinds as in `hostile_batch` (the memory hoarder, which fits
+    its limit, got `memory` instead of `exception` when the server preloaded the first pool's
+    modules)."""
     tests_dir = str(pathlib.Path(__file__).parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([tests_dir, *sys.path]))
     proc = subprocess.run(
-        [sys.executable, "-c", ORDER_SCRIPT, hoard], capture_output=True, text=True, timeout=180,
+        [sys.executable, "-c", ORDER_SCRIPT],
+        input=json.dumps([s for _, _, text in CASES for s in (text, SQUARE)]),  # as hostile_batch
+        capture_output=True,
+        text=True,
+        timeout=300,
         env=env,
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"kind": "exception"}
+    kinds = json.loads(proc.stdout.strip().splitlines()[-1])[::2]
+    assert dict(zip([n for n, _, _ in CASES], kinds)) == {n: k for n, k, _ in CASES}
