@@ -16,6 +16,9 @@ them; the cppn_mutable lineage is held out of all training data whole. For each 
 - new_cell: share of valid children in a different cell of a 12^3 grid over that space
 - heldout_lineage_apply: apply share on the cppn_mutable parents (a lineage no model trained
   here has seen)
+- strict (numbered diff models, e.g. elm-tiny): the same figures for the same completions
+  applied by content alone, without the numbered format's line-number rule
+  (`diff_format.apply_numbered`); the default figures include it
 - children_per_s: children per second of `mutate` (model load excluded, first-call compile
   included: a run of ELM pays it once)
 
@@ -64,7 +67,35 @@ def descriptor_space():
 
 
 def measure(op, by_seed: dict[str, list[str]], n: int, seed: int, space) -> dict[str, dict]:
-    """One batched `mutate` over every parent (as ELM batches), then figures per seed."""
+    """One batched `mutate` over every parent (as ELM batches), then figures per seed.
+
+    Returns (figures per seed, children/s, seconds, strict figures per seed or None). A numbered
+    diff operator's children are also rebuilt from the same completions under the content rule
+    alone (`DiffFormat.apply(by_number=False)`), so the strict and the default figures come from
+    one set of samples."""
+    names = [name for name, texts in by_seed.items() for _ in texts]
+    parents = [t for texts in by_seed.values() for t in texts]
+    parent_walkers = walkers(parents)
+    t0 = time.perf_counter()
+    children = op.mutate(parents, n, seed)
+    seconds = time.perf_counter() - t0
+    variants = {"default": [(c.text, c.error_kind) for c in children]}
+    fmt = getattr(op, "format", None) if op.name == "diff" else None
+    if fmt is not None and fmt.name == "numbered":
+        strict = [fmt.apply(parents[k // n], c.raw_output or "", by_number=False) for k, c in
+                  enumerate(children)]  # fmt: skip
+        variants["strict"] = [(a.text, None if a.ok else "apply") for a in strict]
+    unique = sorted({t for v in variants.values() for t, _ in v if t is not None})
+    by_text = dict(zip(unique, walkers(unique) if unique else []))
+    figures = {
+        key: tally(v, by_text, names, n, parent_walkers, by_seed, space)
+        for key, v in variants.items()
+    }
+    return figures["default"], len(children) / seconds, seconds, figures.get("strict")
+
+
+def tally(children, by_text, names, n, parent_walkers, by_seed, space) -> dict[str, dict]:
+    """Per-seed figures of (text, error kind) children, parent-major with n per parent."""
     lo, hi = np.asarray(space.low), np.asarray(space.high)
 
     def scaled(w: dict) -> np.ndarray:
@@ -74,27 +105,19 @@ def measure(op, by_seed: dict[str, list[str]], n: int, seed: int, space) -> dict
     def cell(x: np.ndarray) -> tuple:
         return tuple(np.clip(np.floor(x * GRID), 0, GRID - 1).astype(int))
 
-    names = [name for name, texts in by_seed.items() for _ in texts]
-    parents = [t for texts in by_seed.values() for t in texts]
-    parent_walkers = walkers(parents)
-    t0 = time.perf_counter()
-    children = op.mutate(parents, n, seed)
-    seconds = time.perf_counter() - t0
-    texts = [c.text for c in children if c.ok]
-    results = iter(walkers(texts) if texts else [])
     rows: dict[str, dict] = {
         name: {"children": 0, "applied": 0, "valid": 0, "different": 0, "new_cell": 0,
                "distances": [], "errors": {}}
         for name in by_seed
     }  # fmt: skip
-    for k, child in enumerate(children):
+    for k, (text, error_kind) in enumerate(children):
         row = rows[names[k // n]]
         row["children"] += 1
-        if not child.ok:
-            row["errors"][child.error_kind] = row["errors"].get(child.error_kind, 0) + 1
+        if text is None:
+            row["errors"][error_kind] = row["errors"].get(error_kind, 0) + 1
             continue
         row["applied"] += 1
-        w = next(results)
+        w = by_text[text]
         if w is None:
             row["errors"]["invalid"] = row["errors"].get("invalid", 0) + 1
             continue
@@ -119,7 +142,18 @@ def measure(op, by_seed: dict[str, list[str]], n: int, seed: int, space) -> dict
             "new_cell": row["new_cell"] / max(row["valid"], 1),
             "errors": row["errors"],
         }
-    return out, len(children) / seconds, seconds
+    return out
+
+
+def summary(per_seed: dict[str, dict]) -> dict[str, float]:
+    """Means over seeds, and the held-out lineage's apply share."""
+    overall = {
+        key: float(np.mean([r[key] for r in per_seed.values()]))
+        for key in ("apply", "valid", "different", "descriptor_distance", "new_cell")
+    }
+    if "cppn_mutable" in per_seed:  # the lineage no training set has seen
+        overall["heldout_lineage_apply"] = per_seed["cppn_mutable"]["apply"]
+    return overall
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,19 +197,18 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             _ = op.sampler  # load the model (not part of children/s)
             load_s = time.perf_counter() - t0
-        per_seed, rate, seconds = measure(op, by_seed, args.children, args.seed, space)
-        overall = {
-            key: float(np.mean([r[key] for r in per_seed.values()]))
-            for key in ("apply", "valid", "different", "descriptor_distance", "new_cell")
-        }
-        if "cppn_mutable" in per_seed:  # the lineage no training set has seen
-            overall["heldout_lineage_apply"] = per_seed["cppn_mutable"]["apply"]
+        per_seed, rate, seconds, strict = measure(op, by_seed, args.children, args.seed, space)
+        overall = summary(per_seed)
+        if strict is not None:  # the same completions under the content rule alone
+            overall["strict"] = summary(strict)
         overall["children_per_s"] = rate
         overall["mutate_seconds"] = seconds
         overall["children"] = sum(r["children"] for r in per_seed.values())
         if model is not None:
             overall["model_load_seconds"] = load_s
         results[label] = {"overall": overall, "per_seed": per_seed}
+        if strict is not None:
+            results[label]["per_seed_strict"] = strict
         print(label, json.dumps(overall), flush=True)
         if args.json:  # after every operator, so a run stopped early keeps what it measured
             with open(args.json, "w") as f:
@@ -197,6 +230,10 @@ def report(args: argparse.Namespace, results: dict) -> dict:
         key = label.replace(":", "_").replace("-", "_")
         ratios[f"valid_vs_gp_{key}"] = r["overall"]["valid"] / max(gp["valid"], 1e-9)
         ratios[f"new_cell_vs_gp_{key}"] = r["overall"]["new_cell"] / max(gp["new_cell"], 1e-9)
+        if "strict" in r["overall"]:
+            st = r["overall"]["strict"]
+            ratios[f"valid_vs_gp_{key}_strict"] = st["valid"] / max(gp["valid"], 1e-9)
+            ratios[f"new_cell_vs_gp_{key}_strict"] = st["new_cell"] / max(gp["new_cell"], 1e-9)
     return {
         "benchmark": "operators",
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),

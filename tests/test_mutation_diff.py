@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import re
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -208,3 +209,166 @@ def test_to_unified_strips_numbers_and_cuts_at_stop():
         get_format("nope")
     with pytest.raises(ValueError):
         NUMBERED_FORMAT.completion(PROGRAM, PROGRAM + "\n\n")
+
+
+# ---- the numbered format's line-number rule (apply_numbered) ------------------------------------
+
+NUMBERED_PROGRAM = """SPACING = 5.0  # distance between neighbouring masses
+AMPLITUDE = 13.004
+
+
+def make_walker():
+    wc = walker_creator()
+    a = wc.add_joint(0.0, 0.0)
+    b = wc.add_joint(SPACING, 0.0)
+    wc.add_muscle(a, b, AMPLITUDE, 0.25)
+    return wc.get_walker()
+"""
+
+
+def _numbered(*hunks: str) -> str:
+    return "\n" + "".join(hunks) + END_OF_DIFF
+
+
+def test_stale_text_at_the_right_number_applies_by_number_only():
+    """The failure the rule exists for: the model names line 2 and writes it as the seed had it
+    (10.0, not the parent's 13.004). Strictly it does not apply; by number it replaces line 2."""
+    from elmjax.mutation.diff_format import NUMBERED_FORMAT
+
+    completion = _numbered("@@ -2 +2 @@\n-2|AMPLITUDE = 10.0\n+AMPLITUDE = 11.5\n")
+    strict = NUMBERED_FORMAT.apply(NUMBERED_PROGRAM, completion, by_number=False)
+    assert not strict.ok and strict.reason == "not_found"
+    applied = NUMBERED_FORMAT.apply(NUMBERED_PROGRAM, completion)
+    assert applied.ok and applied.rule == "number"
+    assert applied.text == NUMBERED_PROGRAM.replace("AMPLITUDE = 13.004", "AMPLITUDE = 11.5")
+
+
+def test_content_rule_comes_first_and_is_unchanged():
+    from elmjax.mutation.diff_format import NUMBERED_FORMAT
+
+    # right text, wrong number: placed by content, as before the number rule existed
+    completion = _numbered("@@ -4 +4 @@\n-4|AMPLITUDE = 13.004\n+AMPLITUDE = 1.0\n")
+    applied = NUMBERED_FORMAT.apply(NUMBERED_PROGRAM, completion)
+    assert applied.rule == "content"
+    assert applied.text == NUMBERED_FORMAT.apply(NUMBERED_PROGRAM, completion, by_number=False).text
+    assert applied.text == NUMBERED_PROGRAM.replace("13.004", "1.0")
+
+
+@given(_edited(), st.integers(0, 2**16))
+def test_number_rule_never_changes_what_the_content_rule_applies(pair, seed):
+    """Round trips stay exact, and on any diff (ours, or ours with its numbers and texts
+    scrambled) the default result equals the strict one whenever the strict one exists."""
+    from elmjax.mutation.diff_format import NUMBERED_FORMAT, normalize_program
+
+    a, b = (normalize_program(t) for t in pair)
+    if a == b:
+        return
+    completion = NUMBERED_FORMAT.completion(a, b)
+    assert NUMBERED_FORMAT.apply(a, completion).text == b
+    rng = random.Random(seed)
+    scrambled = re.sub(
+        r"^-(\d+)\|", lambda m: f"-{int(m[1]) + rng.choice((-1, 0, 0, 1))}|", completion, flags=re.M
+    )
+    if rng.random() < 0.5:
+        scrambled = scrambled.replace("x = 1", "x = 3", 1)
+    strict = NUMBERED_FORMAT.apply(a, scrambled, by_number=False)
+    loose = NUMBERED_FORMAT.apply(a, scrambled)
+    if strict.ok:
+        assert loose.text == strict.text and loose.rule == "content"
+    elif loose.ok:
+        assert loose.rule == "number"
+
+
+def test_by_number_edits_only_the_named_lines():
+    """Conservation: lines outside the placed hunks are the parent's, in order; each hunk swaps
+    exactly the lines it names for the lines it adds (removed text taken from the parent)."""
+    from elmjax.mutation.diff_format import NUMBERED_FORMAT
+
+    lines = NUMBERED_PROGRAM.splitlines(keepends=True)
+    completion = _numbered(
+        "@@ -1 +1 @@\n-1|SPACING = 4.0  # distance between neighbouring masses\n+SPACING = 6.0\n",
+        "@@ -7,2 +7 @@\n-7|    a = wc.add_joint(0.0, 1.0)\n-8|    b = wc.add_joint(SPACING, 0.0)\n"
+        "+    a = wc.add_joint(0.5, 0.0)\n",
+        "@@ -9,0 +9 @@\n+    wc.add_muscle(b, a)\n",
+    )
+    applied = NUMBERED_FORMAT.apply(NUMBERED_PROGRAM, completion)
+    assert applied.rule == "number"
+    out = applied.text.splitlines(keepends=True)
+    expect = ["SPACING = 6.0\n", *lines[1:6], "    a = wc.add_joint(0.5, 0.0)\n", lines[8]]
+    assert out == expect + ["    wc.add_muscle(b, a)\n", lines[9]]
+
+
+def test_lost_indentation_is_restored_from_the_named_line():
+    from elmjax.mutation.diff_format import NUMBERED_FORMAT
+
+    completion = _numbered(
+        "@@ -9 +9 @@\n-9|wc.add_muscle(a, b, AMPLITUDE, 0.5)\n+wc.add_muscle(a, b)\n"
+    )
+    applied = NUMBERED_FORMAT.apply(NUMBERED_PROGRAM, completion)
+    assert applied.rule == "number"
+    assert "\n    wc.add_muscle(a, b)\n" in applied.text
+
+
+def test_resembles_bounds_the_fuzz():
+    from elmjax.mutation.diff_format import resembles
+
+    assert resembles("  x  =  1 ", "x = 1")  # whitespace only
+    assert resembles("SPACING = 5.0  # distance", "SPACING = 4.183  # distance")  # one literal
+    assert resembles(
+        "wc.add_muscle(s[0], c, False, 5.0, 0.0)", "wc.add_muscle(s[1], c, False, 2.0, 0.0)"
+    )
+    assert not resembles("x = 1", "y = 2")  # two of three tokens: a different statement
+    assert not resembles("return wc.get_walker()", "    a = wc.add_joint(0.0, 0.0)")
+    assert not resembles("", "x = 1") and not resembles("x = 1", "")
+    assert not resembles("a = " + "1 + " * 500 + "1", "a = " + "1 + " * 500 + "2")  # too long
+
+
+@pytest.mark.parametrize(
+    "hunks, why",
+    [
+        ("@@ -2 +2 @@\n-2|    for k in range(NUM_RIM):\n+    pass\n", "neither line 2"),  # hallucinated
+        ("@@ -0 +0 @@\n-0|AMPLITUDE = 10.0\n+AMPLITUDE = 1\n", "lines 0-0"),  # out of range
+        ("@@ -11 +11 @@\n-11|AMPLITUDE = 10.0\n+AMPLITUDE = 1\n", "lines 11-11"),
+        ("@@ -2 +2 @@\n-99999999999|AMPLITUDE = 10.0\n+A = 1\n", "no line number"),
+        ("@@ -2 +2 @@\n-2|AMPLITUDE = 10.0\n-2|AMPLITUDE = 10.0\n+A = 1\n", "not consecutive"),
+        ("@@ -2 +2 @@\n-2|AMPLITUDE = 10.0\n+A = 1\n@@ -2 +2 @@\n-2|AMPLITUDE = 9.0\n+A = 2\n",
+         "claim the same line"),
+        ("@@ -20,0 +20 @@\n+x = 1\n@@ -2 +2 @@\n-2|AMPLITUDE = 10.0\n+A = 1\n", "insertion after"),
+        ("@@ -2 +2 @@\n-AMPLITUDE = 10.0\n+A = 1\n", "no line number"),
+    ],
+)  # fmt: skip
+def test_hostile_numbered_diffs_are_refused_with_a_reason(hunks, why):
+    from elmjax.mutation.diff_format import NUMBERED_FORMAT
+
+    applied = NUMBERED_FORMAT.apply(NUMBERED_PROGRAM, _numbered(hunks))
+    assert not applied.ok and applied.reason == "not_found"
+    assert why in applied.message
+
+
+def test_diff_against_another_file_is_refused():
+    """A diff written for a different program names lines whose text is nothing like ours."""
+    from elmjax.mutation.diff_format import NUMBERED_FORMAT
+
+    other = "import os\n\n\ndef main():\n    os.system('rm -rf /')\n    return 0\n"
+    edited = other.replace("return 0", "return 1").replace("import os", "import sys")
+    completion = NUMBERED_FORMAT.completion(other, edited)
+    applied = NUMBERED_FORMAT.apply(NUMBERED_PROGRAM, completion)
+    assert not applied.ok and applied.reason == "not_found"
+    completion = "\n--- a/other.py\n+++ b/other.py\n" + completion.lstrip("\n")
+    assert not NUMBERED_FORMAT.apply(NUMBERED_PROGRAM, completion).ok
+
+
+def test_huge_and_garbage_output_is_refused_not_raised():
+    from elmjax.mutation.diff_format import NUMBERED_FORMAT
+
+    n = len(NUMBERED_PROGRAM.splitlines())
+    many = "".join(f"@@ -{k % n + 1} +1 @@\n-{k % n + 1}|{'z' * 50}\n+y\n" for k in range(3000))
+    for completion in (
+        _numbered(many),
+        _numbered("@@ -1 +1 @@\n-1|" + "(" * 100_000 + "\n+x\n"),
+        "\n@@ -1 +1 @@\n-1|\x00\x01\n+\ud800\n",
+        "\n" + "@@" * 10_000,
+        "",
+    ):
+        applied = NUMBERED_FORMAT.apply(NUMBERED_PROGRAM, completion)
+        assert not applied.ok and applied.reason in ("not_found", "parse", "empty")

@@ -14,7 +14,8 @@ The operators, as the ELM paper compares them:
 
 - `gp`: the baseline, AST mutations (`gp.py`), no model.
 - `diff`: the ELM diff prompt (`<NME> <BEF> <MSG> <DFF>`, a commit message drawn with the
-  paper's probabilities); the model writes a unified diff, applied tolerantly.
+  paper's probabilities); the model writes a unified diff, applied tolerantly (by content; a
+  numbered diff also by line number, `diff_format.apply_numbered`).
 - `prompt`: a plain code model sees the parent with its entry function renamed `<entry>_old`, a
   comment asking for a new version, and `def <entry>(`; the completion (parameters and body)
   replaces the entry function in the parent.
@@ -47,7 +48,6 @@ from elmjax.mutation.diff_format import (
     get_format,
     sample_message,
 )
-from elmjax.mutation.unified_diff import try_apply
 
 OPERATORS = ("gp", "diff", "prompt", "crossover")
 #: Default model per LM operator: the diff model ships with elmjax; prompt and crossover want a
@@ -328,7 +328,7 @@ class DiffOperator(LMOperator):
             ids[lo:hi], parents[lo:hi], prompts[lo:hi], raw
         ):
             for completion in samples:
-                applied = try_apply(parent, self.format.to_unified(completion))
+                applied = self.format.apply(parent, completion)
                 if applied.ok:
                     out.append(
                         self._child((pid,), prompt, completion, text=applied.text, detail=message)

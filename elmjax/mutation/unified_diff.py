@@ -324,11 +324,14 @@ def _preview(old: list[str]) -> str:
 
 @dataclass(frozen=True)
 class Applied:
-    """The outcome of `try_apply`: the new text, or why there is none."""
+    """The outcome of `try_apply`: the new text, or why there is none. `rule` says what placed
+    the hunks of an applied diff: `content` (this module's applier) or `number` (the numbered
+    format's line-number fallback, `diff_format.apply_numbered`)."""
 
     text: str | None
     reason: str | None = None
     message: str | None = None
+    rule: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -338,7 +341,7 @@ class Applied:
 def try_apply(text: str, diff: str, max_fuzz: int = 2) -> Applied:
     """`apply_diff` that returns its failure instead of raising (never raises)."""
     try:
-        return Applied(apply_diff(text, diff, max_fuzz))
+        return Applied(apply_diff(text, diff, max_fuzz), rule="content")
     except DiffError as err:
         return Applied(None, err.reason, err.message)
     except Exception as err:  # a diff is untrusted input: no malformed one may crash a run
