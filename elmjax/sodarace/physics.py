@@ -238,12 +238,14 @@ def spring_solver(params: SimParams, body: Body) -> SpringSolver:
     return jacobi_solver(params, body)
 
 
-#: Buckets up to this many joints and springs run the Gauss-Seidel sweep as a loop over springs
-#: reading and writing dense per-spring rows [J, B] (no gathers or scatters: 8.9 us of CPU per
-#: walker-frame against 11.5 for version 3's Jacobi step, measured); larger ones loop over
-#: springs with per-lane gathers and scatters (dense rows would cost J x S x B floats each).
-#: Same arithmetic either way. Unrolling the loop ran 5.5 us but compiled 5x slower (22 s of
-#: CPU per bucket shape against 4.7), too slow for a test suite that compiles dozens of shapes.
+#: Buckets up to this many joints and springs run the Gauss-Seidel sweep as a scan over springs
+#: reading and writing dense per-spring rows [J, B] (no gathers or scatters); larger ones scan
+#: over springs with per-lane gathers and scatters (dense rows would cost J x S x B floats each).
+#: Same arithmetic either way. Why a scan with the per-spring constants as its inputs and the new
+#: multipliers as its outputs: the earlier fori_loop read and wrote `lam[s]` in a carried [S, B]
+#: array, and XLA copied that whole array twice per spring (O(S^2 B) per sweep; 1.6x the CPU
+#: time on CPPN-Mutable's (16, 48) bucket, measured). Unrolling (fully or by 2-8) gained little
+#: over the scan and compiled up to 5x slower.
 GS_DENSE_MAX_JOINTS = 24
 GS_DENSE_MAX_SPRINGS = 64
 
@@ -266,66 +268,62 @@ def gauss_seidel_solver(params: SimParams, body: Body) -> SpringSolver:
     dtype = body.inv_mass.dtype
     wi = _gather(body.inv_mass, body.spring_i) * body.spring_mask  # [S, B]
     wj = _gather(body.inv_mass, body.spring_j) * body.spring_mask
-    w_sum = wi + wj
     h = params.substep_dt
     cap = jnp.where(body.is_muscle > 0, params.muscle_force * h * h, jnp.inf).astype(dtype)
-    scale = params.relaxation * jnp.asarray(body.spring_mask)
+    per_spring = (wi + wj, params.relaxation * jnp.asarray(body.spring_mask), cap)
 
-    def spring(s, x, y, lam_s, target_s, at_s, ends, move):
-        dx, dy = ends(s, x, y)
+    def spring(lam_s, target_s, at_s, w_sum_s, scale_s, cap_s, dx, dy):
+        """The XPBD step of one spring from its ends' offset: (x-step, y-step, new lam), where
+        the joints move by -w_i * step (end i) and +w_j * step (end j)."""
         length = jnp.sqrt(dx * dx + dy * dy + 1e-12)
-        denom = w_sum[s] + at_s
+        denom = w_sum_s + at_s
         dlam = -(length - target_s + at_s * lam_s) / jnp.where(denom > 0, denom, 1.0)
-        new = jnp.clip(lam_s + scale[s] * dlam, -cap[s], cap[s])
+        new = jnp.clip(lam_s + scale_s * dlam, -cap_s, cap_s)
         p = (new - lam_s) / length
-        x, y = move(s, x, y, p * dx, p * dy)
-        return x, y, new
+        return p * dx, p * dy, new
 
     if J <= GS_DENSE_MAX_JOINTS and S <= GS_DENSE_MAX_SPRINGS:
         joints = jnp.arange(J, dtype=body.spring_i.dtype)[None, :, None]
         at_i = (body.spring_i[:, None, :] == joints).astype(dtype)  # [S, J, B] one-hot
         at_j = (body.spring_j[:, None, :] == joints).astype(dtype)
-        diff = at_j - at_i
-        push = at_j * wj[:, None] - at_i * wi[:, None]
+        rows = (at_j - at_i, at_j * wj[:, None] - at_i * wi[:, None])  # ends' offset, move
 
-        def ends_dense(s, x, y):
-            return jnp.sum(diff[s] * x, axis=0), jnp.sum(diff[s] * y, axis=0)
+        def one_dense(xy, spring_s):
+            lam_s, target_s, at_s, w_sum_s, scale_s, cap_s, diff_s, push_s = spring_s
+            x, y = xy
+            dx, dy = jnp.sum(diff_s * x, axis=0), jnp.sum(diff_s * y, axis=0)
+            px, py, new = spring(lam_s, target_s, at_s, w_sum_s, scale_s, cap_s, dx, dy)
+            return (x + push_s * px, y + push_s * py), new
 
-        def move_dense(s, x, y, px, py):
-            return x + push[s] * px, y + push[s] * py
+        def solve_dense(x, y, lam, target, alpha_tilde):
+            (x, y), lam = jax.lax.scan(
+                one_dense,
+                (x, y),
+                (lam, target, alpha_tilde, *per_spring, *rows),
+            )
+            return x, y, lam
 
-        def solve(x, y, lam, target, alpha_tilde):
-            def one(s, carry):
-                x, y, lam = carry
-                x, y, new = spring(s, x, y, lam[s], target[s], alpha_tilde[s], ends_dense,
-                                   move_dense)  # fmt: skip
-                return x, y, lam.at[s].set(new)
-
-            return jax.lax.fori_loop(0, S, one, (x, y, lam))
-
-        return solve
+        return solve_dense
 
     fi, fj = (
         _flat_index(body.spring_i, B).reshape(S, B),
         _flat_index(body.spring_j, B).reshape(S, B),
     )
 
-    def ends_flat(s, x, y):
-        i, j = fi[s], fj[s]
-        return x[j] - x[i], y[j] - y[i]
-
-    def move_flat(s, x, y, px, py):
-        i, j = fi[s], fj[s]
-        x = x.at[i].add(-wi[s] * px).at[j].add(wj[s] * px)
-        return x, y.at[i].add(-wi[s] * py).at[j].add(wj[s] * py)
+    def one_flat(xy, spring_s):
+        lam_s, target_s, at_s, w_sum_s, scale_s, cap_s, i, j, wi_s, wj_s = spring_s
+        x, y = xy
+        px, py, new = spring(lam_s, target_s, at_s, w_sum_s, scale_s, cap_s,
+                             x[j] - x[i], y[j] - y[i])  # fmt: skip
+        x = x.at[i].add(-wi_s * px).at[j].add(wj_s * px)
+        return (x, y.at[i].add(-wi_s * py).at[j].add(wj_s * py)), new
 
     def solve_flat(x, y, lam, target, alpha_tilde):
-        def one(s, carry):
-            x, y, lam = carry
-            x, y, new = spring(s, x, y, lam[s], target[s], alpha_tilde[s], ends_flat, move_flat)
-            return x, y, lam.at[s].set(new)
-
-        x, y, lam = jax.lax.fori_loop(0, S, one, (x.reshape(-1), y.reshape(-1), lam))
+        (x, y), lam = jax.lax.scan(
+            one_flat,
+            (x.reshape(-1), y.reshape(-1)),
+            (lam, target, alpha_tilde, *per_spring, fi, fj, wi, wj),
+        )
         return x.reshape(J, B), y.reshape(J, B), lam
 
     return solve_flat
