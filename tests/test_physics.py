@@ -235,6 +235,19 @@ def test_results_are_bit_identical_and_independent_of_batch_neighbours():
     assert first.fitness[0] == moved.fitness[11]
 
 
+def test_results_do_not_depend_on_a_wide_chunk():
+    """A walker scores the same bitwise in an 8-lane chunk and in a 256-lane one. (With XLA's
+    default CPU fusions, reductions over a 256-lane batch went to YNNPACK, which summed in
+    another order: CPPN-Mutable travelled 32.5 units in 10 s instead of 14.2; see
+    `env.COMPILER_OPTIONS`.)"""
+    params = SimParams(seconds=3.0)
+    walker = seed_walkers()["cppn_mutable"]
+    narrow = Sodarace(params=params, chunk=8).evaluate([walker])
+    wide = Sodarace(params=params, chunk=256).evaluate([walker] * 256)
+    assert np.all(wide.extras["dx"] == narrow.extras["dx"][0])
+    assert abs(float(narrow.extras["dx"][0])) > 0.1
+
+
 @functools.cache
 def _short_eval():
     return Sodarace(params=SimParams(seconds=1.0), chunk=4)

@@ -72,6 +72,17 @@ DESCRIPTOR_SPACE = DescriptorSpace(
     high=(60.0, 60.0, 600.0),
     units=("units", "units", "mass units"),
 )
+#: XLA options every compiled simulation uses (`evaluate_bodies`, `record_bodies`, the sharded
+#: evaluation; the same for all, so a recording is the scored run). Why: from 256 lanes on, XLA's
+#: CPU backend hands the small reductions over joints (each spring's sum over the J joints in
+#: the Gauss-Seidel sweep, the centre-of-mass sums of damping) to YNNPACK fusions, which sum in
+#: another order than at <= 128 lanes, so a walker's score depended on the chunk width
+#: (CPPN-Mutable: 32.5 units in 10 s at 256 lanes, 14.2 at <= 128; tested), and cost ~2x the
+#: CPU per walker-frame there (measured). Without them every width sums the way XLA does at
+#: <= 128 lanes: scores at the default chunk are unchanged, bitwise. Only XLA's CPU backend
+#: reads this option.
+COMPILER_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
 #: Lanes per device per compiled call: small enough that a chunk's state stays in L2 cache on a
 #: CPU (measured: ~128 was fastest, larger batches got slower per walker), large enough to fill
 #: SIMD lanes. On a GPU pass a larger `chunk` (thousands).
@@ -131,7 +142,7 @@ def _simulate(params: SimParams, body: Body, terrain: Terrain) -> BodyResult:
     return _run(params, body, terrain)[0]
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
+@functools.partial(jax.jit, static_argnums=(0,), compiler_options=COMPILER_OPTIONS)
 def evaluate_bodies(params: SimParams, bodies: Body, terrain: Terrain) -> BodyResult:
     """Simulate a packed batch for `params.seconds` on `terrain` (jit; one device)."""
     body_lib.check_body(bodies, "env.evaluate_bodies")
@@ -139,7 +150,7 @@ def evaluate_bodies(params: SimParams, bodies: Body, terrain: Terrain) -> BodyRe
     return _simulate(params, bodies, terrain)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
+@functools.partial(jax.jit, static_argnums=(0, 3), compiler_options=COMPILER_OPTIONS)
 def record_bodies(
     params: SimParams, bodies: Body, terrain: Terrain, record_every: int
 ) -> Recording:
@@ -186,7 +197,7 @@ def _sharded(params: SimParams, mesh: Mesh, terrain_def: Any) -> Any:
         )
         return f(bodies, terrain)
 
-    return jax.jit(run)
+    return jax.jit(run, compiler_options=COMPILER_OPTIONS)
 
 
 def lanes_for(count: int, chunk: int, devices: int = 1) -> int:
