@@ -52,7 +52,7 @@ from elmjax import tracing
 from elmjax.lm.bundle import LanguageModel
 from elmjax.lm.choice import choose_tokens
 from elmjax.lm.contracts import check_generate_args
-from elmjax.lm.model import init_cache
+from elmjax.lm.model import decode_layout, init_cache
 from elmjax.lm.partitioning import shard_state
 from elmjax.lm.state import cast_state, stack_layers, unstack_layers
 from elmjax.mesh import DATA
@@ -183,6 +183,7 @@ def generate(
     use_top_k: bool,
     use_top_p: bool,
     cache_dtype: Any = jnp.float32,
+    kernels_out_in: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Device part of sampling (pure; jit with `graph` bound and the keywords static).
 
@@ -198,6 +199,9 @@ def generate(
     whose prompts are not consecutive). Returns tokens [P*n, max_new] (-1 after a row ended), lengths
     [P*n] (tokens generated including the EOS / stop sequence) and stopped [P*n] flags.
 
+    `kernels_out_in`: the decode loop's dense kernels are transposed to [out, in] once per call
+    (`model.decode_layout`: XLA:CPU's few-row dots read them faster; the prefill keeps [in, out]).
+
     Prefill and decode are one compiled program, so `tracing.checked` bounds both.
     """
     model = nnx.merge(graph, state)
@@ -207,6 +211,8 @@ def generate(
         model, prefill_model, prompt_tokens, prompt_start, temperature, top_p, top_k,
         stop_seqs, eos_ids,
     )  # fmt: skip
+    if kernels_out_in:
+        model = decode_layout(model)
     num_prompts, prompt_len = prompt_tokens.shape
     rows = num_prompts * n
     scanned = model.scanned
@@ -395,6 +401,7 @@ class Sampler:
                 "use_top_k",
                 "use_top_p",
                 "cache_dtype",
+                "kernels_out_in",
             ),
         )
 
@@ -513,6 +520,7 @@ class Sampler:
             use_top_k=(not greedy) and top_k > 0,
             use_top_p=(not greedy) and top_p < 1.0,
             cache_dtype=self.dtype,
+            kernels_out_in=jax.default_backend() == "cpu",
         )
         rows = len(encoded) * n
         out = np.full((rows, max_new_tokens), -1, np.int32)
