@@ -250,9 +250,9 @@ def decode_layout(decoder: Decoder) -> Decoder:
     loop. Scanned layers keep their leading layer axis. Values are the same products, summed in
     a different order (float tolerance).
     """
-    for _, module in decoder.iter_modules():
+    for _, module in nnx.iter_modules(decoder):
         if isinstance(module, nnx.Linear) and module.dot_general is not _dot_kernel_out_in:
-            module.kernel.value = jnp.swapaxes(module.kernel[...], -1, -2)
+            module.kernel.set_value(jnp.swapaxes(module.kernel[...], -1, -2))
             module.dot_general = _dot_kernel_out_in
     return decoder
 
