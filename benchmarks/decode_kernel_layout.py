@@ -1,12 +1,12 @@
 """Decode kernels [in, out] vs [out, in] (`model.decode_layout`), A/B in one process.
 
-Runs the sampler's compiled `generate` on SmolLM2-135M (greedy, every row decodes `--new`
+Runs the sampler's compiled `generate` on `--model` (default SmolLM2-135M; greedy, every row decodes `--new`
 tokens) with `kernels_out_in` False and True, alternating the order each round, and reports
 the process CPU time and wall time of each whole call (prefill + decode) and whether the
 greedy tokens are equal. CPU time of the process, interleaved, is the figure that survives a
 shared machine; the vs-transformers ratio is `decode_vs_transformers.py`'s.
 
-    python benchmarks/decode_kernel_layout.py [--batch 8] [--prompt 32] [--new 128]
+    python benchmarks/decode_kernel_layout.py [--model smollm2-135m] [--batch 8] [--prompt 32] [--new 128]
         [--dtype float32] [--rounds 3] [--json PATH]
 """
 
@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--new", type=int, default=128)
@@ -35,9 +37,11 @@ def main(argv: list[str] | None = None) -> dict:
     from elmjax.lm import load_model
     from elmjax.lm.sampler import Sampler
 
-    sampler = Sampler(load_model("smollm2-135m"), dtype=args.dtype)
+    sampler = Sampler(load_model(args.model), dtype=args.dtype)
     rng = np.random.default_rng(0)
-    tokens = jnp.asarray(rng.integers(100, 40000, (args.batch, args.prompt)), jnp.int32)
+    tokens = jnp.asarray(
+        rng.integers(5, min(40000, sampler.config.vocab_size), (args.batch, args.prompt)), jnp.int32
+    )
     call_args = (
         sampler.state,
         sampler.prefill_state,
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"round {r} kernels_out_in={flag}: cpu {cpu:.2f} s, wall {wall:.2f} s", flush=True
             )
     result = {
-        "command": "python benchmarks/decode_kernel_layout.py " + " ".join(argv or []),
+        "command": "python benchmarks/decode_kernel_layout.py " + " ".join(argv or sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average": os.getloadavg()[0],
         "settings": vars(args),
