@@ -21,10 +21,14 @@ angular momentum and in free flight the centre of mass follows gravity exactly; 
 
 * stroke: target length `L0 * (1 + alpha * sin(omega t + 2 pi phase))`, with
   `alpha = max_stretch * tanh(amplitude / amplitude_scale)` (the paper's 2, 5 and 10 are legal
-  and distinct);
+  and strictly increasing; distinct wherever the stroke-speed limit does not bind);
 * stroke speed: `alpha` is shrunk smoothly so the peak target speed `L0 * alpha * omega` stays
   below `stroke_speed` (units/s): a long muscle cannot move its ends arbitrarily fast just because
-  it is long (the old model let stroke speed grow with length, so size paid by itself);
+  it is long (the old model let stroke speed grow with length, so size paid by itself). The limit
+  also bounds hops: a leg extending at `v` launches the body at about `v`, i.e. `v^2 / 2g` high.
+  Version 5 halves it to 15 units/s (1.1-unit hops; version 4's 30 gave 4.6, and a long GP run
+  under version 4 evolved hoppers airborne 63% of the time), with `amplitude_scale` 3 instead of
+  4 so that the seeds' small amplitudes still move them;
 * force cap: the muscle's multiplier is clamped to `muscle_force * h^2`, i.e. its force to
   `muscle_force` (force units). Every connection has the same cross-section (mass per length is
   `RHO`), hence the same peak force; a muscle that cannot reach its target within the cap lags.
@@ -35,7 +39,8 @@ speed cap of 120 units/s at 60 Hz): we keep bones rigid (XPBD, zero compliance) 
 joints because the descriptor and the paper's listings treat "distance" connections as bones; we
 bound muscles by force and stroke speed, which are physical, instead of by softness and a
 translation clamp, which are solver artifacts (the clamp alone stops nothing that tumbles slower
-than 120 units/s); our damping acts only on non-rigid motion (deformation), because
+than 120 units/s; our 15 units/s stroke limit is 8x tighter and bounds the push itself, not the
+body's speed after it); our damping acts only on non-rigid motion (deformation), because
 Box2D's 1.1 /s drag on the whole body would mean a 1 m walker falling through syrup (real air drag
 on it is ~0.01 /s) and would break the free-flight law `a_com = g` that the tests check. Its rate
 (2 /s, stronger than Box2D's muscle damping ratio of 0.3 at 3 Hz, i.e. ~5.7 /s on the muscle
