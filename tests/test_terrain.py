@@ -24,8 +24,9 @@ from elmjax.sodarace.walker import check_walker, walker_creator
 
 def crawler(direction: float = 1.0):
     """The Galloper seed, mirrored so that it travels toward `direction` in the first 4 s (it
-    goes +x there under physics version 4 (57 units) and version 1, -x under versions 2 and 3
-    (10.5 units at version 3; at 3 s version 3 has it still rocking, +1.5))."""
+    goes +x there under physics versions 5 (15.4 units, all in the first 2 s; then it rocks in
+    place), 4 (57 units) and 1, -x under versions 2 and 3 (10.5 units at version 3; at 3 s
+    version 3 has it still rocking, +1.5))."""
     g = {"walker_creator": walker_creator}
     exec(load_seed("galloper"), g)
     w = check_walker(g["make_walker"]())

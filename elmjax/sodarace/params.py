@@ -90,7 +90,8 @@ class SimParams:
     #: evolved 5-joint hoppers: top-10 median airborne fraction 0.63 (the issue asks <= 0.4),
     #: lowest joint 0.6-1.3 units up while airborne. Re-scored at 15 units/s (amplitude scale 3)
     #: the same elites are airborne 0.05 of the time; the hand-designed seeds still travel more
-    #: than a body width in 10 s (wheel 1.5, galloper 1.5, runner 4.9 body sizes).
+    #: than a body width in 10 s (wheel 1.5, galloper 1.5, runner 4.9 body sizes; the galloper
+    #: covers its 15 units in the first 2 s, then rocks in place).
     stroke_speed: float = struct.field(pytree_node=False, default=15.0)
     #: Force cap (mass * units/s^2) of one muscle, pulling or pushing. 10000 = the weight of a
     #: 100-mass-unit body (the seeds weigh 40-140, evolved linkages up to ~600): a seed's legs
