@@ -34,6 +34,7 @@ import os
 import platform
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -94,16 +95,19 @@ def measure(op, by_seed: dict[str, list[str]], n: int, seed: int, space) -> dict
     return figures["default"], len(children) / seconds, seconds, figures.get("strict")
 
 
+def scaled_descriptor(walker: dict, space: Any) -> np.ndarray:
+    """A walker's descriptor scaled to [0, 1] per axis of `space` (beyond the range: outside)."""
+    lo, hi = np.asarray(space.low), np.asarray(space.high)
+    return (np.array([walker["descriptor"][k] for k in space.names]) - lo) / (hi - lo)
+
+
+def grid_cell(x: np.ndarray) -> tuple:
+    """The GRID^3 cell of a scaled descriptor, edges clipped into the edge cells."""
+    return tuple(np.clip(np.floor(x * GRID), 0, GRID - 1).astype(int))
+
+
 def tally(children, by_text, names, n, parent_walkers, by_seed, space) -> dict[str, dict]:
     """Per-seed figures of (text, error kind) children, parent-major with n per parent."""
-    lo, hi = np.asarray(space.low), np.asarray(space.high)
-
-    def scaled(w: dict) -> np.ndarray:
-        d = w["descriptor"]
-        return (np.array([d[k] for k in space.names]) - lo) / (hi - lo)
-
-    def cell(x: np.ndarray) -> tuple:
-        return tuple(np.clip(np.floor(x * GRID), 0, GRID - 1).astype(int))
 
     rows: dict[str, dict] = {
         name: {"children": 0, "applied": 0, "valid": 0, "different": 0, "new_cell": 0,
@@ -125,11 +129,11 @@ def tally(children, by_text, names, n, parent_walkers, by_seed, space) -> dict[s
         pw = parent_walkers[k // n]
         if pw is None:
             continue
-        a, b = scaled(w), scaled(pw)
+        a, b = scaled_descriptor(w, space), scaled_descriptor(pw, space)
         body = {kk: w[kk] for kk in ("joints", "muscles")}
         row["different"] += body != {kk: pw[kk] for kk in ("joints", "muscles")}
         row["distances"].append(float(np.linalg.norm(a - b)))
-        row["new_cell"] += cell(a) != cell(b)
+        row["new_cell"] += grid_cell(a) != grid_cell(b)
     out = {}
     for name, row in rows.items():
         total = max(row["children"], 1)

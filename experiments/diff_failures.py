@@ -33,17 +33,20 @@ import re
 import sys
 import time
 
-import numpy as np
-
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.operators import GRID, INJECT, descriptor_space, load_parents  # noqa: E402
-from elmjax.mutation.diff_format import extract_diff, normalize_program  # noqa: E402
+from benchmarks.operators import (  # noqa: E402
+    INJECT,
+    descriptor_space,
+    grid_cell,
+    load_parents,
+    scaled_descriptor,
+)
+from elmjax.mutation.diff_format import extract_diff, normalize_program, token_edits  # noqa: E402
 from elmjax.mutation.unified_diff import split_lines  # noqa: E402
 
-_TOKEN = re.compile(r"\d+\.?\d*(?:[eE][-+]?\d+)?|\w+|\S")
 _REMOVED = re.compile(r"^-(\d{1,9})\|(.*)$")
 #: Worst first: a diff is as bad as its worst removed line.
 LINE_CLASSES = (
@@ -67,9 +70,7 @@ def line_class(number: int, text: str, lines: list[str]) -> str:
         return "exact" if text.rstrip("\n") == ref.rstrip("\n") else "whitespace"
     if any(text.strip() == other.strip() for other in lines):
         return "other_line_of_parent"
-    a, b = _TOKEN.findall(text), _TOKEN.findall(ref)
-    ops = difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
-    edits = sum(max(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in ops if tag != "equal")
+    edits = token_edits(text, ref)
     if edits <= 1:
         return "one_token_off"
     if edits <= 3:
@@ -90,11 +91,9 @@ def removed_lines(completion: str, parent: str) -> list[str]:
 
 def classify(runs: list[tuple[str | None, str]], parents, parent_of, by_text, space) -> list[str]:
     """One class per child: runs are (text or None, apply failure class) in child order."""
-    lo, hi = np.asarray(space.low), np.asarray(space.high)
 
     def cell(w: dict) -> tuple:
-        x = (np.array([w["descriptor"][k] for k in space.names]) - lo) / (hi - lo)
-        return tuple(np.clip(np.floor(x * GRID), 0, GRID - 1).astype(int))
+        return grid_cell(scaled_descriptor(w, space))
 
     out = []
     for k, (text, why) in enumerate(runs):

@@ -233,9 +233,18 @@ def resembles(text: str, line: str) -> bool:
     limit = min(NUMBER_FUZZ_TOKENS, max(1, len(b) // 4))
     if abs(len(a) - len(b)) > limit:
         return False
+    return _edits(a, b) <= limit
+
+
+def token_edits(text: str, line: str) -> int:
+    """Tokens (numbers, words, single symbols) changed, inserted or deleted between two lines:
+    the distance `resembles` bounds."""
+    return _edits(_TOKEN.findall(text), _TOKEN.findall(line))
+
+
+def _edits(a: list[str], b: list[str]) -> int:
     ops = difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
-    edits = sum(max(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in ops if tag != "equal")
-    return edits <= limit
+    return sum(max(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in ops if tag != "equal")
 
 
 def apply_numbered(program: str, completion: str, *, by_number: bool = True) -> Applied:
