@@ -3,6 +3,13 @@ matmul rate the model reaches.
 
     python benchmarks/operator_profile.py [--model elm-tiny] [--batch 32] [--repeats 2] [--json PATH]
     python benchmarks/operator_profile.py --model smollm2-135m --batch 8 --repeats 1 --calls-only
+    python benchmarks/operator_profile.py --calls-only --compile-cache /tmp/c --children out.json
+
+`--compile-cache` turns on JAX's persistent compilation cache in that directory, as a run does
+(`elmjax.compile_cache`, a run's `compile_cache` setting, "auto" by default): a fresh directory
+measures the first call with a cold cache, a second process on the same directory the first
+call of a later run. `--children` writes every call's completions (JSON), to check that a
+change leaves the samples as they were.
 
 One `mutate` of `--batch` held-out parents (`benchmarks/eval_parents.json`, repeated to fill the
 batch), n = 1, at the operator's default settings (temperature 0.8, top-p 0.95, 256 new tokens),
@@ -113,7 +120,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls-only", action="store_true",
                    help="only the first and warm `mutate` calls, printed as measured (for "
                         "models whose per-group split would take too long, e.g. smollm2-135m)")
+    p.add_argument("--compile-cache", default=None, metavar="SETTING",
+                   help="JAX's persistent compilation cache as a run's `compile_cache` sets it "
+                        "(a directory, 'auto' or 'off'; default: JAX's own settings)")
+    p.add_argument("--children", default=None, metavar="PATH",
+                   help="write the completions of every mutate call (JSON: seed -> texts)")
     args = p.parse_args(argv)
+
+    cache_entries = None
+    if args.compile_cache is not None:
+        from elmjax import compile_cache
+
+        directory = compile_cache.enable(args.compile_cache)
+        cache_entries = len(os.listdir(directory)) if directory is not None else None
+        print("compile_cache", json.dumps({"directory": str(directory),
+                                           "entries_before": cache_entries}), flush=True)
 
     import jax
 
@@ -129,21 +150,29 @@ def main(argv: list[str] | None = None) -> int:
     settings = dict(temperature=op.temperature, top_p=op.top_p, top_k=op.top_k)
     key = jax.random.key(args.seed)
 
+    completions: dict[int, list[str | None]] = {}
     with Clock() as first:
         children = op.mutate(parents, 1, args.seed)
+    completions[args.seed] = [c.raw_output for c in children]
     print("first_mutate", json.dumps(first.dict()), flush=True)
     warm = []
     for r in range(args.repeats):
         with Clock() as c:
             children = op.mutate(parents, 1, args.seed + 1 + r)
+        completions[args.seed + 1 + r] = [c.raw_output for c in children]
         warm.append(c)
         print("warm_mutate", json.dumps(c.dict()), flush=True)
+    if args.children:
+        with open(args.children, "w") as f:
+            json.dump(completions, f, indent=1)
     if args.calls_only:
         report = {
             "benchmark": "operator_profile",
             "model": args.model,
             "batch": args.batch,
             "load_average": os.getloadavg(),
+            "compile_cache": args.compile_cache,
+            "compile_cache_entries_before": cache_entries,
             "first_mutate": first.dict(),
             "warm_mutate": [c.dict() for c in warm],
             "children_per_s": args.batch / min(c.wall for c in warm) if warm else None,
