@@ -633,3 +633,29 @@ def test_gauss_seidel_forms_agree_with_the_reference_over_a_rollout(monkeypatch,
         np.asarray(centre_of_mass_x(body, ref.x) - centre_of_mass_x(body, init_state(body, FLAT).x))
     )
     assert float(moved.max()) > 1.0
+
+
+def test_sweep_sums_in_one_reduce_that_yields_jnp_sums_floats(monkeypatch):
+    """The dense sweep sums x and y over the joints in one variadic reduce (`physics._sums`):
+    a rollout gives bitwise the floats of the same sweep with two `jnp.sum`s, and compiled
+    WITHOUT `env.COMPILER_OPTIONS` at 256 lanes XLA hands nothing of the sweep to YNNPACK (a
+    single [2, J, B] `jnp.sum` went there and ran 12x slower; benchmarks/RESULTS.md)."""
+    from elmjax.sodarace import physics
+
+    seeds = seed_walkers()
+    body = pack([seeds[n] for n in sorted(seeds)] * 2)
+    params = SimParams(seconds=1.0)
+    go = jax.jit(lambda b: rollout(params, b, FLAT)[0])
+    fast = go(body)
+    monkeypatch.setattr(physics, "_sums", lambda *rows: tuple(jnp.sum(r, axis=0) for r in rows))
+    two = jax.jit(lambda b: rollout(params, b, FLAT)[0])(body)
+    for name in ("x", "y", "vx", "vy", "muscle_work", "peak_speed"):
+        np.testing.assert_array_equal(
+            np.asarray(getattr(fast, name)), np.asarray(getattr(two, name))
+        )
+    monkeypatch.undo()
+    wide = pack([seeds["cppn_mutable"]] * 256)
+    solve = physics.gauss_seidel_solver(params, wide)
+    args = (wide.x0, wide.y0, jnp.zeros_like(wide.rest), wide.rest, jnp.zeros_like(wide.rest))
+    assert wide.x0.shape == (16, 256)
+    assert "ynn" not in jax.jit(solve).lower(*args).compile().as_text()
