@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -52,14 +53,16 @@ def make_env(walker: Any, terrain: str, seconds: float, contact: str = "hard") -
 
 def episode_distance(env: Any, policy: Callable | None, frames: int, key: jax.Array) -> float:
     """Distance toward the goal after `frames` steps driven by `policy(obs [1, O], key) ->
-    (action [1, A], extras)` (None: zero action = the body's own open-loop muscles)."""
+    (action [1, A], extras)` (None: zero action = the body's own open-loop muscles). Compiled
+    with the simulator's `env.COMPILER_OPTIONS`, like every scored simulation."""
+    from elmjax.sodarace.env import COMPILER_OPTIONS
 
     def act(obs: jax.Array, k: jax.Array) -> jax.Array:
         if policy is None:
             return jnp.zeros((env.action_size,))
         return policy(obs[None], k)[0][0]
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=COMPILER_OPTIONS)
     def run(key: jax.Array) -> tuple[jax.Array, jax.Array]:
         state = env.reset(key)
 
