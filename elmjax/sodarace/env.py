@@ -74,8 +74,8 @@ DESCRIPTOR_SPACE = DescriptorSpace(
 )
 #: XLA options every compiled simulation uses (`evaluate_bodies`, `record_bodies`, the sharded
 #: evaluation; the same for all, so a recording is the scored run). Why: from 256 lanes on, XLA's
-#: CPU backend hands the small reductions over joints (each spring's sum over the J joints in
-#: the Gauss-Seidel sweep, the centre-of-mass sums of damping) to YNNPACK fusions, which sum in
+#: CPU backend hands the small reductions over joints (the centre-of-mass sums of damping; the
+#: Gauss-Seidel sweep's sums are variadic reduces, which it never takes) to YNNPACK, which sums in
 #: another order than at <= 128 lanes, so a walker's score depended on the chunk width
 #: (CPPN-Mutable: 32.5 units in 10 s at 256 lanes, 14.2 at <= 128; tested), and cost ~2x the
 #: CPU per walker-frame there (measured). Without them every width sums the way XLA does at

@@ -60,7 +60,12 @@ substeps it costs less: per spring it is a few fused multiply-adds and reduction
 scatter-adds, which dominated the Jacobi step on CPU. The sweep is a `lax.scan` over springs
 whose inputs are the per-spring constants and whose outputs are the new multipliers (nothing
 [S, B]-sized is carried, so XLA copies nothing per spring): ~1.9x less CPU per walker-frame than
-version 3's Jacobi step, measured. Large buckets (see `GS_DENSE_MAX_JOINTS`) scan over springs
+version 3's Jacobi step, measured. x and y go through it stacked ([2, J, B]), so a spring costs
+one reduce over the joints (`_sums`, a variadic reduce) and one update instead of two of each:
+the sweep takes ~half the CPU it took as two arrays and a CPPN-Mutable rollout at the default
+128 lanes 1.4-1.7x less (same floats; benchmarks/RESULTS.md), and because XLA never hands a
+variadic reduce to YNNPACK, it is as fast in a program compiled without `env.COMPILER_OPTIONS`
+(one `jnp.sum` of the stacked array ran 12x slower there). Large buckets (see `GS_DENSE_MAX_JOINTS`) scan over springs
 with per-lane gathers and scatters instead; same arithmetic. `solver="jacobi"`
 keeps the old solve for comparison. Measured in benchmarks/sim_vs_openelm.py and
 experiments/physics_audit.py.
