@@ -1,5 +1,5 @@
 """CPU time of the Gauss-Seidel sweep and of a whole rollout: the landed sweep (x and y stacked,
-one variadic reduce per spring, `physics._sums`) against the form before it (two [J, B] arrays,
+one variadic reduce per spring, `springs._sums`) against the form before it (two [J, B] arrays,
 two `jnp.sum`s and two updates per spring, copied below), each compiled with and without
 `env.COMPILER_OPTIONS`, in one process, rounds interleaved, best of `--rounds`. Prints
 us per walker-sweep and per walker-frame, the ratio, and whether both forms gave the same
@@ -26,7 +26,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from elmjax.sodarace import physics  # noqa: E402
+from elmjax.sodarace import (
+    physics,  # noqa: E402
+    springs,  # noqa: E402
+)
 from elmjax.sodarace.body import pack  # noqa: E402
 from elmjax.sodarace.env import COMPILER_OPTIONS  # noqa: E402
 from elmjax.sodarace.physics import SimParams, init_state  # noqa: E402
@@ -41,8 +44,8 @@ def two_arrays_solver(params: SimParams, body):
     """The dense sweep as landed before (`dfd17d8`): x and y as two [J, B] arrays."""
     dtype = body.inv_mass.dtype
     J = body.x0.shape[0]
-    wi = physics._gather(body.inv_mass, body.spring_i) * body.spring_mask
-    wj = physics._gather(body.inv_mass, body.spring_j) * body.spring_mask
+    wi = springs._gather(body.inv_mass, body.spring_i) * body.spring_mask
+    wj = springs._gather(body.inv_mass, body.spring_j) * body.spring_mask
     h = params.substep_dt
     cap = jnp.where(body.is_muscle > 0, params.muscle_force * h * h, jnp.inf).astype(dtype)
     per_spring = (wi + wj, params.relaxation * jnp.asarray(body.spring_mask), cap)
@@ -103,7 +106,7 @@ def programs(body, params: SimParams, frames: int, opts: bool) -> dict:
     for form, make in (("two arrays", two_arrays_solver), ("stacked", None)):
 
         def sweeps(x, y, make=make):
-            solve = (make or physics.gauss_seidel_solver)(params, body)
+            solve = (make or springs.gauss_seidel_solver)(params, body)
 
             def one(c, _):
                 x, y, lam = solve(c[0], c[1], jnp.zeros_like(body.rest), target, at)
@@ -151,13 +154,13 @@ def brax(n: int, steps: int = 60, rounds: int = 5) -> None:
 
         return run
 
-    progs, landed = {}, physics.gauss_seidel_solver
+    progs, landed = {}, springs.gauss_seidel_solver
     for form, solver in (("two arrays", two_arrays_solver), ("stacked", landed)):
-        physics.gauss_seidel_solver = solver  # read when `env.step` is traced
+        springs.gauss_seidel_solver = solver  # read when `env.step` is traced
         try:
             progs[form] = jax.jit(loop()).lower(keys).compile()
         finally:
-            physics.gauss_seidel_solver = landed
+            springs.gauss_seidel_solver = landed
     best, outs = dict.fromkeys(progs, float("inf")), {}
     for _ in range(rounds):
         for form, prog in progs.items():

@@ -516,14 +516,14 @@ def test_physics_overrides_and_identity():
 def test_gauss_seidel_sweep_is_the_same_dense_or_looped(monkeypatch):
     """Small buckets run the sweep over dense per-spring rows, big ones loop over springs with
     gathers and scatters: the same arithmetic, so one frame agrees to float rounding."""
-    from elmjax.sodarace import physics
+    from elmjax.sodarace import springs
 
     seeds = seed_walkers()
     body = pack([seeds[n] for n in ("galloper", "cppn_mutable")])
     params = SimParams(seconds=1.0 / 60.0)
     assert params.solver == "gauss_seidel"
     dense, _ = rollout(params, body, FLAT)
-    monkeypatch.setattr(physics, "GS_DENSE_MAX_JOINTS", 0)
+    monkeypatch.setattr(springs, "GS_DENSE_MAX_JOINTS", 0)
     looped, _ = rollout(params, body, FLAT)
     np.testing.assert_allclose(np.asarray(looped.x), np.asarray(dense.x), atol=1e-5)
     np.testing.assert_allclose(np.asarray(looped.y), np.asarray(dense.y), atol=1e-5)
@@ -534,7 +534,7 @@ def reference_gauss_seidel(params, body, gathered=False):
     """Version 4's sweep as first landed, written for reading, not speed: a fori_loop over
     springs writing `lam[s]` in place, each spring reading its ends from dense one-hot rows
     (or, `gathered`, from per-lane flat gathers, with scatter-adds back)."""
-    from elmjax.sodarace.physics import _flat_index, _gather
+    from elmjax.sodarace.springs import _flat_index, _gather
 
     J, B = body.x0.shape
     wi = _gather(body.inv_mass, body.spring_i) * body.spring_mask
@@ -591,10 +591,10 @@ def test_gauss_seidel_forms_agree_with_the_reference_over_a_rollout(monkeypatch,
     per-lane gathers and scatters for big ones) compute the reference sweep: over 2 s of the
     hand-designed seeds and random bodies, positions agree to float rounding (chaotic gaits
     amplify rounding, hence 2 s, not 10), and the bodies really move."""
-    from elmjax.sodarace import physics
+    from elmjax.sodarace import physics, springs
 
     if form == "gathered":
-        monkeypatch.setattr(physics, "GS_DENSE_MAX_JOINTS", 0)
+        monkeypatch.setattr(springs, "GS_DENSE_MAX_JOINTS", 0)
     seeds = seed_walkers()
     rng = random.Random(3)
     bodies = [seeds[n] for n in sorted(seeds)]
@@ -636,18 +636,18 @@ def test_gauss_seidel_forms_agree_with_the_reference_over_a_rollout(monkeypatch,
 
 
 def test_sweep_sums_in_one_reduce_that_yields_jnp_sums_floats(monkeypatch):
-    """The dense sweep sums x and y over the joints in one variadic reduce (`physics._sums`):
+    """The dense sweep sums x and y over the joints in one variadic reduce (`springs._sums`):
     a rollout gives bitwise the floats of the same sweep with two `jnp.sum`s, and compiled
     WITHOUT `env.COMPILER_OPTIONS` at 256 lanes XLA hands nothing of the sweep to YNNPACK (a
     single [2, J, B] `jnp.sum` went there and ran 12x slower; benchmarks/RESULTS.md)."""
-    from elmjax.sodarace import physics
+    from elmjax.sodarace import springs
 
     seeds = seed_walkers()
     body = pack([seeds[n] for n in sorted(seeds)] * 2)
     params = SimParams(seconds=1.0)
     go = jax.jit(lambda b: rollout(params, b, FLAT)[0])
     fast = go(body)
-    monkeypatch.setattr(physics, "_sums", lambda *rows: tuple(jnp.sum(r, axis=0) for r in rows))
+    monkeypatch.setattr(springs, "_sums", lambda *rows: tuple(jnp.sum(r, axis=0) for r in rows))
     two = jax.jit(lambda b: rollout(params, b, FLAT)[0])(body)
     for name in ("x", "y", "vx", "vy", "muscle_work", "peak_speed"):
         np.testing.assert_array_equal(
@@ -655,7 +655,7 @@ def test_sweep_sums_in_one_reduce_that_yields_jnp_sums_floats(monkeypatch):
         )
     monkeypatch.undo()
     wide = pack([seeds["cppn_mutable"]] * 256)
-    solve = physics.gauss_seidel_solver(params, wide)
+    solve = springs.gauss_seidel_solver(params, wide)
     args = (wide.x0, wide.y0, jnp.zeros_like(wide.rest), wide.rest, jnp.zeros_like(wide.rest))
     assert wide.x0.shape == (16, 256)
     assert "ynn" not in jax.jit(solve).lower(*args).compile().as_text()
