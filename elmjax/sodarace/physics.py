@@ -46,6 +46,9 @@ on it is ~0.01 /s) and would break the free-flight law `a_com = g` that the test
 (2 /s, stronger than Box2D's muscle damping ratio of 0.3 at 3 Hz, i.e. ~5.7 /s on the muscle
 alone, but on every deformation) is what keeps scores from being chaotic: with 0.5 /s a 0.001-unit
 jitter of the joints or a change of substeps reshuffled the ranking of evolved elites.
+Friction is 0.3 (version 6), near Box2D's mixed node-on-ground friction in OpenELM (1.0 on the
+nodes, the ground fixture's default 0.2: sqrt(1.0 * 0.2) = 0.45); with 1.0 (versions 1-5) a
+planted foot never slipped, and long GP runs evolved bodies that vaulted off it in small hops.
 
 Why XPBD and not force-based springs with substeps: bones must stay rigid and the solve cannot
 blow up from stiffness (a projection is bounded by the constraint's violation). Why Gauss-Seidel
