@@ -114,8 +114,9 @@ class SimParams:
     #: sqrt(1.0 * 0.2) = 0.45). With 1.0 a planted foot never slipped, so a stiff body could
     #: push off sideways from it and vault: 68,000-evaluation GP runs under version 5 evolved
     #: small hops (seed 0's top ten airborne 49% of frames; the issue asks <= 40%). At 0.3 the
-    #: same runs evolve walkers that keep a foot down (see experiments/RESULTS.md, physics
-    #: audit, version 6); 0.5 left seed 0 at 41%. The hand-designed seeds still travel more
+    #: same runs (GP from Square) evolve walkers that keep a foot down (experiments/RESULTS.md,
+    #: physics audit, version 6); 0.5 left seed 0 at 41%. Friction does not stop the
+    #: over-constrained CPPN bodies that fly by exploiting the one-sweep solve (stage 1, v6). The hand-designed seeds still travel more
     #: than a body width in 10 s (wheel 3.4, galloper 1.8, runner 3.0 body sizes).
     friction: float = struct.field(pytree_node=False, default=0.3)
     #: "hard" (projection onto the surface, exact) or "smooth" (softplus penetration, smooth
