@@ -69,15 +69,20 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def run_search(run_dir: Path, seed: int, budget: int) -> None:
-    """`elmjax evolve` with the GP operator for `budget` evaluations (skipped when done)."""
+def run_search(
+    run_dir: Path, seed: int, budget: int, seed_program: str = "square", physics: tuple = ()
+) -> None:
+    """`elmjax evolve` with the GP operator for `budget` evaluations (skipped when done), from
+    `seed_program`, with `physics` (`KEY=VALUE` settings) applied to the simulator."""
     if (run_dir / "programs.sqlite").exists() and (run_dir / "DONE").exists():
         return
     cmd = [
         sys.executable, "-m", "elmjax.cli", "evolve", "--out", str(run_dir), "--force",
         "--operator", "gp", "--set", f"seed={seed}", "--set", f"budget={budget}",
-        "--set", "time_limit=null", "--set", "report=false",
+        "--set", "time_limit=null", "--set", "report=false", "--seed-program", seed_program,
     ]  # fmt: skip
+    for setting in physics:
+        cmd += ["--set", f"env.physics.{setting}"]
     t0 = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     (run_dir / "DONE").write_text(json.dumps({"seconds": time.time() - t0, "cmd": cmd}))
@@ -324,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sheet", default=None, help="contact sheet PNG of the first run's top 5")
     ap.add_argument("--json", default=None, help="write every figure here")
     ap.add_argument("--label", default="", help="a name for this physics in the output")
+    ap.add_argument("--seed-program", default="square", help="the seed GP evolves from (square)")
+    ap.add_argument("--physics", action="append", default=[], metavar="KEY=VALUE",
+                    help="a simulator setting for the search and the audit (repeatable)")  # fmt: skip
     ap.add_argument("--markdown", default=None, metavar="JSON", help="print the table of a --json")
     args = ap.parse_args(argv)
     if args.markdown:
@@ -333,16 +341,17 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
     top = args.top or (5 if args.quick else 10)
 
-    from elmjax.sodarace.physics import SimParams
+    from elmjax.sodarace.physics import SimParams, with_overrides
 
-    params = SimParams()
+    params = with_overrides(SimParams(), dict(kv.split("=", 1) for kv in args.physics))
     out: dict[str, Any] = {"label": args.label, "budget": budget, "seeds": seeds, "top": top,
+                           "seed_program": args.seed_program, "physics": args.physics,
                            "load_average": os.getloadavg(), "runs": []}  # fmt: skip
     for seed in seeds:
         run_dir = Path(args.runs) / f"{args.label or 'run'}_b{budget}_s{seed}"
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
-        run_search(run_dir, seed, budget)
+        run_search(run_dir, seed, budget, args.seed_program, tuple(args.physics))
         res = audit_run(run_dir, seed, top, params)
         res["search_seconds"] = json.loads((run_dir / "DONE").read_text())["seconds"]
         res["audit_seconds"] = time.time() - t0
