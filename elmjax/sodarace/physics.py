@@ -49,30 +49,35 @@ jitter of the joints or a change of substeps reshuffled the ranking of evolved e
 Friction is 0.3 (version 6), near Box2D's mixed node-on-ground friction in OpenELM (1.0 on the
 nodes, the ground fixture's default 0.2: sqrt(1.0 * 0.2) = 0.45); with 1.0 (versions 1-5) a
 planted foot never slipped, and long GP runs evolved bodies that vaulted off it in small hops.
+Version 7 runs 3 substeps of 2 sweeps each (versions 4-6: 4 substeps of 1): over-constrained
+bodies (dozens of muscles fighting over the same joints, which GP finds from the CPPN seeds) were
+left unconverged by one sweep, and the contacts turned that residual into flight; 2 x 2 (the
+cost of 4 x 1) left evolved scores 26-27% above the 12-substep reference. And a muscle on the same two joints as a bone is solved as
+part of the bone (`muscle_beside_bone`): a rigid bone fixes that distance, so the muscle can do
+no work, but left free it fought the bone every substep and GP turned the churn into hops whose
+length depended on the substep.
 
-Why XPBD and not force-based springs with substeps: bones must stay rigid and the solve cannot
-blow up from stiffness (a projection is bounded by the constraint's violation). Why Gauss-Seidel
-and not Jacobi (version 3 ran 6 substeps x 2 Jacobi iterations, every spring at once with its
-step divided by the larger degree of its joints, to stay stable): the Jacobi solve was left
-unconverged (bones 1.5% soft on CPPN-Mutable), how soft depended on the substep count, and
-evolution selected bodies that exploited it, so evolved elites scored 27-71% more than under the
-12-substep reference. One Gauss-Seidel sweep per substep (springs in the walker's connection
-order, each seeing its predecessors' corrections, full step) has no degree penalty, and at 4
-substeps it costs less: per spring it is a few fused multiply-adds and reductions over dense
-[J, B] rows (+1/-1 and the ends' inverse masses, built once per rollout), with no gathers or
-scatter-adds, which dominated the Jacobi step on CPU. The sweep is a `lax.scan` over springs
-whose inputs are the per-spring constants and whose outputs are the new multipliers (nothing
-[S, B]-sized is carried, so XLA copies nothing per spring): ~1.9x less CPU per walker-frame than
-version 3's Jacobi step, measured. x and y go through it stacked ([2, J, B]), so a spring costs
-one reduce over the joints (`springs._sums`, a variadic reduce) and one update instead of two
-of each: the sweep takes ~half the CPU it took as two arrays and a CPPN-Mutable rollout at the
-default 128 lanes 1.4-1.7x less (same floats; benchmarks/RESULTS.md), and because XLA never
-hands a variadic reduce to YNNPACK, it is as fast in a program compiled without
+Why XPBD and not force-based springs with substeps: bones must stay rigid and the solve cannot blow
+up from stiffness (a projection is bounded by the constraint's violation). Why Gauss-Seidel and not
+Jacobi (version 3 ran 6 substeps x 2 Jacobi iterations, every spring at once with its step divided
+by the larger degree of its joints, to stay stable): the Jacobi solve was left unconverged (bones
+1.5% soft on CPPN-Mutable), how soft depended on the substep count, and evolution selected bodies
+that exploited it, so evolved elites scored 27-71% more than under the 12-substep reference. A
+Gauss-Seidel sweep (springs in the walker's connection order, each seeing its predecessors'
+corrections, full step) has no degree penalty, and it costs less: per spring it is a few fused
+multiply-adds and reductions over dense [J, B] rows (+1/-1 and the ends' inverse masses, built once
+per rollout), with no gathers or scatter-adds, which dominated the Jacobi step on CPU. The sweep is
+a `lax.scan` over springs whose inputs are the per-spring constants and whose outputs are the new
+multipliers (nothing [S, B]-sized is carried, so XLA copies nothing per spring): ~1.9x less CPU per
+walker-frame than version 3's Jacobi step, measured. x and y go through it stacked ([2, J, B]), so
+a spring costs one reduce over the joints (`springs._sums`, a variadic reduce) and one update
+instead of two of each: the sweep takes ~half the CPU it took as two arrays and a CPPN-Mutable
+rollout at the default 128 lanes 1.4-1.7x less (same floats; benchmarks/RESULTS.md), and because
+XLA never hands a variadic reduce to YNNPACK, it is as fast in a program compiled without
 `env.COMPILER_OPTIONS` (one `jnp.sum` of the stacked array ran 12x slower there). Large buckets
-(see `springs.GS_DENSE_MAX_JOINTS`) scan over springs with per-lane gathers and scatters
-instead; same arithmetic. `solver="jacobi"` keeps the old solve for comparison. The solvers
-live in `springs.py`. Measured in benchmarks/sim_vs_openelm.py and
-experiments/physics_audit.py.
+(see `springs.GS_DENSE_MAX_JOINTS`) scan over springs with per-lane gathers and scatters instead;
+same arithmetic. `solver="jacobi"` keeps the old solve for comparison. The solvers live in
+`springs.py`. Measured in benchmarks/sim_vs_openelm.py and experiments/physics_audit.py.
 
 Diagnostics (`Diagnostics`), accumulated in the same scan as the score: the share of 60 Hz frames
 in which no joint is within `touch_distance` of a surface (`airborne_fraction`), the largest
@@ -239,10 +244,31 @@ class Prepared(NamedTuple):
     total_mass: jax.Array  # [B]
 
 
+def muscles_beside_bones(body: Body) -> jax.Array:
+    """[S, B] 1.0 for a muscle that joins the same two joints as a bone (`muscle_beside_bone`):
+    the bone fixes their distance, so the muscle cannot change it."""
+    lo = jnp.minimum(body.spring_i, body.spring_j)
+    hi = jnp.maximum(body.spring_i, body.spring_j)
+    bone = (body.spring_mask > 0) & (body.is_muscle == 0)
+    same_pair = (lo[:, None] == lo[None, :]) & (hi[:, None] == hi[None, :])  # [S, S, B]
+    beside = jnp.any(same_pair & bone[None, :], axis=1) & (body.is_muscle > 0)
+    return beside.astype(body.is_muscle.dtype)
+
+
+def solved_body(params: SimParams, body: Body) -> Body:
+    """The body as the constraint solve sees it: with `muscle_beside_bone="held"`, a muscle
+    beside a bone is passive (no stroke, rigid, no force cap), i.e. part of the bone."""
+    if params.muscle_beside_bone != "held":
+        return body
+    return body.replace(is_muscle=body.is_muscle * (1.0 - muscles_beside_bones(body)))
+
+
 def prepare(params: SimParams, body: Body) -> Prepared:
     """Hoist everything that depends only on the body out of the time loop. The muscle target
     uses sin(wt + p) = sin(wt) cos(p) + cos(wt) sin(p), so a substep costs two scalar
-    transcendentals instead of one per spring."""
+    transcendentals instead of one per spring. Strokes, compliances and the sweep are those of
+    `solved_body`."""
+    body = solved_body(params, body)
     alpha = stroke_alpha(params, body.amplitude, body.rest) * body.is_muscle * body.rest
     angle = 2.0 * jnp.pi * body.phase
     h = params.substep_dt
