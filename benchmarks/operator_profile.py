@@ -117,14 +117,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="warm calls per measured figure")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
-    p.add_argument("--calls-only", action="store_true",
-                   help="only the first and warm `mutate` calls, printed as measured (for "
-                        "models whose per-group split would take too long, e.g. smollm2-135m)")
-    p.add_argument("--compile-cache", default=None, metavar="SETTING",
-                   help="JAX's persistent compilation cache as a run's `compile_cache` sets it "
-                        "(a directory, 'auto' or 'off'; default: JAX's own settings)")
-    p.add_argument("--children", default=None, metavar="PATH",
-                   help="write the completions of every mutate call (JSON: seed -> texts)")
+    p.add_argument(
+        "--calls-only",
+        action="store_true",
+        help="only the first and warm `mutate` calls, printed as measured (for "
+        "models whose per-group split would take too long, e.g. smollm2-135m)",
+    )
+    p.add_argument(
+        "--compile-cache",
+        default=None,
+        metavar="SETTING",
+        help="JAX's persistent compilation cache as a run's `compile_cache` sets it "
+        "(a directory, 'auto' or 'off'; default: JAX's own settings)",
+    )
+    p.add_argument(
+        "--children",
+        default=None,
+        metavar="PATH",
+        help="write the completions of every mutate call (JSON: seed -> texts)",
+    )
     args = p.parse_args(argv)
 
     cache_entries = None
@@ -133,8 +144,11 @@ def main(argv: list[str] | None = None) -> int:
 
         directory = compile_cache.enable(args.compile_cache)
         cache_entries = len(os.listdir(directory)) if directory is not None else None
-        print("compile_cache", json.dumps({"directory": str(directory),
-                                           "entries_before": cache_entries}), flush=True)
+        print(
+            "compile_cache",
+            json.dumps({"directory": str(directory), "entries_before": cache_entries}),
+            flush=True,
+        )
 
     import jax
 

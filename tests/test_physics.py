@@ -24,6 +24,7 @@ from elmjax.sodarace.physics import (
     init_state,
     muscle_stretch,
     rollout,
+    target_length,
 )
 from elmjax.sodarace.seeds import load_seeds
 from elmjax.sodarace.terrain import flat
@@ -680,6 +681,12 @@ def test_a_muscle_beside_a_bone_is_part_of_the_bone():
                            ("free", free, held), ("free passive", free, passive))
     }  # fmt: skip
     chex.assert_trees_all_equal(result["held"].dx, result["passive"].dx)
+    chex.assert_trees_all_equal(result["held"].muscle_work, result["passive"].muscle_work)
     chex.assert_trees_all_equal(result["free passive"].dx, result["passive"].dx)
     assert float(np.asarray(result["free"].dx)[0]) != float(np.asarray(result["held"].dx)[0])
     assert abs(float(np.asarray(result["held"].dx)[0])) > 0.1  # the lone muscle still moves it
+    assert float(np.asarray(result["held"].muscle_work)[0]) > 0.0  # ... and does work
+    lengths = target_length(SimParams(), pack([held], (8, 16)), jnp.asarray(0.3), 1.0)
+    rest = pack([passive], (8, 16)).rest
+    chex.assert_trees_all_close(lengths[6:8], rest[6:8])  # the held muscles keep their length
+    assert not np.allclose(np.asarray(lengths[8]), np.asarray(rest[8]))  # the lone one strokes

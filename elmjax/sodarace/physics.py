@@ -173,7 +173,9 @@ def stroke_alpha(params: SimParams, amplitude: jax.Array, rest: jax.Array) -> ja
 
 
 def target_length(params: SimParams, body: Body, t: jax.Array, modulation: jax.Array) -> jax.Array:
-    """Rest length of every spring at time t: L0 * (1 + alpha' sin(omega t + 2 pi phase))."""
+    """Rest length of every spring at time t: L0 * (1 + alpha' sin(omega t + 2 pi phase)), for
+    the body as the solve sees it (`solved_body`: a muscle held by a bone keeps L0)."""
+    body = solved_body(params, body)
     omega = 2.0 * jnp.pi * params.frequency
     ramp = jnp.clip(t / params.ramp, 0.0, 1.0) if params.ramp > 0 else 1.0
     alpha = stroke_alpha(params, body.amplitude, body.rest) * body.is_muscle * modulation * ramp
@@ -242,6 +244,7 @@ class Prepared(NamedTuple):
     stroke_cos: jax.Array  # [S, B] L0 * alpha' * sin(2 pi phase): coefficient of cos(omega t)
     alpha_tilde: jax.Array  # [S, B] XPBD compliance / h^2
     total_mass: jax.Array  # [B]
+    is_muscle: jax.Array  # [S, B] the muscles the solve strokes (`solved_body`)
 
 
 def muscles_beside_bones(body: Body) -> jax.Array:
@@ -279,6 +282,7 @@ def prepare(params: SimParams, body: Body) -> Prepared:
         stroke_cos=alpha * jnp.sin(angle),
         alpha_tilde=(compliance / (h * h)).astype(body.rest.dtype),
         total_mass=total_mass(body),
+        is_muscle=body.is_muscle,
     )
 
 
@@ -384,7 +388,7 @@ def _frame(
     # gathers per substep, a third of the step's time.)
     h = params.substep_dt
     stretch = _lengths(body, new.x, new.y) - _lengths(body, state.x, state.y)
-    work = jnp.maximum(lam_sum * stretch, 0.0) * body.is_muscle / (params.substeps * h * h)
+    work = jnp.maximum(lam_sum * stretch, 0.0) * prep.is_muscle / (params.substeps * h * h)
     muscle_work = state.muscle_work + jnp.sum(work, axis=0)
     ok = (
         jnp.all(jnp.isfinite(new.x) & jnp.isfinite(new.y), axis=0)
