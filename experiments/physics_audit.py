@@ -2,6 +2,7 @@
 
     python experiments/physics_audit.py [--quick] [--json PATH] [--budget N] [--seeds 0,1,2]
         [--runs DIR] [--sheet PNG] [--top K]
+    python experiments/physics_audit.py --existing RUN_DIR [RUN_DIR ...] [--json PATH] [--top K]
 
 1. A GP search (`elmjax evolve`, operator `gp`, the default config otherwise) at a FIXED number
    of evaluations per seed (`--budget`; not wall time, so a loaded machine changes only how long
@@ -16,6 +17,8 @@
    simulator reports `muscle_work`), and robustness: Spearman rank correlation of the elites'
    scores against the reference substeps max(12, 2 x default) and under a 0.001-unit jitter of
    every joint, and the share of elites whose score changes by more than half.
+   `--existing` skips the search and audits run directories made by any config (e.g. stage 1's
+   runs from Radial or the CPPN seeds), each with the `seed` in its `config.yaml`.
 3. `--sheet PNG`: a contact sheet of the top 5 elites of the first seed: 12 frames over the
    10 s, every panel at the same scale, the ground drawn.
 
@@ -86,6 +89,13 @@ def run_search(
     t0 = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     (run_dir / "DONE").write_text(json.dumps({"seconds": time.time() - t0, "cmd": cmd}))
+
+
+def run_seed(run_dir: Path) -> int:
+    """The `seed` of a run directory's `config.yaml` (the loop seeds each program from it)."""
+    import yaml
+
+    return int(yaml.safe_load((run_dir / "config.yaml").read_text())["seed"])
 
 
 def elites(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -303,7 +313,7 @@ def markdown(out: dict[str, Any]) -> str:
     for run in out["runs"]:
         s, r = run["summary"], run["robustness"]
         lines.append(
-            f"| {run['seed']} | {run['evaluations']} | {run['coverage']} | "
+            f"| {run.get('name', run['seed'])} | {run['evaluations']} | {run['coverage']} | "
             f"{run['valid_rate_children']:.1%} | {f(s['median_airborne_fraction'], '.2f')} | "
             f"{f(s['median_peak_speed'], '.0f')} / {f(s['max_peak_speed'], '.0f')} | "
             f"{f(s['best_travel_per_size'], '.1f')} / {f(s['median_travel_per_size'], '.1f')} | "
@@ -333,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--physics", action="append", default=[], metavar="KEY=VALUE",
                     help="a simulator setting for the search and the audit (repeatable)")  # fmt: skip
     ap.add_argument("--markdown", default=None, metavar="JSON", help="print the table of a --json")
+    ap.add_argument("--existing", nargs="+", default=None, metavar="RUN_DIR",
+                    help="audit these finished run directories instead of searching")  # fmt: skip
     args = ap.parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(Path(args.markdown).read_text())))
@@ -347,15 +359,24 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"label": args.label, "budget": budget, "seeds": seeds, "top": top,
                            "seed_program": args.seed_program, "physics": args.physics,
                            "load_average": os.getloadavg(), "runs": []}  # fmt: skip
-    for seed in seeds:
-        run_dir = Path(args.runs) / f"{args.label or 'run'}_b{budget}_s{seed}"
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
+    if args.existing:
+        todo = [(Path(d), run_seed(Path(d))) for d in args.existing]
+        out.update(seeds=[s for _, s in todo], budget=None, seed_program=None)
+    else:
+        todo = [(Path(args.runs) / f"{args.label or 'run'}_b{budget}_s{s}", s) for s in seeds]
+    for run_dir, seed in todo:
         t0 = time.time()
-        run_search(run_dir, seed, budget, args.seed_program, tuple(args.physics))
+        if not args.existing:
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            run_search(run_dir, seed, budget, args.seed_program, tuple(args.physics))
         res = audit_run(run_dir, seed, top, params)
-        res["search_seconds"] = json.loads((run_dir / "DONE").read_text())["seconds"]
+        res["run_dir"] = str(run_dir)
+        if args.existing:
+            res["name"] = run_dir.name
+        if not args.existing:
+            res["search_seconds"] = json.loads((run_dir / "DONE").read_text())["seconds"]
         res["audit_seconds"] = time.time() - t0
-        if args.sheet and seed == seeds[0] and res["top"]:
+        if args.sheet and run_dir == todo[0][0] and res["top"]:
             five = res["top"][:5]
             labels = [f"#{k + 1} {r['travel_per_size']:.1f} sizes air {r['airborne_fraction']:.0%}"
                       for k, r in enumerate(five)]  # fmt: skip
