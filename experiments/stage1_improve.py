@@ -1,7 +1,8 @@
 """`stage1.py improve`: the paper's improvement step, fine-tuning the diff model on the diffs that
 entered the archive in the stage-1 diff runs.
 
-    accepted diffs of OUT/diff-*  (ProgramStore.entered_edits; lineages of held-out seeds left out)
+    accepted diffs of the finished OUT/diff-* runs (ProgramStore.entered_edits; lineages of
+      held-out seeds left out)
       -> examples in the diff model's own prompt format (elmjax.mutation.edit_data)
       -> elmjax.lm.train from the embedded elm-tiny's weights (orbax checkpoints: rerun resumes)
       -> OUT/models/elm-tiny-ft (a model directory; `stage1.py run --arm diff_ft` evolves with it)
@@ -18,6 +19,7 @@ import json
 from pathlib import Path
 
 import yaml
+from stage1 import is_finished
 
 STEPS = 200
 BATCH = 4
@@ -37,9 +39,12 @@ def improve(args) -> int:
     runs = sorted(p for p in out.glob("diff-*") if (p / "programs.sqlite").exists())
     edits, used = [], {}
     for run in runs:
-        seeds = yaml.safe_load((run / "config.yaml").read_text())["seed_programs"]
-        if set(seeds) & set(HELD_OUT):
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        if set(config["seed_programs"]) & set(HELD_OUT):
             used[run.name] = "skipped: held-out seed lineage"
+            continue
+        if not is_finished(run, int(config["budget"])):  # a run still going would make the
+            used[run.name] = "skipped: unfinished"  # data depend on when improve was called
             continue
         with ProgramStore(run / "programs.sqlite") as store:
             mine = [(p, c) for _, p, c in store.entered_edits()]
@@ -48,6 +53,13 @@ def improve(args) -> int:
     if not edits:
         print(f"[improve] no accepted diffs under {out}/diff-*: run the diff arm first")
         return 2
+    target.mkdir(parents=True, exist_ok=True)
+    record = target / "runs.json"  # the data a resumed training must see again
+    if record.exists() and json.loads(record.read_text()) != used:
+        print(f"[improve] {target} was trained on other runs ({record.read_text().strip()}); "
+              "move it away to train on these")  # fmt: skip
+        return 2
+    record.write_text(json.dumps(used))
     base = load_model("elm-tiny")
     fmt = get_format(base.diff_format)
     examples = edit_examples(edits, fmt)
@@ -57,7 +69,6 @@ def improve(args) -> int:
         steps=steps, batch_size=BATCH, lr=3e-4, warmup_steps=10, checkpoint_every=25, log_every=10
     )
     print(f"[improve] {len(edits)} accepted diffs from {used}; {stats}; {steps} steps", flush=True)
-    target.mkdir(parents=True, exist_ok=True)
     decoder, history = train(
         base.decoder,
         data,
