@@ -18,7 +18,8 @@ import pytest
 
 from elmjax.config import RunConfig, dump_config
 from elmjax.finetune import DatasetError, FinetuneConfig, build_dataset, normal_form
-from elmjax.finetune.prompts import first_half, program_prompt
+from elmjax.finetune.prompts import completion_ids, first_half, program_prompt
+from elmjax.lm import load_model
 from elmjax.run_dir import physics_provenance, write_provenance
 from elmjax.sodarace.seeds import load_seed
 from elmjax.store import ProgramRecord, ProgramStore
@@ -202,6 +203,25 @@ def test_prompt_and_first_half():
     assert half.count("\n") == len(text.splitlines()) // 2
 
 
+@pytest.mark.parametrize("name", ["wheel", "galloper", "runner"])
+def test_completion_prompt_is_a_prefix_of_what_training_saw(name):
+    """The OOD prompt is the header's tokens then a prefix of the program's own tokens (as
+    training tokenized them), cut at the token boundary nearest below the half; re-tokenizing
+    the half as text ends differently (BPE merges across the line end)."""
+    from elmjax.lm.tokenizer import decode, encode
+
+    tok = load_model("elm-tiny").tokenizer
+    text = load_seed(name)
+    ids, shown = completion_ids(tok, text)
+    head, program = encode(tok, program_prompt()), encode(tok, text)
+    k = len(ids) - len(head)
+    assert ids[: len(head)] == head and ids[len(head) :] == program[:k]
+    assert decode(tok, program[:k]) == shown and first_half(text).startswith(shown)
+    assert len(decode(tok, program[: k + 1])) > len(first_half(text))  # one more token overshoots
+    naive = encode(tok, program_prompt() + first_half(text))  # the half as text: not a prefix
+    assert naive != (head + program)[: len(naive)]
+
+
 # -- training, evaluation, loading ------------------------------------------------------------
 
 
@@ -265,7 +285,7 @@ def test_evaluation_counts_against_known_programs(gp_like_run, monkeypatch):
     assert got["novel_fraction"] == 0.0
     assert got["errors"] == {"syntax": 1}
     assert 1 <= got["niches_filled"] <= 3 and got["qd_score"] > 0
-    ood, detail = evaluate_ood(None, cfg, env, spec, 2)
+    ood, detail = evaluate_ood(load_model("elm-tiny"), cfg, env, spec, 2)
     assert ood == {"wheel": 1.0, "galloper": 1.0, "runner": 1.0, "mean": 1.0}
     assert all(d["valid"] == 1 for d in detail.values())
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from elmjax.finetune.config import FinetuneConfig
 from elmjax.finetune.dataset import Dataset, cell_centre
-from elmjax.finetune.prompts import completion_prompt, first_half, normal_form, program_prompt
+from elmjax.finetune.prompts import completion_ids, normal_form, program_prompt
 
 OOD_WALKERS = ("wheel", "galloper", "runner")
 
@@ -58,7 +58,7 @@ def held_out_loss(model: Any, data: Any, batch_size: int) -> tuple[float, int]:
 
 def sample_programs(
     model: Any,
-    prompts: Sequence[str],
+    prompts: Sequence[str | Sequence[int]],
     per_prompt: int,
     cfg: FinetuneConfig,
     seed: int,
@@ -66,7 +66,7 @@ def sample_programs(
 ) -> list[str]:
     """`per_prompt` samples per prompt, decoded in calls of about `cfg.sample_batch` rows;
     each sample is its prompt's prefix (a program's given first half, else nothing) plus the
-    completion. Deterministic in `seed`."""
+    completion. A prompt is text or token ids (`completion_ids`). Deterministic in `seed`."""
     import jax
 
     from elmjax.lm.sampler import Sampler
@@ -188,14 +188,14 @@ def evaluate_ood(
 
     originals = [load_seed(name) for name in OOD_WALKERS]
     base = evaluate_programs(originals, env, seed=cfg.seed, run_seed=cfg.seed)
-    halves = [first_half(t) for t in originals]
     niches = [
         cell_centre(int(_cell(spec, r.descriptor)), spec.shape, spec.low, spec.high)
         if (cfg.conditioned and r.ok)
         else None
         for r in base
     ]
-    prompts = [completion_prompt(h, niche) for h, niche in zip(halves, niches)]
+    shown = [completion_ids(model.tokenizer, t, niche) for t, niche in zip(originals, niches)]
+    prompts, halves = [ids for ids, _ in shown], [half for _, half in shown]
     texts = sample_programs(model, prompts, n, cfg, cfg.seed + 1, prefixes=halves)
     results = evaluate_programs(texts, env, seed=cfg.seed, run_seed=cfg.seed + 1)
     ood: dict[str, float] = {}
@@ -210,6 +210,9 @@ def evaluate_ood(
             "original_fitness": float(original),
             "best_fitness": float(best),
             "valid": sum(r.ok for r in mine),
+            "errors": dict(
+                sorted(collections.Counter(r.error_kind for r in mine if not r.ok).items())
+            ),
             "completions": n,
             "prompt_lines": halves[k].count("\n"),
         }

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Sequence
+from typing import Any
 
 HEADER = "# Sodarace walker program"
 NICHE_NAMES = ("height", "width", "mass")
@@ -40,6 +41,32 @@ def program_prompt(niche: Sequence[float] | None = None) -> str:
 def completion_prompt(first_part: str, niche: Sequence[float] | None = None) -> str:
     """The prompt that asks the model to finish a program given its beginning (OOD test)."""
     return program_prompt(niche) + first_part
+
+
+def completion_ids(
+    tokenizer: Any, text: str, niche: Sequence[float] | None = None
+) -> tuple[list[int], str]:
+    """(prompt token ids, the program text they show) for the OOD test: the header's tokens,
+    then the program's own tokens up to `first_half`'s cut.
+
+    The ids are built the way training built them (header and program tokenized apart, the
+    program from its start), and the cut falls on a token boundary of that tokenization: BPE
+    merges across line ends (`'1)\n    '` is one token), so a prompt ending at the newline
+    itself is a token sequence the model never saw, and a small model answered it with EOS or
+    token soup (0 valid completions of 192). The shown text is the half up to the last token
+    that ends at or before the cut (at most one token short of it)."""
+    from elmjax.lm.tokenizer import decode, encode
+
+    head = encode(tokenizer, program_prompt(niche))
+    ids = encode(tokenizer, text)
+    cut = len(first_half(text))
+    shown, k = "", 0
+    for n in range(1, len(ids) + 1):
+        part = decode(tokenizer, ids[:n])
+        if len(part) > cut or not text.startswith(part):
+            break
+        shown, k = part, n
+    return head + ids[:k], shown
 
 
 def first_half(text: str) -> str:

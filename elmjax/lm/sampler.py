@@ -569,7 +569,7 @@ class Sampler:
 
     def sample_detailed(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[str | Sequence[int]],
         n: int,
         key: jax.Array,
         max_new_tokens: int = 128,
@@ -582,13 +582,15 @@ class Sampler:
         batch_lengths: Sequence[int] | None = None,
     ) -> SampleResult:
         """Texts (trimmed at the first stop string or EOS), raw token ids and stop flags;
-        `first_row`, `min_prompt_len` and `batch_lengths` as in `generate_ids`."""
+        `first_row`, `min_prompt_len` and `batch_lengths` as in `generate_ids`. A prompt is
+        text or its token ids (for a prompt that must end on a token boundary of another
+        tokenization, e.g. a program cut in half)."""
         if not prompts:
             return SampleResult([], [], [])
         if isinstance(stop, str):
             stop = [stop]
         out, lengths, stopped = self.generate_ids(
-            [self.encode(p) for p in prompts],
+            [self.encode(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts],
             n,
             key,
             max_new_tokens,
@@ -617,7 +619,7 @@ class Sampler:
 
     def sample(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[str | Sequence[int]],
         n: int,
         key: jax.Array,
         max_new_tokens: int = 128,
