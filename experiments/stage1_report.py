@@ -178,10 +178,11 @@ def run_table(runs: list[dict]) -> str:
     ]
     for r in runs:
         part = "" if r["finished"] else " (partial)"
+        applied = f"{r['apply_failures']:.1%}" if r["run"].startswith("diff") else "-"
         lines.append(
             f"| {r['run']}{part} | {r['model'] or '-'} | {r['budget']:,} | {r['evaluations']:,} | "
             f"{r['niches']} | {r['qd_score']:,.0f} | {r['max_fitness']:.1f} | "
-            f"{r['valid_rate']:.1%} | {r['apply_failures']:.1%} | {r['wall_seconds'] / 60:.1f} min |"
+            f"{r['valid_rate']:.1%} | {applied} | {r['wall_seconds'] / 60:.1f} min |"
         )
     return "\n".join(lines) + "\n"
 
