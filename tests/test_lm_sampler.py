@@ -87,6 +87,17 @@ def test_deterministic_per_key_and_no_recompilation(sampler):
             sampler.sample_detailed(["def"], 2, jax.random.key(9), **kw)
 
 
+def test_a_prompt_may_be_token_ids(model, sampler):
+    """Token ids sample exactly as the text they encode (same program, same streams), so a
+    caller can end a prompt on a token boundary that re-encoding the text would not keep."""
+    prompts = ["def f1(x):", "x", "return x * 3 + 2"]
+    ids = [model.tokenizer.encode(p).ids for p in prompts]
+    kw = dict(max_new_tokens=10, temperature=0.9, top_p=0.95)
+    a = sampler.sample_detailed(prompts, 2, jax.random.key(5), **kw)
+    b = sampler.sample_detailed(ids, 2, jax.random.key(5), **kw)
+    assert a.tokens == b.tokens and a.texts == b.texts
+
+
 def test_top_k_one_and_tiny_top_p_are_greedy(model, sampler):
     # same prompt count, n and length as the greedy test: its program is reused
     prompts = ["def f1(x):", "x", "return x * 3 + 2"]
