@@ -65,7 +65,10 @@ def run_summary(path: Path) -> dict | None:
         "arm": m["arm"],
         "seed": m["seed"],
         "random_seed": int(m["rs"]),
-        "model": config["mutation"]["model"] if config["mutation"]["operator"] != "gp" else None,
+        # a model directory is named by its last part (diff_ft's `OUT/models/elm-tiny-ft`)
+        "model": Path(config["mutation"]["model"]).name
+        if config["mutation"]["operator"] != "gp"
+        else None,
         "budget": budget,
         "evaluations": int(last["evaluations"]),
         "finished": int(last["evaluations"]) >= budget,
