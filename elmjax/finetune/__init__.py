@@ -9,7 +9,7 @@ Imports `lm`, `store` (through `run_dir`), `run_dir` and `evaluation`, never the
 from elmjax.finetune.config import FinetuneConfig
 from elmjax.finetune.dataset import Dataset, DatasetError, Example, build_dataset
 from elmjax.finetune.job import FinetuneError, evaluate_dir, finetune
-from elmjax.finetune.prompts import completion_prompt, normal_form, program_prompt
+from elmjax.finetune.prompts import completion_ids, normal_form, program_prompt
 
 __all__ = [
     "Dataset",
@@ -18,7 +18,7 @@ __all__ = [
     "FinetuneConfig",
     "FinetuneError",
     "build_dataset",
-    "completion_prompt",
+    "completion_ids",
     "evaluate_dir",
     "finetune",
     "normal_form",

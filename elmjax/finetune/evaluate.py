@@ -157,7 +157,6 @@ def evaluate_samples(
     valid = [r.ok for r in results]
     n_valid = sum(valid)
     novel = sum(1 for f, ok in zip(forms, valid) if ok and f not in trained)
-    errors = collections.Counter(r.error_kind for r in results if not r.ok)
     out: dict[str, Any] = {
         "samples": len(texts),
         "niches_filled": int(m["num_filled"]),
@@ -168,7 +167,7 @@ def evaluate_samples(
         "novel_fraction": novel / max(1, n_valid),
         "novel_of_samples": novel / max(1, len(texts)),
         "unique_valid": len({f for f, ok in zip(forms, valid) if ok}),
-        "errors": dict(sorted(errors.items())),
+        "errors": error_counts(results),
         "conditioned": cfg.conditioned,
         "niche_hit_fraction": None,
     }
@@ -210,14 +209,17 @@ def evaluate_ood(
             "original_fitness": float(original),
             "best_fitness": float(best),
             "valid": sum(r.ok for r in mine),
-            "errors": dict(
-                sorted(collections.Counter(r.error_kind for r in mine if not r.ok).items())
-            ),
+            "errors": error_counts(mine),
             "completions": n,
             "prompt_lines": halves[k].count("\n"),
         }
     ood["mean"] = float(np.mean([ood[name] for name in OOD_WALKERS]))
     return ood, detail
+
+
+def error_counts(results: Sequence[Any]) -> dict[str, int]:
+    """How many results failed with each error kind (sorted by kind)."""
+    return dict(sorted(collections.Counter(r.error_kind for r in results if not r.ok).items()))
 
 
 def _cell(spec: Any, descriptor: Sequence[float]) -> int:

@@ -38,11 +38,6 @@ def program_prompt(niche: Sequence[float] | None = None) -> str:
     return f"{HEADER}: {niche_text(niche)}\n"
 
 
-def completion_prompt(first_part: str, niche: Sequence[float] | None = None) -> str:
-    """The prompt that asks the model to finish a program given its beginning (OOD test)."""
-    return program_prompt(niche) + first_part
-
-
 def completion_ids(
     tokenizer: Any, text: str, niche: Sequence[float] | None = None
 ) -> tuple[list[int], str]:
@@ -55,18 +50,14 @@ def completion_ids(
     itself is a token sequence the model never saw, and a small model answered it with EOS or
     token soup (0 valid completions of 192). The shown text is the half up to the last token
     that ends at or before the cut (at most one token short of it)."""
-    from elmjax.lm.tokenizer import decode, encode
+    from elmjax.lm.tokenizer import encode
 
     head = encode(tokenizer, program_prompt(niche))
-    ids = encode(tokenizer, text)
+    program = tokenizer.encode(text, add_special_tokens=False)
     cut = len(first_half(text))
-    shown, k = "", 0
-    for n in range(1, len(ids) + 1):
-        part = decode(tokenizer, ids[:n])
-        if len(part) > cut or not text.startswith(part):
-            break
-        shown, k = part, n
-    return head + ids[:k], shown
+    k = sum(1 for _, end in program.offsets if end <= cut)  # offsets grow with the tokens
+    end = program.offsets[k - 1][1] if k else 0
+    return head + program.ids[:k], text[:end]
 
 
 def first_half(text: str) -> str:
