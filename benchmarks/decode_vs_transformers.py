@@ -207,9 +207,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--rounds", type=int, default=3, help="timed calls per side, alternating (median)"
     )
-    ap.add_argument(
-        "--f32-batches", default="8", help="batches where float32 elmjax also runs (accuracy)"
-    )
+    ap.add_argument("--f32-batches", default="8,32", help="batches where float32 elmjax also runs")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args(argv)
     if args.quick:
@@ -227,6 +225,7 @@ def main(argv=None) -> int:
     from elmjax.lm.sampler import Sampler
 
     batches = [int(b) for b in args.batches.split(",")]
+    f32_batches = {int(b) for b in args.f32_batches.split(",") if b}
     rows, ratios = [], []
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory() as tmp:
@@ -258,6 +257,8 @@ def main(argv=None) -> int:
                 {},
             )
             for key, sampler in sorted(samplers.items(), key=lambda kv: kv[0][1] != "float32"):
+                if key[1] == "float32" != args.dtype and b not in f32_batches:
+                    continue
                 calls[key], first_call[key], outs[key] = _elmjax_call(sampler, ids, args.new)
             steal, load0 = _steal_share(), os.getloadavg()[0]
             times = _interleaved(calls, args.rounds)
