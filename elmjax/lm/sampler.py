@@ -348,12 +348,9 @@ def auto_prefill_dtype(dtype: Any) -> jnp.dtype:
     2.7x faster on an AVX512-BF16 / AMX one (benchmarks/RESULTS.md).
     """
     dtype = jnp.dtype(dtype)
-    if dtype == jnp.float32:
+    if dtype == jnp.float32 or jax.default_backend() != "cpu":
         return dtype
-    if jax.default_backend() != "cpu":
-        return dtype
-    native = dtype == jnp.bfloat16 and cpu_has_native_bfloat16()
-    return dtype if native else jnp.dtype(jnp.float32)
+    return dtype if dtype == jnp.bfloat16 and cpu_has_native_bfloat16() else jnp.dtype("float32")
 
 
 class Sampler:
