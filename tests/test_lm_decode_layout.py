@@ -58,10 +58,6 @@ def test_out_in_kernels_give_the_same_logits(family, scanned):
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state), before)
 
 
-def _rank2_dots(hlo: str) -> list[str]:
-    return [line for line in hlo.splitlines() if re.search(r"= f32\[\d+,\d+\]\S* dot\(", line)]
-
-
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="reads XLA:CPU's optimized HLO")
 def test_out_in_kernels_survive_compilation():
     """The layout is the point of `decode_layout`: after XLA's optimizations every weight
@@ -86,7 +82,11 @@ def test_out_in_kernels_survive_compilation():
 
     def rhs_axes(out_in: bool) -> list[str]:
         hlo = jax.jit(step, static_argnums=1).lower(state, out_in).compile().as_text()
-        dots = [d for d in _rank2_dots(hlo) if "lhs_contracting_dims={1}" in d]
+        dots = [
+            line
+            for line in hlo.splitlines()
+            if re.search(r"= f32\[\d+,\d+\]\S* dot\(", line) and "lhs_contracting_dims={1}" in line
+        ]
         return [re.search(r"rhs_contracting_dims=\{(\d)\}", d).group(1) for d in dots]
 
     # q, k, v, o, gate, up, down per layer, and the tied lm_head (whose table is [vocab, in])

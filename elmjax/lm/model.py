@@ -229,24 +229,28 @@ def _write_cache(
     )
 
 
+def _matmul_out_in(x: jax.Array, kernel: jax.Array, **kwargs: Any) -> jax.Array:
+    """x [..., in] times a kernel stored [out, in], as one rank-2 [rows, in] x [out, in] dot.
+
+    Why rank 2: XLA canonicalises a dot whose input has more than two axes ([B, T, in] in
+    decoding) by moving the kernel's contracted axis first, a transpose it then folds into the
+    weights; with bfloat16 weights that silently undid the [out, in] layout (measured: the
+    SmolLM2 decode step's weight dots 1.4x slower; benchmarks/RESULTS.md).
+    """
+    rows = x.reshape(-1, x.shape[-1])
+    out = jax.lax.dot_general(rows, kernel, (((1,), (1,)), ((), ())), **kwargs)
+    return out.reshape(*x.shape[:-1], kernel.shape[0])
+
+
 def _dot_kernel_out_in(
     lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any, **kwargs: Any
 ) -> jax.Array:
     """`nnx.Linear`'s `dot_general` for a kernel stored [out, in] (`decode_layout`): the same
-    product, contracting the kernel's last axis instead of its first.
-
-    The input's leading axes are flattened first, so XLA sees a rank-2 [rows, in] x [out, in]
-    product. Why: XLA canonicalises a dot whose input has more than two axes ([B, T, in] in
-    decoding) by moving the kernel's contracted axis first, a transpose it then folds into the
-    weights, which silently undid the [out, in] layout (measured: the SmolLM2 decode step's
-    weight dots 1.4x slower than with the layout kept; benchmarks/RESULTS.md).
-    """
-    (lhs_contract, _), batch = dimension_numbers
-    if rhs.ndim == 2 and not batch[0] and tuple(lhs_contract) == (lhs.ndim - 1,):
-        rows = lhs.reshape(-1, lhs.shape[-1])
-        out = jax.lax.dot_general(rows, rhs, (((1,), (1,)), ((), ())), **kwargs)
-        return out.reshape(*lhs.shape[:-1], rhs.shape[0])
-    return jax.lax.dot_general(lhs, rhs, ((lhs_contract, (rhs.ndim - 1,)), batch), **kwargs)
+    product, contracting the kernel's last axis instead of its first. `nnx.Linear` always asks
+    for its input's last axis against a rank-2 kernel, so `dimension_numbers` carry nothing
+    else."""
+    del dimension_numbers
+    return _matmul_out_in(lhs, rhs, **kwargs)
 
 
 def decode_layout(decoder: Decoder) -> Decoder:
@@ -512,10 +516,8 @@ class Decoder(nnx.Module):
         """Float32 logits [..., V] from final hidden states."""
         if self.lm_head is not None:
             return self.lm_head(x)
-        w = self.embed.embedding[...]  # tied: x @ embedding.T, as a rank-2 product (see
-        rows = x.reshape(-1, x.shape[-1]).astype(w.dtype)  # `_dot_kernel_out_in`)
-        out = jnp.einsum("nd,vd->nv", rows, w, preferred_element_type=jnp.float32)
-        return out.reshape(*x.shape[:-1], w.shape[0])
+        w = self.embed.embedding[...]  # tied: the table [vocab, in] is an [out, in] kernel
+        return _matmul_out_in(x.astype(w.dtype), w, preferred_element_type=jnp.float32)
 
     def __call__(
         self,
