@@ -18,15 +18,18 @@ from flax import nnx
 from elmjax import tracing
 from elmjax.lm.config import LMConfig
 from elmjax.lm.model import init_decoder
-from elmjax.lm.state import flat_state
+from elmjax.lm.state import flat_state, stack_layers
 from elmjax.lm.tokenizer import train_bpe
 from elmjax.lm.train import (
     TokenDataset,
     TrainConfig,
+    add_lora,
     examples_from_pairs,
     examples_from_texts,
     masked_loss,
     train,
+    unstack_layers,
+    wants_remat,
 )
 
 TEXTS = [f"def f{i}(x):\n    return x * {i % 10} + {i % 7}\n" for i in range(64)]
@@ -96,12 +99,80 @@ def test_lora_trains_adapters_only(setup):
     assert _max_diff(_params(merged, "layers.0.attn.q"), _params(params, "layers.0.attn.q")) > 0
 
 
+def _trainable_split(cfg: LMConfig, scanned: bool):
+    """(graph, trained, rest) of a decoder: LoRA adapters on unrolled layers, or every weight of
+    the scanned layout (stacked layers, what the sampler runs)."""
+    decoder = init_decoder(cfg, jax.random.key(1))
+    if scanned:
+        return nnx.split(stack_layers(decoder), nnx.Param, ...)
+    add_lora(unstack_layers(decoder), 4, 16.0, ("q", "v", "fc_out"), jax.random.key(2))
+    # b starts at zero: move it so that the gradient of a is not zero too
+    for path, var in nnx.iter_graph(decoder):
+        if isinstance(var, nnx.LoRAParam) and path[-1] == "lora_b":
+            var[...] = 0.1 * jax.random.normal(jax.random.key(len(path)), var.shape)
+    return nnx.split(decoder, nnx.LoRAParam, ...)
+
+
+@pytest.mark.parametrize("scanned", [False, True])
+def test_remat_changes_memory_not_gradients(scanned):
+    """Rematerialisation is the same function: equal loss and gradients. And its point: the
+    compiled step's temporaries stop growing with depth (each layer's attention scores are
+    recomputed in the backward loop instead of all being held)."""
+    cfg = LMConfig(
+        arch="llama",
+        vocab_size=96,
+        d_model=32,
+        n_layers=8,
+        n_heads=4,
+        d_mlp=64,
+        tie_embeddings=True,
+        max_seq_len=128,
+    )
+    graph, trained, rest = _trainable_split(cfg, scanned)
+    tokens = jax.random.randint(jax.random.key(3), (4, 128), 0, 96)
+    mask = np.ones((4, 128), bool)
+
+    def compiled(remat):
+        return (
+            jax.jit(
+                jax.value_and_grad(
+                    lambda t: masked_loss(nnx.merge(graph, t, rest), tokens, mask, remat)
+                )
+            )
+            .lower(trained)
+            .compile()
+        )
+
+    plain, checkpointed = compiled(False), compiled(True)
+    (loss0, g0), (loss1, g1) = plain(trained), checkpointed(trained)
+    np.testing.assert_allclose(loss1, loss0, rtol=1e-5)
+    chex.assert_trees_all_close(g1, g0, rtol=1e-4, atol=1e-6)
+    assert _max_diff(g0, jax.tree.map(np.zeros_like, g0)) > 0  # gradients reach the weights
+    held = [f.memory_analysis().temp_size_in_bytes for f in (plain, checkpointed)]
+    print("temporaries without and with remat", held)
+    assert held[1] < held[0] / 3, held
+
+
+def test_remat_turns_on_for_big_models_only():
+    tiny = LMConfig(arch="llama", vocab_size=2353, d_model=256, n_layers=4, n_heads=4, d_mlp=768)
+    smol = LMConfig(
+        arch="llama",
+        vocab_size=49152,
+        d_model=576,
+        n_layers=30,
+        n_heads=9,
+        n_kv_heads=3,
+        d_mlp=1536,
+    )
+    assert not wants_remat(tiny, 8, 767) and wants_remat(smol, 8, 767)
+
+
 _SHARDED = textwrap.dedent(
     """
     import sys, jax, numpy as np
     from elmjax.lm.config import LMConfig
     from elmjax.lm.model import init_decoder
-    from elmjax.lm.state import flat_state
+    from elmjax.lm.state import flat_state, stack_layers
     from elmjax.lm.train import TrainConfig, TokenDataset, data_mesh, train
     assert jax.device_count() == 8, jax.devices()
     cfg = LMConfig(arch="gpt2", vocab_size=64, d_model=32, n_layers=1, n_heads=2, d_mlp=64,

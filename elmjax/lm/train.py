@@ -53,6 +53,7 @@ from jax.sharding import PartitionSpec as P
 from tokenizers import Tokenizer
 
 from elmjax import tracing
+from elmjax.lm.config import LMConfig
 from elmjax.lm.contracts import check_train_batch
 from elmjax.lm.model import Decoder
 from elmjax.lm.partitioning import state_shardings
@@ -83,6 +84,9 @@ class TrainConfig:
     # and optimizer state stay as they were) and counted, instead of poisoning the model:
     # what a run that fine-tunes itself while it evolves needs (`history[i]["skipped"]`)
     skip_nonfinite: bool = False
+    # recompute each layer's inside on the backward pass (`Decoder(..., remat=True)`) instead
+    # of holding its activations; None: on when they would not fit comfortably (`wants_remat`)
+    remat: bool | None = None
 
 
 # ----------------------------------------------------------------------------- data
@@ -256,9 +260,24 @@ def make_optimizer(tcfg: TrainConfig) -> optax.GradientTransformation:
     )
 
 
-def masked_loss(decoder: Decoder, tokens: jax.Array, loss_mask: jax.Array) -> jax.Array:
+#: activations a training step may hold before `TrainConfig.remat=None` turns remat on
+REMAT_ABOVE_BYTES = 2 << 30
+
+
+def wants_remat(config: LMConfig, batch_size: int, seq_len: int) -> bool:
+    """Whether a step's attention scores alone (float32 [B, H, T, T] for each of L layers, kept
+    for the backward pass) would pass REMAT_ABOVE_BYTES. elm-tiny at batch 8 x 768 stays below
+    (no recompute, full speed); SmolLM2-135M at the same shape needs ~5 GB for the scores and
+    several times that with what the softmax keeps, so it rematerialises."""
+    scores = config.n_layers * batch_size * config.n_heads * seq_len**2 * 4
+    return scores > REMAT_ABOVE_BYTES
+
+
+def masked_loss(
+    decoder: Decoder, tokens: jax.Array, loss_mask: jax.Array, remat: bool = False
+) -> jax.Array:
     """Mean next-token cross entropy over positions where loss_mask is set."""
-    logits, _ = decoder(tokens[:, :-1])
+    logits, _ = decoder(tokens[:, :-1], remat=remat)
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
     m = loss_mask[:, 1:].astype(jnp.float32)
@@ -377,8 +396,11 @@ def train(
         check_train_batch(config, tokens, mask)
         before = jax.tree.leaves(trained)  # arrays: merge may share (and update) the Variables
         model, optimizer = nnx.merge(graph, trained, frozen)
+        remat = tcfg.remat  # decided per traced shape (static)
+        if remat is None:
+            remat = wants_remat(config, tokens.shape[0] // n_dev, tokens.shape[1] - 1)
         loss, grads = nnx.value_and_grad(
-            lambda m: masked_loss(m, tokens, mask), argnums=nnx.DiffState(0, wrt)
+            lambda m: masked_loss(m, tokens, mask, remat), argnums=nnx.DiffState(0, wrt)
         )(model)
         optimizer.update(model, grads)
         _, updated, _ = nnx.split((model, optimizer), trained_filter, ...)
