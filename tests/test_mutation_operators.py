@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+
 import pytest
 
 from elmjax.mutation.diff_format import STOP
@@ -10,6 +12,7 @@ from elmjax.mutation.operators import (
     CrossoverOperator,
     DiffOperator,
     PromptOperator,
+    function_header,
     make_operator,
     replace_function,
 )
@@ -73,14 +76,39 @@ def test_diff_operator_applies_model_diffs_and_records_failures():
 
 def test_prompt_operator_replaces_the_entry_function():
     parent = SEEDS["square"]
-    body = "):\n    wc = walker_creator()\n    a = wc.add_joint(0, 0)\n    b = wc.add_joint(4, 1)\n    wc.add_muscle(a, b, 3.0, 0.1)\n    return wc.get_walker()\n"
-    op = PromptOperator("scripted", sampler=ScriptedSampler([body, ":\n  oops"]))
+    body = "\n    wc = walker_creator()\n    a = wc.add_joint(0, 0)\n    b = wc.add_joint(4, 1)\n    wc.add_muscle(a, b, 3.0, 0.1)\n    return wc.get_walker()\n"
+    op = PromptOperator("scripted", sampler=ScriptedSampler([body, "\n    return (\n"]))
     child, broken = op.mutate([parent], 2, seed=0)
-    assert child.prompt.endswith("def make_walker(") and "def make_walker_old(" in child.prompt
-    assert child.text.count("def make_walker(") == 1 and "def make_square(" in child.text
+    assert child.prompt.endswith("\ndef make_walker():") and "def make_walker_old(" in child.prompt
+    assert child.text.count("def make_walker():") == 1 and "def make_square(" in child.text
     assert broken.error_kind == "parse" and broken.text is None
     walker = run_walkers([child.text])[0]
     assert walker.ok and len(walker.value["joints"]) == 2
+
+
+@pytest.mark.parametrize("seed", sorted(SEEDS))
+def test_prompt_operator_keeps_the_parents_signature(seed):
+    """The prompt ends with the parent's own header, so a body is all the model writes and the
+    child's entry function has the signature the sandbox calls (whatever the seed's is)."""
+    parent = SEEDS[seed]
+    header = function_header(parent, "make_walker")
+    assert header is not None and header.startswith("def make_walker(") and header.endswith(":")
+    body = "\n    wc = walker_creator()\n    wc.add_joint(0, 0)\n    return wc.get_walker()\n"
+    (child,) = PromptOperator("scripted", sampler=ScriptedSampler([body])).mutate([parent], 1, 0)
+    assert child.prompt.endswith("\n" + header)
+    new = next(n for n in ast.parse(child.text).body if getattr(n, "name", "") == "make_walker")
+    old = next(n for n in ast.parse(parent).body if getattr(n, "name", "") == "make_walker")
+    assert ast.dump(new.args) == ast.dump(old.args)
+
+
+def test_function_header_as_written():
+    assert function_header("def f(a,\n      b=1):\n    return a\n", "f") == (
+        "def f(a,\n      b=1):"
+    )
+    assert function_header("def f(): return 1\n", "f") is None  # body on the header's line
+    assert function_header("def f():  # note\n    return 1\n", "f") is None
+    assert function_header("def g():\n    return 1\n", "f") is None
+    assert function_header("def f(:\n", "f") is None
 
 
 def test_crossover_pairs_parents_in_one_prompt():

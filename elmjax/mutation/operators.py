@@ -17,8 +17,8 @@ The operators, as the ELM paper compares them:
   paper's probabilities); the model writes a unified diff, applied tolerantly (by content; a
   numbered diff also by line number, `diff_format.apply_numbered`).
 - `prompt`: a plain code model sees the parent with its entry function renamed `<entry>_old`, a
-  comment asking for a new version, and `def <entry>(`; the completion (parameters and body)
-  replaces the entry function in the parent.
+  comment asking for a new version, and the entry function's own header (`def <entry>():`);
+  the completion (the body) replaces the entry function's body in the parent.
 - `crossover`: LMX-style; two parents listed as examples in one prompt and the model writes a
   third program.
 
@@ -375,19 +375,34 @@ class PromptOperator(LMOperator):
         self.instruction = instruction
 
     def prompt(self, parent: str) -> str:
+        return self._prompt_and_header(parent)[0]
+
+    def _prompt_and_header(self, parent: str) -> tuple[str, str]:
+        """(prompt, the header the completion continues).
+
+        The prompt ends with the parent's own header, `def make_walker():` as written there, so
+        the model writes a body for the signature the caller will use. Ending at `def
+        make_walker(` instead let SmolLM2 invent parameters (`make_walker(wc):`) in most samples,
+        which the sandbox's call without arguments then rejects: 98% of children invalid in the
+        first stage-1 prompt run. The header ends at its colon, a token boundary, so the model
+        writes the newline and indentation as it would have in running code.
+        """
+        header = function_header(parent, self.entry) or f"def {self.entry}("
         old = parent.replace(f"def {self.entry}(", f"def {self.entry}_old(", 1).rstrip()
         comment = self.instruction.format(entry=self.entry)
-        return f"{old}\n\n\n# {comment}\ndef {self.entry}("
+        return f"{old}\n\n\n# {comment}\n{header}", header
 
     def mutate(self, parents, n, seed, parent_ids=None, offset=0, part=None):
         ids = _ids(parents, parent_ids)
         lo, hi = _part(parents, part, offset)
-        prompts = [self.prompt(p) for p in parents]
-        raw = self._sample_part(prompts, lo, hi, offset, n, seed, FUNCTION_STOP)
+        prompts, headers = zip(*(self._prompt_and_header(p) for p in parents))
+        raw = self._sample_part(list(prompts), lo, hi, offset, n, seed, FUNCTION_STOP)
         out = []
-        for pid, parent, prompt, samples in zip(ids[lo:hi], parents[lo:hi], prompts[lo:hi], raw):
+        for pid, parent, prompt, header, samples in zip(
+            ids[lo:hi], parents[lo:hi], prompts[lo:hi], headers[lo:hi], raw
+        ):
             for completion in samples:
-                new_def = f"def {self.entry}(" + completion
+                new_def = header + completion
                 try:
                     text = replace_function(parent, self.entry, new_def)
                     ast.parse(text)
@@ -396,6 +411,26 @@ class PromptOperator(LMOperator):
                     continue
                 out.append(self._child((pid,), prompt, completion, text=text))
         return out
+
+
+def function_header(program: str, name: str) -> str | None:
+    """The header of top-level function `name` as written, from `def` to the colon before its
+    body (`def make_walker():`), or None when the program does not parse, has no such
+    function, or the header's line does not end at that colon (a body on the same line, a
+    comment after the colon)."""
+    try:
+        tree = ast.parse(program)
+    except (SyntaxError, ValueError):
+        return None
+    lines = program.splitlines()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            if node.body[0].lineno == node.lineno:
+                return None
+            text = "\n".join(lines[node.lineno - 1 : node.body[0].lineno - 1]).rstrip()
+            text = text[node.col_offset :]
+            return text if text.startswith("def ") and text.endswith(":") else None
+    return None
 
 
 class CrossoverOperator(LMOperator):
