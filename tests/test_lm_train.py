@@ -154,7 +154,7 @@ def test_remat_changes_memory_not_gradients(scanned):
 
 
 def test_remat_turns_on_for_big_models_only():
-    tiny = LMConfig(arch="llama", vocab_size=2353, d_model=256, n_layers=4, n_heads=4, d_mlp=768)
+    tiny = LMConfig(arch="llama", vocab_size=2353, d_model=128, n_layers=6, n_heads=4, d_mlp=384)
     smol = LMConfig(
         arch="llama",
         vocab_size=49152,
