@@ -163,6 +163,27 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+#: instruction-set extensions that change what XLA:CPU emits (vector width, FMA, bf16 units).
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "asimd", "sve")
+
+
+def cpu_identity() -> dict[str, Any]:
+    """The CPU model and the ISA extensions XLA compiles for. Runs are bit-for-bit repeatable
+    on one machine, not across CPUs: XLA:CPU compiles for the host it runs on, so another CPU
+    can get other vector code and another order of float reductions, and a chaotic simulation
+    turns that rounding into a different archive."""
+    model, flags = platform.processor() or None, set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "Model name") and model in (None, "", platform.machine()):
+                model = value.strip()
+            elif key in ("flags", "Features"):
+                flags |= set(value.split())
+    return {"model": model, "isa": [f for f in _ISA_FLAGS if f in flags]}
+
+
 def provenance(
     config: RunConfig, model: dict[str, Any] | None, store_schema: int | None
 ) -> dict[str, Any]:
@@ -184,6 +205,7 @@ def provenance(
         "jax_platforms": os.environ.get("JAX_PLATFORMS", ""),
         "devices": [str(d) for d in jax.devices()],
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_identity(),
         "model": model,
         "operator": config.mutation.operator,
         "store_schema_version": store_schema,
@@ -199,6 +221,17 @@ def write_provenance(path: Path, info: dict[str, Any], resumed: bool = False) ->
     target = path / PROVENANCE
     if resumed and target.exists():
         old = json.loads(target.read_text())
+        first = old.get("cpu")
+        if first is not None and info.get("cpu") is not None and first != info["cpu"]:
+            # not an error (the run continues correctly), but no longer the run one machine
+            # would have made: say so where the user looks and where the record is kept
+            info["cpu_differs_from_start"] = True
+            print(
+                f"warning: {path} started on {first['model']} and resumes on "
+                f"{info['cpu']['model']}: the rest of the run is repeatable on this CPU, not "
+                "the same as an uninterrupted run on the first",
+                file=sys.stderr,
+            )
         old.setdefault("resumes", []).append(info)
         info = old
     _atomic_write(target, json.dumps(info, indent=2, default=str))

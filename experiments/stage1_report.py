@@ -8,7 +8,15 @@ writes into `--figures`:
 - `archive-ARM-SEED-sN.png`: the final archive of each run (`elmjax.viz.heatmaps`);
 - `stage1.md`: a table of every run (budget, evaluations, niches, QD score, best fitness, valid
   share, diff apply failures, wall time) and a table per arm x seed at equal evaluations;
-- `stage1.json`: the same figures, machine-readable.
+- `stage1.json`: the same figures, machine-readable, with each run's whole curve and final
+  elites: the **ledger**.
+
+Run directories do not outlive the machine they ran on, so the ledger is what keeps a run: a
+report merges the runs found under `--out` into the ledger already in `--figures` (a run on
+disk replaces its ledger entry unless the ledger holds more of it), and redraws curves and
+archives from the ledger. Runs recorded before the ledger kept curves have only their final
+point: they count in the equal-evaluation tables at their budget only, appear as a marker on the
+curves, and a seed whose runs all lack curves keeps the figure it has.
 Runs that have not reached their arm's budget are marked "partial" everywhere.
 """
 
@@ -79,17 +87,80 @@ def run_summary(path: Path) -> dict | None:
         "valid_rate": float(last["valid_rate_total"]),
         "apply_failures": counts.get("apply", 0) / max(1, total),
         "wall_seconds": float(last.get("elapsed", 0.0)),
+        "cpu": cpu_of(path),
         "curve": [
-            (int(r["evaluations"]), int(r["num_filled"]), float(r["qd_score"])) for r in rows
+            [int(r["evaluations"]), int(r["num_filled"]), round(float(r["qd_score"]), 2)]
+            for r in rows
         ],
+        "curve_complete": True,
+        "elites": final_elites(path),
     }
 
 
-def at_evaluations(curve: list[tuple[int, int, float]], n: int) -> tuple[float, float] | None:
-    """(niches, QD) of a run when it had spent n evaluations (None if it never got there)."""
+def cpu_of(path: Path) -> str | None:
+    """The CPU a run started on, from its provenance (runs repeat exactly on one CPU only)."""
+    try:
+        cpu = json.loads((path / "provenance.json").read_text()).get("cpu")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return cpu["model"] if cpu else None
+
+
+def final_elites(run_path: Path) -> list[list[float]]:
+    """[fitness, *descriptor] of each elite of the run's final archive, from the store."""
+    from elmjax import qd
+
+    spec = stage1_spec(run_path)
+    db = sqlite3.connect(f"file:{run_path / 'programs.sqlite'}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            "SELECT program_id, fitness, descriptor FROM programs WHERE valid = 1 AND "
+            "fitness IS NOT NULL AND entered = 1"
+        ).fetchall()
+    finally:
+        db.close()
+    if not rows:
+        return []
+    n = len(rows)
+    size = 1 << max(6, (n - 1).bit_length())
+    fit = np.zeros(size, np.float32)
+    desc = np.zeros((size, spec.dim), np.float32)
+    valid = np.zeros(size, bool)
+    pid = np.full(size, -1, np.int32)
+    for i, (p, f, d) in enumerate(rows):
+        fit[i], desc[i], valid[i], pid[i] = f, json.loads(d), True, p
+    archive, _ = qd.insert(qd.init(spec), fit, desc, valid, pid)
+    filled = np.asarray(archive.program_id) >= 0
+    return [
+        [round(float(f), 3), *(round(float(x), 5) for x in d)]
+        for f, d in zip(np.asarray(archive.fitness)[filled], np.asarray(archive.descriptor)[filled])
+    ]
+
+
+def stage1_spec(run_path: Path | None = None):
+    """The archive's grid: the run's own config, or stage1.yaml's for a run known from the
+    ledger only (every stage-1 arm shares that grid)."""
+    from elmjax.config import load_config
+    from elmjax.run_dir import grid_spec, load_run_config, make_environment
+
+    if run_path is not None and (run_path / "config.yaml").exists():
+        config = load_run_config(run_path)
+    else:
+        config = load_config(Path(__file__).resolve().parent / "configs" / "stage1.yaml")
+    return grid_spec(config, make_environment(config))
+
+
+def at_evaluations(run: dict, n: int) -> tuple[float, float] | None:
+    """(niches, QD) of a run when it had spent n evaluations (None if it never got there, or
+    if the ledger kept only its final point and that point is not the first at or past n)."""
+    curve = run["curve"]
     ev = np.array([c[0] for c in curve])
     if ev[-1] < n:
         return None
+    if not run.get("curve_complete", False):
+        per_generation = run["evaluations"] / max(1, run["generations"])
+        if ev[-1] - per_generation >= n:
+            return None
     i = int(np.searchsorted(ev, n))
     return float(curve[i][1]), float(curve[i][2])
 
@@ -105,72 +176,91 @@ def plot_curves(runs: list[dict], figures: Path) -> list[Path]:
     for r in runs:
         by_seed[r["seed"]][r["arm"]].append(r)
     for seed in [s for s in SEED_ORDER if s in by_seed]:
+        path = figures / f"curves-{seed}.png"
+        seed_runs = [r for group in by_seed[seed].values() for r in group]
+        if path.exists() and not any(r.get("curve_complete") for r in seed_runs):
+            print(f"[report] {path.name}: no run of {seed} has a curve in the ledger; kept")
+            continue
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for arm in [a for a in ARM_ORDER if a in by_seed[seed]]:
             group = by_seed[seed][arm]
-            top = max(r["curve"][-1][0] for r in group)
-            grid = np.linspace(0, top, 200)
-            for k, (ax, label) in enumerate(zip(axes, ("niches filled", "QD score"))):
-                # a run counts at x only while it has data there (partial runs end early)
-                ys = np.array(
-                    [
-                        np.where(
-                            grid <= r["curve"][-1][0],
-                            np.interp(
-                                grid, [c[0] for c in r["curve"]], [c[1 + k] for c in r["curve"]]
-                            ),
-                            np.nan,
-                        )
-                        for r in group
-                    ]
-                )
-                budgets = sorted({r["budget"] for r in group})
-                name = f"{arm} (n={len(group)}, budget {'/'.join(f'{b:,}' for b in budgets)})"
-                (line,) = ax.plot(grid, np.nanmean(ys, 0), label=name)
-                ax.fill_between(
-                    grid, np.nanmin(ys, 0), np.nanmax(ys, 0), color=line.get_color(), alpha=0.2
-                )
+            whole = [r for r in group if r.get("curve_complete")]
+            final_only = [r for r in group if not r.get("curve_complete")]
+            budgets = sorted({r["budget"] for r in group})
+            name = f"{arm} (n={len(group)}, budget {'/'.join(f'{b:,}' for b in budgets)})"
+            if final_only:
+                name += f"; {len(final_only)} final point(s) only"
+            colour = None
+            if whole:
+                top = max(r["curve"][-1][0] for r in whole)
+                grid = np.linspace(0, top, 200)
+            for k, ax in enumerate(axes):
+                if whole:
+                    # a run counts at x only while it has data there (partial runs end early)
+                    ys = np.array(
+                        [
+                            np.where(
+                                grid <= r["curve"][-1][0],
+                                np.interp(
+                                    grid,
+                                    [c[0] for c in r["curve"]],
+                                    [c[1 + k] for c in r["curve"]],
+                                ),
+                                np.nan,
+                            )
+                            for r in whole
+                        ]
+                    )
+                    (line,) = ax.plot(grid, np.nanmean(ys, 0), color=colour, label=name)
+                    colour = line.get_color()
+                    ax.fill_between(
+                        grid, np.nanmin(ys, 0), np.nanmax(ys, 0), color=colour, alpha=0.2
+                    )
+                if final_only:
+                    points = ax.scatter(
+                        [r["curve"][-1][0] for r in final_only],
+                        [r["curve"][-1][1 + k] for r in final_only],
+                        marker="x",
+                        color=colour,
+                        label=None if whole else name,
+                    )
+                    colour = points.get_facecolor()[0] if colour is None else colour
                 ax.set_xlabel("evaluations")
-                ax.set_ylabel(label)
+                ax.set_ylabel(("niches filled", "QD score")[k])
         axes[0].set_title(f"{seed}: niches filled (of 1,728)")
         axes[1].set_title(f"{seed}: QD score")
         axes[0].legend(fontsize=8)
         fig.tight_layout()
-        path = figures / f"curves-{seed}.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
         out.append(path)
     return out
 
 
-def plot_archive(run_path: Path, figures: Path) -> Path | None:
-    """The final archive of a run: its best valid program per cell, from the store."""
+def plot_archive(run: dict, figures: Path) -> Path | None:
+    """The final archive of a run, from its elites in the ledger (kept as is if it has none)."""
     from elmjax import qd
-    from elmjax.run_dir import grid_spec, load_run_config, make_environment
     from elmjax.viz.heatmaps import plot_archive as draw
 
-    config = load_run_config(run_path)
-    spec = grid_spec(config, make_environment(config))
-    db = sqlite3.connect(f"file:{run_path / 'programs.sqlite'}?mode=ro", uri=True)
-    try:
-        rows = db.execute(
-            "SELECT program_id, fitness, descriptor FROM programs WHERE valid = 1 AND "
-            "fitness IS NOT NULL AND entered = 1"
-        ).fetchall()
-    finally:
-        db.close()
-    if not rows:
+    elites = run.get("elites")
+    if not elites:
         return None
-    n = len(rows)
+    spec = stage1_spec()
+    n = len(elites)
     size = 1 << max(6, (n - 1).bit_length())
     fit = np.zeros(size, np.float32)
     desc = np.zeros((size, spec.dim), np.float32)
     valid = np.zeros(size, bool)
     pid = np.full(size, -1, np.int32)
-    for i, (p, f, d) in enumerate(rows):
-        fit[i], desc[i], valid[i], pid[i] = f, json.loads(d), True, p
+    for i, (f, *d) in enumerate(elites):
+        fit[i], desc[i], valid[i], pid[i] = f, d, True, i
     archive, _ = qd.insert(qd.init(spec), fit, desc, valid, pid)
-    return draw(archive, path=figures / f"archive-{run_path.name}.png", title=run_path.name)
+    return draw(archive, path=figures / f"archive-{run['run']}.png", title=run["run"])
+
+
+def fmt(value: float | None, spec: str) -> str:
+    """A figure, or "n/r" where the ledger has none (entries written by hand from a lost run)."""
+    return "n/r" if value is None else format(value, spec)
 
 
 def run_table(runs: list[dict]) -> str:
@@ -181,10 +271,10 @@ def run_table(runs: list[dict]) -> str:
     ]
     for r in runs:
         part = "" if r["finished"] else " (partial)"
-        applied = f"{r['apply_failures']:.1%}" if r["run"].startswith("diff") else "-"
+        applied = fmt(r["apply_failures"], ".1%") if r["run"].startswith("diff") else "-"
         lines.append(
             f"| {r['run']}{part} | {r['model'] or '-'} | {r['budget']:,} | {r['evaluations']:,} | "
-            f"{r['niches']} | {r['qd_score']:,.0f} | {r['max_fitness']:.1f} | "
+            f"{r['niches']} | {r['qd_score']:,.0f} | {fmt(r['max_fitness'], '.1f')} | "
             f"{r['valid_rate']:.1%} | {applied} | {r['wall_seconds'] / 60:.1f} min |"
         )
     return "\n".join(lines) + "\n"
@@ -199,7 +289,7 @@ def equal_table(runs: list[dict], equal: int) -> str:
     ]
     groups = defaultdict(list)
     for r in runs:
-        value = at_evaluations(r["curve"], equal)
+        value = at_evaluations(r, equal)
         if value is not None:
             groups[(r["arm"], r["seed"])].append(value)
     for arm in ARM_ORDER:
@@ -213,13 +303,65 @@ def equal_table(runs: list[dict], equal: int) -> str:
                 f"| {arm} | {seed} | {len(vals)} | {n.mean():.0f} ({n.min():.0f}-{n.max():.0f}) "
                 f"| {q.mean():,.0f} ({q.min():,.0f}-{q.max():,.0f}) |"
             )
+    if not groups:
+        lines.append("| (no run in the ledger has a curve point here) | | | | |")
     return "\n".join(lines) + "\n"
+
+
+def read_ledger(figures: Path) -> dict[str, dict]:
+    """Every run the ledger (`stage1.json`) holds, by name. Entries written before it kept
+    curves get their final point as a one-point curve."""
+    path = figures / "stage1.json"
+    if not path.exists():
+        return {}
+    return {r["run"]: r for r in read_ledger_entries(json.loads(path.read_text()))}
+
+
+def read_ledger_entries(entries: list[dict]) -> list[dict]:
+    for r in entries:
+        if "curve" not in r:
+            r["curve"] = [[r["evaluations"], r["niches"], r["qd_score"]]]
+            r["curve_complete"] = False
+    return entries
+
+
+def merge(ledger: dict[str, dict], found: list[dict]) -> dict[str, dict]:
+    """The ledger with the runs found on disk. A run on disk replaces its entry, except when
+    the entry holds more of it (a run started again on a new machine that has not caught up)
+    or the same number of evaluations with other figures (the same config and seed run on
+    another CPU: the recorded run is the one the results cite). Both are said."""
+    merged = dict(ledger)
+    for r in found:
+        old = ledger.get(r["run"])
+        if old is not None and old["evaluations"] > r["evaluations"]:
+            print(
+                f"[report] {r['run']}: on disk at {r['evaluations']:,} evaluations, the ledger "
+                f"holds {old['evaluations']:,}: ledger kept"
+            )
+            continue
+        if old is not None and old["evaluations"] == r["evaluations"]:
+            if (old["niches"], round(old["qd_score"], 1)) != (r["niches"], round(r["qd_score"], 1)):
+                print(
+                    f"[report] {r['run']}: re-run to {r['evaluations']:,} evaluations DIFFERS "
+                    f"from the ledger ({old['niches']} niches, QD {old['qd_score']:,.1f} on "
+                    f"{old.get('cpu') or 'an unrecorded CPU'}; {r['niches']}, "
+                    f"{r['qd_score']:,.1f} on {r.get('cpu')}): ledger kept"
+                )
+                continue
+            print(f"[report] {r['run']}: re-run reproduces the ledger")
+        merged[r["run"]] = r
+    return merged
 
 
 def report(args) -> int:
     out, figures = Path(args.out), Path(args.figures)
     figures.mkdir(parents=True, exist_ok=True)
-    runs = [s for p in sorted(out.iterdir()) if p.is_dir() and (s := run_summary(p))]
+    found = (
+        [s for p in sorted(out.iterdir()) if p.is_dir() and (s := run_summary(p))]
+        if out.is_dir()
+        else []
+    )
+    runs = list(merge(read_ledger(figures), found).values())
     runs.sort(
         key=lambda r: (
             ARM_ORDER.index(r["arm"]) if r["arm"] in ARM_ORDER else 9,
@@ -228,17 +370,17 @@ def report(args) -> int:
         )
     )
     if not runs:
-        print(f"no stage-1 runs under {out}")
+        print(f"no stage-1 runs under {out} or in {figures / 'stage1.json'}")
         return 1
     plot_curves(runs, figures)
     for r in runs:
         if r["random_seed"] == 0:
-            plot_archive(out / r["run"], figures)
+            plot_archive(r, figures)
     budgets = sorted({1000} | {r["budget"] for r in runs if r["finished"]})
     text = "\n".join([run_table(runs)] + [equal_table(runs, n) for n in budgets])
     (figures / "stage1.md").write_text(text)
-    (figures / "stage1.json").write_text(
-        json.dumps([{k: v for k, v in r.items() if k != "curve"} for r in runs], indent=1)
-    )
+    # one run per line: diffs of the ledger stay readable
+    lines = ",\n".join(json.dumps(r, separators=(",", ":")) for r in runs)
+    (figures / "stage1.json").write_text(f"[\n{lines}\n]\n")
     print(text)
     return 0

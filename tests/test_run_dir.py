@@ -109,3 +109,19 @@ def test_resume_under_other_or_unrecorded_physics_is_refused(tmp_path):
     (path / run_dir.PROVENANCE).unlink()
     with pytest.raises(run_dir.RunDirError, match="records no physics identity"):
         run_dir.check_physics(path, config)
+
+
+def test_provenance_names_the_cpu_and_a_resume_on_another_cpu_says_so(tmp_path, capsys):
+    """Runs repeat bit for bit on one CPU, not across CPUs (XLA compiles for the host), so
+    the record must say which CPU made a run and mark a resume that moved."""
+    info = run_dir.provenance(RunConfig(), None, None)
+    assert info["cpu"]["model"] and isinstance(info["cpu"]["isa"], list)
+    run_dir.write_provenance(tmp_path, info)
+    run_dir.write_provenance(tmp_path, dict(info), resumed=True)
+    assert "warning" not in capsys.readouterr().err
+    moved = {**info, "cpu": {"model": "Another CPU", "isa": ["avx2"]}}
+    run_dir.write_provenance(tmp_path, moved, resumed=True)
+    assert "resumes on Another CPU" in capsys.readouterr().err
+    record = json.loads((tmp_path / run_dir.PROVENANCE).read_text())
+    assert [r.get("cpu_differs_from_start", False) for r in record["resumes"]] == [False, True]
+    assert record["cpu"] == info["cpu"]
