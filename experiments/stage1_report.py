@@ -266,8 +266,8 @@ def fmt(value: float | None, spec: str) -> str:
 def run_table(runs: list[dict]) -> str:
     lines = [
         "| run | model | budget | evaluations | niches | QD score | best | valid | diff apply "
-        "failures | wall time |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "failures | wall time | CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         part = "" if r["finished"] else " (partial)"
@@ -275,7 +275,8 @@ def run_table(runs: list[dict]) -> str:
         lines.append(
             f"| {r['run']}{part} | {r['model'] or '-'} | {r['budget']:,} | {r['evaluations']:,} | "
             f"{r['niches']} | {r['qd_score']:,.0f} | {fmt(r['max_fitness'], '.1f')} | "
-            f"{r['valid_rate']:.1%} | {applied} | {r['wall_seconds'] / 60:.1f} min |"
+            f"{r['valid_rate']:.1%} | {applied} | {r['wall_seconds'] / 60:.1f} min | "
+            f"{(r.get('cpu') or 'n/r').split(' (')[0]} |"
         )
     return "\n".join(lines) + "\n"
 
