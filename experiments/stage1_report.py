@@ -377,7 +377,10 @@ def report(args) -> int:
     for r in runs:
         if r["random_seed"] == 0:
             plot_archive(r, figures)
-    budgets = sorted({1000} | {r["budget"] for r in runs if r["finished"]})
+    budgets = {1000} | {r["budget"] for r in runs if r["finished"]}
+    if any(r["arm"] == "prompt" for r in runs):
+        budgets.add(100)  # where the (slow, often partial) prompt runs can be compared
+    budgets = sorted(budgets)
     text = "\n".join([run_table(runs)] + [equal_table(runs, n) for n in budgets])
     (figures / "stage1.md").write_text(text)
     # one run per line: diffs of the ledger stay readable
