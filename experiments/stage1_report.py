@@ -108,7 +108,6 @@ def cpu_of(path: Path) -> str | None:
 
 def final_elites(run_path: Path) -> list[list[float]]:
     """[fitness, *descriptor] of each elite of the run's final archive, from the store."""
-    from elmjax import qd
 
     spec = stage1_spec(run_path)
     db = sqlite3.connect(f"file:{run_path / 'programs.sqlite'}?mode=ro", uri=True)
@@ -121,20 +120,28 @@ def final_elites(run_path: Path) -> list[list[float]]:
         db.close()
     if not rows:
         return []
-    n = len(rows)
-    size = 1 << max(6, (n - 1).bit_length())
-    fit = np.zeros(size, np.float32)
-    desc = np.zeros((size, spec.dim), np.float32)
-    valid = np.zeros(size, bool)
-    pid = np.full(size, -1, np.int32)
-    for i, (p, f, d) in enumerate(rows):
-        fit[i], desc[i], valid[i], pid[i] = f, json.loads(d), True, p
-    archive, _ = qd.insert(qd.init(spec), fit, desc, valid, pid)
+    archive = archive_of(spec, [(p, f, json.loads(d)) for p, f, d in rows])
     filled = np.asarray(archive.program_id) >= 0
     return [
         [round(float(f), 3), *(round(float(x), 5) for x in d)]
         for f, d in zip(np.asarray(archive.fitness)[filled], np.asarray(archive.descriptor)[filled])
     ]
+
+
+def archive_of(spec, elites: list[tuple[int, float, list[float]]]):
+    """A MAP-Elites archive holding (program id, fitness, descriptor) candidates, inserted in
+    one padded batch (a power of two, so few batch shapes compile)."""
+    from elmjax import qd
+
+    size = 1 << max(6, (len(elites) - 1).bit_length())
+    fit = np.zeros(size, np.float32)
+    desc = np.zeros((size, spec.dim), np.float32)
+    valid = np.zeros(size, bool)
+    pid = np.full(size, -1, np.int32)
+    for i, (p, f, d) in enumerate(elites):
+        fit[i], desc[i], valid[i], pid[i] = f, d, True, p
+    archive, _ = qd.insert(qd.init(spec), fit, desc, valid, pid)
+    return archive
 
 
 def stage1_spec(run_path: Path | None = None):
@@ -239,22 +246,12 @@ def plot_curves(runs: list[dict], figures: Path) -> list[Path]:
 
 def plot_archive(run: dict, figures: Path) -> Path | None:
     """The final archive of a run, from its elites in the ledger (kept as is if it has none)."""
-    from elmjax import qd
     from elmjax.viz.heatmaps import plot_archive as draw
 
     elites = run.get("elites")
     if not elites:
         return None
-    spec = stage1_spec()
-    n = len(elites)
-    size = 1 << max(6, (n - 1).bit_length())
-    fit = np.zeros(size, np.float32)
-    desc = np.zeros((size, spec.dim), np.float32)
-    valid = np.zeros(size, bool)
-    pid = np.full(size, -1, np.int32)
-    for i, (f, *d) in enumerate(elites):
-        fit[i], desc[i], valid[i], pid[i] = f, d, True, i
-    archive, _ = qd.insert(qd.init(spec), fit, desc, valid, pid)
+    archive = archive_of(stage1_spec(), [(i, f, d) for i, (f, *d) in enumerate(elites)])
     return draw(archive, path=figures / f"archive-{run['run']}.png", title=run["run"])
 
 
